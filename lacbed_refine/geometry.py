@@ -1,0 +1,191 @@
+"""LACBED geometry for the [001] zone of a cubic crystal: tilt grid, beam pool and presets.
+
+Frames, units and the pixel-to-tilt rule are stated in :mod:`.conventions`. Reciprocal vectors here
+are in 1/d units [Å⁻¹]; the Bloch engine multiplies by 2π.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "tilt_grid",
+    "zolz_beams",
+    "centring_allows",
+    "SimulationSettings",
+    "paper_preset",
+    "paper_pool_size",
+    "PAPER_THICKNESSES_NM",
+]
+
+#: Thicknesses of the paper's data set [nm].
+PAPER_THICKNESSES_NM = (50.0, 100.0, 150.0, 200.0)
+
+
+def tilt_grid(size: int, half_width: float) -> tuple[np.ndarray, np.ndarray]:
+    """Incident-beam tilts of every pixel, FELIX's grid (no mask).
+
+    Parameters
+    ----------
+    size : int
+        Pattern edge in pixels (even: 2N).
+    half_width : float
+        Half-width of the tilt square [Å⁻¹, 1/d units] (FELIX ``ROuterConvergenceAngle``).
+
+    Returns
+    -------
+    kx, ky : ndarray, shape (size, size)
+        Tangential tilt components [Å⁻¹, 1/d units] of pixel ``[row, col]``: kx varies along
+        columns, ky along rows.
+    """
+    if size < 2 or size % 2:
+        raise ValueError(f"size must be an even number of pixels >= 2, got {size!r}")
+    if not half_width > 0:
+        raise ValueError(f"half_width must be positive (Å⁻¹), got {half_width!r}")
+    n = size // 2
+    delta = half_width / n
+    axis = (np.arange(size) - n + 0.5) * delta
+    ky, kx = np.meshgrid(axis, axis, indexing="ij")
+    return kx, ky
+
+
+def centring_allows(hkl: np.ndarray, centring: str) -> np.ndarray:
+    """Reflections allowed by the lattice centring alone (P, F, I), as FELIX's pool does.
+
+    Parameters
+    ----------
+    hkl : ndarray, shape (G, 3), int
+    centring : {"P", "F", "I"}
+
+    Returns
+    -------
+    ndarray of bool, shape (G,)
+    """
+    h, k, l = np.asarray(hkl).T
+    if centring == "P":
+        return np.ones(len(h), dtype=bool)
+    if centring == "F":
+        return ((h % 2) == (k % 2)) & ((k % 2) == (l % 2))
+    if centring == "I":
+        return ((h + k + l) % 2) == 0
+    raise ValueError(f"centring must be 'P', 'F' or 'I' for a cubic lattice, got {centring!r}")
+
+
+def zolz_beams(
+    a: float, centring: str, *, g_limit: float | None = None, n_beams: int | None = None
+) -> np.ndarray:
+    """The zero-order Laue zone (h k 0) beam pool, sorted by |g|.
+
+    Exactly one of ``g_limit`` and ``n_beams`` is given. Whole shells of equal |g| are always kept
+    together (a partial shell would break the pattern's symmetry), so ``n_beams`` is a minimum.
+
+    Parameters
+    ----------
+    a : float
+        Cubic cell edge [Å].
+    centring : {"P", "F", "I"}
+    g_limit : float, optional
+        Keep beams with |g| ≤ g_limit [Å⁻¹, 1/d units] (FELIX ``RgLimit``).
+    n_beams : int, optional
+        Keep the smallest set of whole shells holding at least this many beams (000 included).
+
+    Returns
+    -------
+    hkl : ndarray, shape (n, 3), int
+        000 first, then ascending |g|; within a shell, ordered by angle for reproducibility.
+    """
+    if (g_limit is None) == (n_beams is None):
+        raise ValueError("give exactly one of g_limit (Å⁻¹) and n_beams")
+    if g_limit is not None and not g_limit > 0:
+        raise ValueError(f"g_limit must be positive (Å⁻¹), got {g_limit!r}")
+    if n_beams is not None and not (isinstance(n_beams, (int, np.integer)) and n_beams >= 1):
+        raise ValueError(f"n_beams must be a positive int, got {n_beams!r}")
+    if g_limit is not None:
+        hmax = int(math.floor(g_limit * a)) + 1
+    else:
+        hmax = int(math.ceil(math.sqrt(4.0 * n_beams / math.pi))) + 2
+    r = np.arange(-hmax, hmax + 1)
+    h, k = np.meshgrid(r, r, indexing="ij")
+    hkl = np.stack([h.ravel(), k.ravel(), np.zeros(h.size, dtype=int)], axis=1)
+    hkl = hkl[centring_allows(hkl, centring)]
+    m2 = (hkl[:, :2] ** 2).sum(1)
+    ang = np.mod(np.arctan2(hkl[:, 1], hkl[:, 0]), 2 * np.pi)
+    order = np.lexsort((ang, m2))
+    hkl, m2 = hkl[order], m2[order]
+    if g_limit is not None:
+        keep = m2 <= (g_limit * a) ** 2 * (1 + 1e-12)
+    else:
+        cut = m2[min(n_beams, len(m2)) - 1]
+        keep = m2 <= cut
+    return hkl[keep].astype(np.int64)
+
+
+def paper_pool_size(a: float) -> int:
+    """Beam-pool size of the paper's data scripts: 250 (a < 4 Å) … 225·a − 650 … 2500 (a > 14 Å)."""
+    return int(round(min(2500.0, max(250.0, 225.0 * a - 650.0))))
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """Everything the Bloch engine needs besides the crystal.
+
+    Attributes
+    ----------
+    voltage : float
+        Accelerating voltage [V].
+    size : int
+        Pattern edge [pixels] (2N).
+    half_width : float
+        Tilt half-width [Å⁻¹, 1/d units].
+    thicknesses : tuple of float
+        Specimen thicknesses [Å].
+    n_beams : int or None
+        Beam-pool size (whole shells, ≥ this many). Exclusive with ``g_limit``.
+    g_limit : float or None
+        Beam-pool |g| limit [Å⁻¹, 1/d units].
+    strong_beams : int or None
+        If set, each pixel uses only this many pool beams, those nearest their Bragg condition
+        (FELIX's per-pixel strong-beam choice); None uses the whole pool at every pixel.
+    absorption : float
+        Proportional absorption, U' = i (absorption/100) U [%]; 0 for none.
+    form_factors : {"kirkland", "peng"}
+    reflections : tuple of (h, k, l)
+        Beams to return images of; (0, 0, 0) is the bright field.
+    """
+
+    voltage: float = 200e3
+    size: int = 128
+    half_width: float = 1.0
+    thicknesses: tuple[float, ...] = tuple(t * 10.0 for t in PAPER_THICKNESSES_NM)
+    n_beams: int | None = None
+    g_limit: float | None = None
+    strong_beams: int | None = None
+    absorption: float = 0.0
+    form_factors: str = "kirkland"
+    reflections: tuple[tuple[int, int, int], ...] = ((0, 0, 0),)
+
+
+def paper_preset(a: float, **overrides) -> SimulationSettings:
+    """The paper's data preset for a cubic cell edge ``a`` [Å].
+
+    200 kV, 128×128 pixels, half-width 7.266/a Å⁻¹, no absorption, Kirkland form factors,
+    thicknesses 50/100/150/200 nm; a ZOLZ beam pool of :func:`paper_pool_size` beams of which a
+    quarter are used per pixel as strong beams (source: the data scripts of wephy/ai-diffraction).
+    ``overrides`` replace any field.
+    """
+    pool = paper_pool_size(a)
+    settings = dict(
+        voltage=200e3,
+        size=128,
+        half_width=7.266 / a,
+        thicknesses=tuple(t * 10.0 for t in PAPER_THICKNESSES_NM),
+        n_beams=pool,
+        strong_beams=max(1, pool // 4),
+        absorption=0.0,
+        form_factors="kirkland",
+    )
+    settings.update(overrides)
+    return SimulationSettings(**settings)

@@ -1,0 +1,102 @@
+"""Bloch-wave propagation ψ(t) = exp(i A t) e₀ through the eigen-decomposition of A, with a
+backward pass that stays finite at degenerate eigenvalues.
+
+``torch.linalg.eigh``'s own backward divides by eigenvalue gaps and breaks when eigenvalues coincide,
+which symmetric crystals produce routinely. The amplitudes are an entire function of A, so we
+differentiate the matrix function instead (Daleckiĭ–Kreĭn): with A = C Λ C⁻¹,
+
+    dψ_t = C [(C⁻¹ dA C) ∘ L_t] C⁻¹ e₀,   L_t[i, j] = (e^{iλ_i t} − e^{iλ_j t}) / (λ_i − λ_j),
+
+and write the divided difference as ``i t e^{i(λ_i+λ_j)t/2} sinc((λ_i−λ_j)t/2)``, which is exact and
+smooth through λ_i = λ_j. Units: A and λ in rad/Å, t in Å.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["propagate"]
+
+
+def _sinc(z: torch.Tensor) -> torch.Tensor:
+    """sin(z)/z for real or complex z, with the series near 0."""
+    small = z.abs() < 1e-4
+    safe = torch.where(small, torch.ones_like(z), z)
+    return torch.where(small, 1 - z * z / 6, torch.sin(safe) / safe)
+
+
+def _divided_difference(lam: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """L[i, j] = (e^{iλ_i t} − e^{iλ_j t}) / (λ_i − λ_j), shape (..., n, n), stable at λ_i = λ_j."""
+    li, lj = lam[..., :, None], lam[..., None, :]
+    return 1j * t * torch.exp(0.5j * (li + lj) * t) * _sinc(0.5 * (li - lj) * t)
+
+
+class _Propagate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, A, thickness, rows, hermitian):
+        if hermitian:
+            lam, C = torch.linalg.eigh(A)
+            c0 = C[..., 0, :].conj()  # C⁻¹ e₀ = C^H e₀ for unitary C
+            Cinv = None
+        else:
+            lam, C = torch.linalg.eig(A)
+            Cinv = torch.linalg.inv(C)
+            c0 = Cinv[..., :, 0]
+        lam_c = lam.to(torch.promote_types(lam.dtype, torch.complex64))
+        phase = torch.exp(1j * lam_c[..., None, :] * thickness[:, None].to(lam_c.dtype))  # (P, T, n)
+        crow = C[..., rows, :].to(lam_c.dtype)  # (P, R, n)
+        psi = torch.einsum("prj,ptj->ptr", crow, phase * c0.to(lam_c.dtype)[..., None, :])
+        ctx.save_for_backward(lam_c, C, c0, Cinv, thickness, rows)
+        ctx.hermitian = hermitian
+        ctx.real_input = not A.is_complex()
+        return psi
+
+    @staticmethod
+    def backward(ctx, grad_psi):
+        lam, C, c0, Cinv, thickness, rows = ctx.saved_tensors
+        cdt = lam.dtype
+        Cc = C.to(cdt)
+        c0 = c0.to(cdt)
+        crow = Cc[..., rows, :]
+        # v_t = C^H G_t restricted to the output rows: (P, T, n)
+        v = torch.einsum("prj,ptr->ptj", crow.conj(), grad_psi)
+        grad_A = grad_t = None
+        if ctx.needs_input_grad[0]:
+            B = torch.zeros(C.shape[:-2] + C.shape[-1:] * 2, dtype=cdt, device=C.device)
+            for k in range(thickness.shape[0]):
+                L = _divided_difference(lam, thickness[k].to(cdt))
+                B = B + L * (c0[..., :, None] * v[..., k, None, :].conj())
+            if ctx.hermitian:
+                Q = Cc @ B @ Cc.mH
+            else:
+                Q = Cc @ B @ Cinv
+            grad_A = Q.mH
+            if ctx.real_input:
+                grad_A = grad_A.real
+        if ctx.needs_input_grad[1]:
+            dphase = 1j * lam[..., None, :] * torch.exp(1j * lam[..., None, :] * thickness[:, None].to(cdt))
+            dpsi = torch.einsum("prj,ptj->ptr", crow, dphase * c0[..., None, :])
+            grad_t = (grad_psi.conj() * dpsi).real.sum(dim=(-1,)).reshape(-1, thickness.shape[0]).sum(0)
+        return grad_A, grad_t, None, None
+
+
+def propagate(A: torch.Tensor, thickness: torch.Tensor, rows: torch.Tensor, *, hermitian: bool) -> torch.Tensor:
+    """Beam amplitudes after propagation through thicknesses ``thickness``, incident beam e₀.
+
+    Parameters
+    ----------
+    A : Tensor, shape (P, n, n)
+        Structure matrices [rad/Å], real symmetric, Hermitian, or (with absorption) general.
+        Beam 0 is the incident (000) beam.
+    thickness : Tensor, shape (T,)
+        Specimen thicknesses [Å].
+    rows : Tensor of long, shape (R,)
+        Beam indices whose amplitudes are returned.
+    hermitian : bool
+        True for real-symmetric/Hermitian A (no absorption): ``eigh`` and C⁻¹ = C^H.
+
+    Returns
+    -------
+    psi : Tensor, complex, shape (P, T, R)
+    """
+    return _Propagate.apply(A, thickness, rows, hermitian)

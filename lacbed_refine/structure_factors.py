@@ -1,0 +1,95 @@
+"""Structure factors F(g) [Å] and Bloch-wave potential coefficients U_g [Å⁻²], differentiable in θ.
+
+``U_g = (γ / (π V)) Σ_j f_j(q) occ_j exp(-B_j q²/4) exp(-2πi (h x_j + k y_j + l z_j))``
+
+with q = |g| = |(h, k, l)|/a in 1/d units [Å⁻¹], f the electron form factor [Å] (:mod:`.scattering`),
+B [Å²], V = a³ [Å³], γ the Lorentz factor. This is FELIX's U_g (felix-spec §3.3), and equals
+``2 m γ e V_g / h²`` with the Fourier coefficient V_g [V] of the crystal potential.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .conventions import relativistic_gamma
+from .scattering import form_factor_parameters, form_factors
+
+__all__ = ["structure_factors", "ug_coefficients"]
+
+
+def structure_factors(
+    hkl: torch.Tensor,
+    frac: torch.Tensor,
+    atomic_numbers,
+    occupancy: torch.Tensor,
+    b_iso: torch.Tensor,
+    a: float | torch.Tensor,
+    *,
+    table: str = "kirkland",
+    chunk: int = 4096,
+) -> torch.Tensor:
+    """Electron structure factors F(g) = Σ_j f_j occ_j DW_j exp(-2πi g·r_j) [Å].
+
+    Parameters
+    ----------
+    hkl : Tensor, shape (G, 3)
+        Miller indices (integers, any real dtype or int).
+    frac : Tensor, shape (N, 3)
+        Fractional atom positions (the full cell).
+    atomic_numbers : sequence of int or Tensor, shape (N,)
+    occupancy : Tensor, shape (N,)
+    b_iso : Tensor, shape (N,)
+        Isotropic Debye–Waller factors [Å²].
+    a : float or Tensor
+        Cubic cell edge [Å].
+    table : {"kirkland", "peng"}
+        Electron form-factor table.
+    chunk : int
+        Reflections per block, to bound memory for big cells.
+
+    Returns
+    -------
+    Tensor, shape (G,), complex (dtype follows ``frac``)
+    """
+    dtype = frac.dtype
+    device = frac.device
+    z = np.asarray(torch.as_tensor(atomic_numbers).cpu(), dtype=np.int64)
+    elements, inverse = np.unique(z, return_inverse=True)
+    params = torch.as_tensor(form_factor_parameters(elements, table), dtype=dtype, device=device)
+    inverse = torch.as_tensor(inverse, device=device)
+    hkl = torch.as_tensor(hkl, device=device).to(dtype)
+    out = []
+    for start in range(0, hkl.shape[0], chunk):
+        h = hkl[start : start + chunk]
+        q2 = (h * h).sum(-1) / (a * a)  # (G,) [Å⁻²]
+        f_el = form_factors(q2, params, table)  # (E, G)
+        f_at = f_el[inverse]  # (N, G)
+        dw = torch.exp(-b_iso[:, None] * q2[None, :] / 4.0)  # exp(-B s²), s = q/2
+        phase = -2.0 * math.pi * (frac @ h.T)  # (N, G)
+        w = f_at * dw * occupancy[:, None]
+        out.append(torch.complex(w * torch.cos(phase), w * torch.sin(phase)).sum(0))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.complex128, device=device)
+
+
+def ug_coefficients(
+    hkl: torch.Tensor,
+    frac: torch.Tensor,
+    atomic_numbers,
+    occupancy: torch.Tensor,
+    b_iso: torch.Tensor,
+    a: float | torch.Tensor,
+    *,
+    voltage: float,
+    table: str = "kirkland",
+) -> torch.Tensor:
+    """Bloch-wave potential coefficients U_g = γ F(g) / (π V) [Å⁻²].
+
+    Parameters are those of :func:`structure_factors`, plus ``voltage`` [V]. Returns a complex
+    Tensor of shape (G,).
+    """
+    gamma = relativistic_gamma(voltage)
+    f = structure_factors(hkl, frac, atomic_numbers, occupancy, b_iso, a, table=table)
+    return f * (gamma / (math.pi * a**3))
