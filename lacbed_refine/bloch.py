@@ -22,6 +22,7 @@ import torch
 from .conventions import wavevector_2pi
 from .geometry import SimulationSettings, tilt_grid, zolz_beams
 from .propagation import propagate
+from .runtime import configure_threads
 from .structure_factors import ug_coefficients
 from .symmetry import pattern_symmetry, pixel_wedge, realifying_shift
 
@@ -301,6 +302,7 @@ def simulate_lacbed(
     info : EngineInfo
     """
     device = torch.device(device)
+    configure_threads()
     if beams is None:
         if settings.n_beams is None and settings.g_limit is None:
             raise ValueError("settings need n_beams or g_limit (or pass beams=)")

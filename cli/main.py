@@ -1,0 +1,81 @@
+"""``lacbed-refine``: click commands, each a thin layer over one library function."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from lacbed_refine import __version__
+
+
+class _Group(click.Group):
+    """Turns the library's input errors into one clear line and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (ValueError, OSError, FloatingPointError) as exc:
+            click.echo(f"lacbed-refine: error: {exc}", err=True)
+            sys.exit(2)
+
+
+def _floats(text):
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__)
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def cli(verbose):
+    """Refine cubic crystal structures against LACBED patterns."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+
+
+@cli.command("simulate")
+@click.argument("cif", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .tif, .npy or .h5 (a .png preview is written beside it).")
+@click.option("--thickness", default=None, help="Thicknesses [nm], comma-separated (default 50,100,150,200).")
+@click.option("--preset", default="paper", show_default=True, type=click.Choice(["paper"]), help="Base settings.")
+@click.option("--kv", type=float, default=None, help="Accelerating voltage [kV] (default 200).")
+@click.option("--size", type=int, default=None, help="Pattern edge [pixels] (default 128).")
+@click.option("--half-width", type=float, default=None, help="Tilt half-width [1/Å] (default 7.266/a).")
+@click.option("--beams", type=int, default=None, help="Beam pool: at least this many ZOLZ beams (whole shells), all used at every pixel.")
+@click.option("--g-limit", type=float, default=None, help="Beam pool: all ZOLZ beams with |g| <= this [1/Å].")
+@click.option("--strong-beams", type=int, default=None, help="Beams per pixel chosen from the pool by excitation error (FELIX-like).")
+@click.option("--reflections", default=None, help='Reflections to write, e.g. "0 0 0;2 0 0" (default bright field).')
+@click.option("--absorption", type=float, default=None, help="Proportional absorption [%] (default 0).")
+@click.option("--form-factors", type=click.Choice(["kirkland", "peng"]), default=None, help="Electron form factors (default kirkland).")
+@click.option("--precision", type=click.Choice(["fast", "reference"]), default="fast", show_default=True, help="fast: float32 + symmetry wedge; reference: float64, every pixel.")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+def simulate_command(cif, output, thickness, reflections, **options):
+    """Simulate LACBED patterns of CIF along [001] with the Bloch-wave engine."""
+    from lacbed_refine.simulation import parse_reflections, simulate_file
+
+    refl = parse_reflections(reflections) if reflections is not None else None
+    result = simulate_file(cif, output, thickness_nm=_floats(thickness), reflections=refl, n_beams=options.pop("beams"), **options)
+    info = result["info"]
+    click.echo(f"{result['output']} ({info.n_beams} beams, {info.symmetry_ops} symmetry ops, {result['seconds']:.2f} s); preview {result['preview']}")
+
+
+@cli.command("potential")
+@click.argument("cif", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .tif, .npy or .h5 (a .png preview is written beside it).")
+@click.option("--size", type=int, default=128, show_default=True, help="Image edge [pixels]; the unit cell spans the image.")
+@click.option("--form-factors", type=click.Choice(["kirkland", "peng"]), default="kirkland", show_default=True)
+def potential_command(cif, output, size, form_factors):
+    """Write the [001] projected potential of CIF (raw [V] and normalised)."""
+    from lacbed_refine.simulation import potential_file
+
+    result = potential_file(cif, output, size=size, form_factors=form_factors)
+    click.echo(f"{result['output']}; preview {result['preview']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    cli()
