@@ -137,6 +137,7 @@ def lacbed_from_ug(
     reflections=((0, 0, 0),),
     strong_beams: int | None = None,
     absorption: float = 0.0,
+    mean_absorption: bool = True,
     dtype: torch.dtype = torch.float32,
     use_symmetry: bool = True,
     chunk: int = 1024,
@@ -164,7 +165,10 @@ def lacbed_from_ug(
     strong_beams : int, optional
         Beams per pixel (FELIX-like per-pixel choice); None uses the whole pool everywhere.
     absorption : float
-        Proportional absorption [%].
+        Proportional absorption [%]: U' = i (absorption/100) U.
+    mean_absorption : bool
+        Keep the g = 0 term of U' (uniform attenuation). FELIX drops it (its Bloch diagonal is
+        overwritten), which lets some pixels gain current; set False to compare with FELIX.
     dtype : torch.float32 or torch.float64
         Real precision of the eigenproblem.
     use_symmetry : bool
@@ -202,6 +206,11 @@ def lacbed_from_ug(
     off = coupling[dindex]  # (n, n)
     off = off * (1 - torch.eye(n, dtype=off.real.dtype, device=device))  # U_00 = 0, as FELIX
     off = off.real.to(dtype) if real_path else off.to(cdtype)
+    if absorption and mean_absorption:
+        # i·(p/100)·4π²U₀/2K on the diagonal: the uniform attenuation FELIX leaves out
+        zero = int(pool.diff_index[0, 0])
+        u_mean = (4 * math.pi**2 / (2 * big_k)) * u_diffs[zero].real * (absorption / 100.0)
+        off = off + (1j * u_mean).to(cdtype) * torch.eye(n, dtype=cdtype, device=device)
 
     # Beams needed for the requested outputs at representative pixels: the orbits of the requested
     # reflections under the symmetry ops (I_g(R k) = I_{R⁻¹ g}(k)).
@@ -334,6 +343,7 @@ def simulate_lacbed(
         reflections=settings.reflections,
         strong_beams=settings.strong_beams,
         absorption=settings.absorption,
+        mean_absorption=settings.mean_absorption,
         dtype=dtype,
         use_symmetry=use_symmetry,
         progress=progress,

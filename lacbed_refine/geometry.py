@@ -154,6 +154,8 @@ class SimulationSettings:
     form_factors : {"kirkland", "peng"}
     reflections : tuple of (h, k, l)
         Beams to return images of; (0, 0, 0) is the bright field.
+    mean_absorption : bool
+        Include the uniform attenuation from U'₀ (FELIX omits it; False reproduces FELIX).
     """
 
     voltage: float = 200e3
@@ -166,6 +168,7 @@ class SimulationSettings:
     absorption: float = 0.0
     form_factors: str = "kirkland"
     reflections: tuple[tuple[int, int, int], ...] = ((0, 0, 0),)
+    mean_absorption: bool = True
 
 
 def paper_preset(a: float, **overrides) -> SimulationSettings:
