@@ -82,8 +82,10 @@ def write_stack(path, stack: np.ndarray, *, labels: list[str], metadata: dict) -
                 ds = f.create_dataset("patterns", data=stack, compression="gzip", chunks=(1, 1, h, w))
                 ds.attrs["dims"] = "thickness, reflection, row (k_y), col (k_x)"
                 f.create_dataset("labels", data=np.array(labels, dtype="S"))
+                f.attrs["metadata"] = json.dumps(metadata)
                 for k, v in metadata.items():
-                    f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) else v
+                    if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                        f.attrs[k] = v
     return path
 
 
