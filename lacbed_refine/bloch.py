@@ -22,7 +22,7 @@ import torch
 from .conventions import wavevector_2pi
 from .geometry import SimulationSettings, tilt_grid, zolz_beams
 from .propagation import propagate
-from .runtime import configure_threads
+from .runtime import single_thread
 from .structure_factors import ug_coefficients
 from .symmetry import pattern_symmetry, pixel_wedge, realifying_shift
 
@@ -183,6 +183,19 @@ def lacbed_from_ug(
     intensities : Tensor, shape (T, R, size, size), real ``dtype``
     info : EngineInfo
     """
+    with single_thread():
+        return _lacbed_from_ug(
+            pool, u_diffs, a, thickness, voltage=voltage, size=size, half_width=half_width,
+            reflections=reflections, strong_beams=strong_beams, absorption=absorption,
+            mean_absorption=mean_absorption, dtype=dtype, use_symmetry=use_symmetry, chunk=chunk,
+            progress=progress,
+        )
+
+
+def _lacbed_from_ug(
+    pool, u_diffs, a, thickness, *, voltage, size, half_width, reflections, strong_beams, absorption,
+    mean_absorption, dtype, use_symmetry, chunk, progress,
+):
     device = u_diffs.device
     n = pool.size
     big_k = wavevector_2pi(voltage)
@@ -311,7 +324,6 @@ def simulate_lacbed(
     info : EngineInfo
     """
     device = torch.device(device)
-    configure_threads()
     if beams is None:
         if settings.n_beams is None and settings.g_limit is None:
             raise ValueError("settings need n_beams or g_limit (or pass beams=)")
