@@ -3,19 +3,33 @@
 A :class:`Crystal` holds the asymmetric unit (one :class:`Site` per CIF ``_atom_site`` row) and the
 space group; :meth:`Crystal.orbits` gives, for every site, the symmetry operations that generate its
 distinct positions in the conventional cell. Keeping the operations (not just the positions) lets the
-refinement move a site along its symmetry-allowed directions and regenerate the cell differentiably.
+refinement move a site along its symmetry-allowed directions and regenerate the cell differentiably
+(:mod:`lacbed_refine.parameters`).
 
 Units: cell edge ``a`` in Å, fractional coordinates, ``b_iso`` in Å².
+
+Positions closer than 1e-3 (fractional, per component, modulo 1) are the same position, as in the
+shared cubic-CIF collection. :func:`read_cif` moves a site that lies within that tolerance of a special
+position onto it exactly (e.g. 0.1249 → 0.125), so that its multiplicity, site symmetry and allowed
+displacements are exact.
+
+Wyckoff letters are not computed: gemmi (0.7.5) has no Wyckoff tables. A letter given in the CIF
+(``_atom_site_Wyckoff_symbol``) is kept in :attr:`Site.wyckoff` and written back by :func:`write_cif`;
+otherwise ``?`` is written. The site multiplicity is always written.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+import warnings
 from dataclasses import dataclass, field, replace
 
 import gemmi
 import numpy as np
+
+from . import __version__
 
 __all__ = [
     "CrystalError",
@@ -23,6 +37,7 @@ __all__ = [
     "Crystal",
     "Orbit",
     "read_cif",
+    "write_cif",
     "DEFAULT_B_ISO",
     "CUBIC_SPACE_GROUPS",
 ]
@@ -36,6 +51,13 @@ CUBIC_SPACE_GROUPS = range(195, 231)
 
 # Two positions closer than this (fractional, per component, modulo 1) are the same position.
 _POS_TOL = 1e-3
+# Summed occupancy of the rows sharing one position may exceed 1 by this much (rounding in the
+# source); such groups are rescaled to sum to 1. More is an error.
+_OCC_EXCESS_TOL = 0.05
+# Cubic groups that ITA tabulates with two origin choices.
+_TWO_ORIGIN_GROUPS = frozenset({201, 203, 222, 224, 227, 228})
+# Fields that write_cif accepts in ``uncertainties``.
+_SU_FIELDS = ("x", "y", "z", "b_iso", "occupancy")
 
 
 class CrystalError(ValueError):
@@ -58,6 +80,8 @@ class Site:
         Site occupancy in [0, 1].
     b_iso : float
         Isotropic Debye–Waller factor B [Å²] (``8π² U_iso``).
+    wyckoff : str
+        Wyckoff letter as given by the source CIF (``"e"``), or ``""`` when unknown. Not computed.
     """
 
     label: str
@@ -65,6 +89,7 @@ class Site:
     frac: tuple[float, float, float]
     occupancy: float = 1.0
     b_iso: float = DEFAULT_B_ISO
+    wyckoff: str = ""
 
     @property
     def atomic_number(self) -> int:
@@ -147,6 +172,25 @@ class Crystal:
         """
         return _operations(self.hall)
 
+    def site_symmetry(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The space-group operations that leave site ``index`` in place (its site-symmetry group).
+
+        An operation (R, t) belongs to it when ``R r + t ≡ r`` (mod 1, within 1e-3), centring
+        included. The translations returned absorb the lattice shift, so ``R r + t = r``.
+
+        Parameters
+        ----------
+        index : int
+            Index into :attr:`sites`.
+
+        Returns
+        -------
+        rotations : ndarray, shape (H, 3, 3), int
+        translations : ndarray, shape (H, 3), float (fractional)
+        """
+        rot, tra = self.operations()
+        return _stabilizer(np.asarray(self.sites[index].frac, dtype=float), rot, tra)
+
     # -- expansion --------------------------------------------------------------------------
     def orbits(self) -> tuple[Orbit, ...]:
         """One :class:`Orbit` per site (cached)."""
@@ -190,7 +234,8 @@ class Crystal:
         """The same structure with every site translated by ``shift`` (fractional, 3-vector).
 
         The space-group operations are conjugated by the translation, so the result is the same
-        crystal described from another origin.
+        crystal described from another origin. Wyckoff letters are dropped (an origin shift can
+        relabel Wyckoff positions).
         """
         shift = np.asarray(shift, dtype=float)
         ops = gemmi.symops_from_hall(self.hall)
@@ -203,15 +248,23 @@ class Crystal:
         hall = gemmi.find_spacegroup_by_ops(new_ops)
         if hall is None:
             raise ValueError(f"shift {shift!r} gives a setting gemmi does not tabulate")
-        sites = [replace(s, frac=tuple(np.mod(np.asarray(s.frac) + shift, 1.0))) for s in self.sites]
+        sites = [
+            replace(s, frac=tuple(np.mod(np.asarray(s.frac) + shift, 1.0)), wyckoff="")
+            for s in self.sites
+        ]
         return replace(self, hall=hall.hall, sites=tuple(sites), _orbits=None)
 
     @property
     def formula(self) -> str:
-        counts: dict[str, float] = {}
-        for site, orb in zip(self.sites, self.orbits()):
-            counts[site.element] = counts.get(site.element, 0.0) + site.occupancy * orb.multiplicity
-        return "".join(f"{el}{_fmt_count(n)}" for el, n in counts.items())
+        """Cell content, e.g. ``"Mg8Al16O32"`` (occupancy-weighted)."""
+        return "".join(f"{el}{_fmt_count(n)}" for el, n in _element_counts(self).items())
+
+
+def _element_counts(crystal: Crystal) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for site, orb in zip(crystal.sites, crystal.orbits()):
+        counts[site.element] = counts.get(site.element, 0.0) + site.occupancy * orb.multiplicity
+    return counts
 
 
 def _fmt_count(n: float) -> str:
@@ -221,7 +274,11 @@ def _fmt_count(n: float) -> str:
 
 
 def _operations(hall: str) -> tuple[np.ndarray, np.ndarray]:
-    ops = list(gemmi.symops_from_hall(hall))
+    return _ops_arrays(gemmi.symops_from_hall(hall))
+
+
+def _ops_arrays(ops) -> tuple[np.ndarray, np.ndarray]:
+    ops = list(ops)
     rot = np.array([op.rot for op in ops], dtype=float) / gemmi.Op.DEN
     tra = np.mod(np.array([op.tran for op in ops], dtype=float) / gemmi.Op.DEN, 1.0)
     return np.rint(rot).astype(np.int64), tra
@@ -240,6 +297,33 @@ def _orbit(frac: np.ndarray, rot: np.ndarray, tra: np.ndarray) -> Orbit:
     return Orbit(rotations=rot[keep].copy(), translations=tra[keep].copy())
 
 
+def _stabilizer(frac: np.ndarray, rot: np.ndarray, tra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Operations (R, t - n) with R r + t = r + n within tolerance; t - n makes the equality exact."""
+    d = np.einsum("sij,j->si", rot, frac) + tra - frac
+    n = np.rint(d)
+    keep = np.all(np.abs(d - n) < _POS_TOL, axis=1)
+    return rot[keep].copy(), (tra - n)[keep]
+
+
+def _snap(frac: np.ndarray, rot: np.ndarray, tra: np.ndarray) -> np.ndarray:
+    """Move a position within tolerance of a special position onto it (mean over its stabilizer).
+
+    The mean of the images ``R r + t - n`` over a site-symmetry group is fixed by every element of
+    that group, so one pass suffices; the loop only guards against a tolerance-set that is not a
+    group. The result is rounded to 1e-12 and wrapped to [0, 1).
+    """
+    r = np.asarray(frac, dtype=float)
+    for _ in range(8):
+        srot, stra = _stabilizer(r, rot, tra)
+        new = np.mean(np.einsum("sij,j->si", srot, r) + stra, axis=0)
+        done = np.max(np.abs(new - r)) < 1e-13
+        r = new
+        if done:
+            break
+    r = np.mod(np.round(r, 12), 1.0)
+    return np.where(np.abs(r - 1.0) < 1e-12, 0.0, r) + 0.0
+
+
 # ------------------------------------------------------------------------------------------------
 # CIF input
 # ------------------------------------------------------------------------------------------------
@@ -248,110 +332,322 @@ def _cif_number(value: str | None) -> float | None:
     if value is None or value in ("?", "."):
         return None
     try:
-        return gemmi.cif.as_number(value)
+        x = gemmi.cif.as_number(value)
     except Exception:  # gemmi raises on junk; report as missing and let the caller decide
         return None
+    return None if math.isnan(x) else x
 
 
 def read_cif(path, *, default_b_iso: float = DEFAULT_B_ISO) -> Crystal:
-    """Read a cubic crystal from a CIF (first data block).
+    """Read a cubic crystal from a CIF (the first data block with atom sites).
+
+    The space group comes from the symmetry operators when the file lists them (centring
+    translations are added from the symbol if the list lacks them), else from the Hall symbol, else
+    from the Hermann–Mauguin symbol (an origin choice given as ``:1``/``:2``, ``S``/``Z`` or
+    ``_space_group_IT_coordinate_system_code`` is honoured), else from the number. For a group with
+    two origin choices and nothing that decides between them, the choice with the larger shortest
+    interatomic distance is taken and a ``UserWarning`` says so.
+
+    B_iso comes from ``_atom_site_B_iso_or_equiv``, else ``8π² U_iso_or_equiv``, else from the
+    trace of the anisotropic U, else ``default_b_iso``. Rows sharing one position (mixed occupancy)
+    may sum to at most 1.05 and are rescaled to sum to 1 when above 1.
 
     Parameters
     ----------
     path : str or os.PathLike
         CIF file.
     default_b_iso : float
-        B_iso [Å²] for sites that give neither ``_atom_site_B_iso_or_equiv`` nor
-        ``_atom_site_U_iso_or_equiv``.
+        B_iso [Å²] for sites that give no displacement parameter.
+
+    Returns
+    -------
+    crystal : Crystal
+        Sites snapped onto special positions within 1e-3 (fractional).
 
     Raises
     ------
     CrystalError
-        One line naming the file and the problem: unreadable, no atoms, unknown space group,
-        non-cubic space group or cell.
+        One line naming the file and the problem: unreadable or empty, no atoms, unknown element,
+        unknown space group, non-cubic space group or cell, occupancy out of range.
+    FileNotFoundError
+        If ``path`` does not exist.
     """
     path = os.fspath(path)
-    where = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such CIF file")
     try:
         doc = gemmi.cif.read(path)
     except Exception as exc:  # gemmi's parser errors carry line numbers; keep only the first line
-        raise CrystalError(f"{where}: not a readable CIF ({str(exc).splitlines()[0]})") from None
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CrystalError(f"{path}: not a readable CIF ({msg})") from None
     if len(doc) == 0:
-        raise CrystalError(f"{where}: no data block")
-    block = doc[0]
+        raise CrystalError(f"{path}: no data block (empty file?)")
+    block = next((b for b in doc if b.find_values("_atom_site_fract_x")), None)
+    if block is None:
+        raise CrystalError(f"{path}: no atom sites (no _atom_site_fract_x loop)")
     try:
         small = gemmi.make_small_structure_from_block(block)
     except Exception as exc:
-        raise CrystalError(f"{where}: cannot read structure ({exc})") from None
+        raise CrystalError(f"{path}: cannot read structure ({exc})") from None
     return _crystal_from_small(small, block, path, default_b_iso=default_b_iso)
 
 
-def _spacegroup(small, block, where) -> gemmi.SpaceGroup:
-    sg = None
+def _split_origin(hm: str) -> tuple[str, str]:
+    """``'F d -3 m :2'`` → (``'F d -3 m'``, ``'2'``); ``S``/``Z`` suffixes map to 1/2."""
+    hm = hm.strip()
+    m = re.match(r"^(.*?)\s*:\s*([12])$", hm)
+    if m:
+        return m.group(1), m.group(2)
+    m = re.match(r"^(.*\S)\s+([SZ])$", hm)
+    if m:
+        return m.group(1), "1" if m.group(2) == "S" else "2"
+    return hm, ""
+
+
+def _spacegroup(small, block, sites_frac, sites_occ, where) -> gemmi.SpaceGroup:
+    hm, origin = _split_origin(small.spacegroup_hm or "")
+    code = block.find_value("_space_group.IT_coordinate_system_code") or block.find_value(
+        "_space_group_IT_coordinate_system_code"
+    )
+    if not origin and code:
+        code = gemmi.cif.as_string(code).strip()
+        origin = code if code in ("1", "2") else ""
+    declared = None
+    if small.spacegroup_hall:
+        try:
+            declared = gemmi.find_spacegroup_by_ops(gemmi.symops_from_hall(small.spacegroup_hall))
+        except Exception:
+            declared = None
+    if declared is None and hm:
+        declared = gemmi.find_spacegroup_by_name(f"{hm}:{origin}" if origin else hm)
+        if declared is None and origin:
+            declared = gemmi.find_spacegroup_by_name(hm)
+
     if small.symops:
         try:
             ops = gemmi.GroupOps([gemmi.Op(s) for s in small.symops])
         except Exception as exc:
             raise CrystalError(f"{where}: unreadable symmetry operator ({exc})") from None
         sg = gemmi.find_spacegroup_by_ops(ops)
+        if declared is not None and (sg is None or sg.number != declared.number):
+            # Some files list the operators without the centring translations of their symbol.
+            centred = gemmi.GroupOps([gemmi.Op(s) for s in small.symops])
+            centred.cen_ops = declared.operations().cen_ops
+            with_centring = gemmi.find_spacegroup_by_ops(centred)
+            if with_centring is not None and with_centring.number == declared.number:
+                return with_centring
         if sg is None:
             raise CrystalError(f"{where}: symmetry operators match no tabulated space-group setting")
-    elif small.spacegroup_hall:
-        sg = gemmi.find_spacegroup_by_ops(gemmi.symops_from_hall(small.spacegroup_hall))
-    if sg is None and small.spacegroup_hm:
-        sg = gemmi.find_spacegroup_by_name(small.spacegroup_hm)
-    if sg is None and small.spacegroup_number:
+        if declared is not None and sg.number != declared.number:
+            warnings.warn(
+                f"{where}: the symmetry operators give {sg.hm} (No. {sg.number}) but the file "
+                f"declares {declared.hm} (No. {declared.number}); using the operators",
+                UserWarning,
+                stacklevel=5,
+            )
+        return sg
+    if small.spacegroup_hall:
+        if declared is None:
+            raise CrystalError(f"{where}: unknown Hall symbol {small.spacegroup_hall!r}")
+        return declared
+    if declared is not None:
+        if origin or declared.number not in _TWO_ORIGIN_GROUPS:
+            return declared
+        return _choose_origin(declared.number, sites_frac, sites_occ, where)
+    if hm:
+        raise CrystalError(f"{where}: unknown space-group symbol {hm!r}")
+    if small.spacegroup_number:
         sg = gemmi.find_spacegroup_by_number(small.spacegroup_number)
-    if sg is None:
-        raise CrystalError(f"{where}: no space group (no operators, symbol or number)")
-    return sg
+        if sg is not None and sg.number in _TWO_ORIGIN_GROUPS:
+            return _choose_origin(sg.number, sites_frac, sites_occ, where)
+        if sg is not None:
+            return sg
+    raise CrystalError(f"{where}: no space group (no operators, Hall or H-M symbol, or number)")
+
+
+def _choose_origin(number: int, sites_frac: np.ndarray, sites_occ, where: str) -> gemmi.SpaceGroup:
+    """Pick origin choice 1 or 2 for a file that does not say which.
+
+    A setting in which rows pile up on one position beyond full occupancy loses. Otherwise the
+    per-site nearest-neighbour distances, sorted, are compared lexicographically and the setting
+    with the longer ones wins (a wrong origin usually creates short contacts); a full tie gives
+    origin choice 1, gemmi's default. On the 561 two-origin files of the shared cubic-CIF
+    collection, stripped of operators and Hall symbol, this picks the file's own setting 549 times.
+    """
+    settings = [sg for sg in gemmi.spacegroup_table() if sg.number == number]
+    scores = []
+    for sg in settings:
+        rot, tra = _operations(sg.hall)
+        snapped = [_snap(r, rot, tra) for r in sites_frac]
+        fits = not any(
+            sum(sites_occ[i] for i in group) > 1.0 + _OCC_EXCESS_TOL
+            for group in _shared_position_groups(snapped, rot, tra)
+        )
+        pos = []
+        for r in snapped:
+            orb = _orbit(r, rot, tra)
+            pos.append(np.einsum("mij,j->mi", orb.rotations, r) + orb.translations)
+        scores.append((fits, tuple(np.round(sorted(_nearest_neighbours(pos)), 6))))
+    best = max(range(len(settings)), key=lambda k: scores[k])
+    other = 1 - best
+    warnings.warn(
+        f"{where}: space group {settings[best].hm} (No. {number}) given without origin choice or "
+        f"operators; took origin choice {settings[best].ext} (shortest distance "
+        f"{scores[best][1][0]:.3g} a vs {scores[other][1][0]:.3g} a"
+        f"{'' if scores[other][0] else ' and over-full shared positions'} for choice "
+        f"{settings[other].ext})",
+        UserWarning,
+        stacklevel=5,
+    )
+    return settings[best]
+
+
+def _nearest_neighbours(positions: list[np.ndarray]) -> list[float]:
+    """Per site, the distance (units of a) from its first position to the nearest other atom."""
+    everything = np.concatenate(positions)
+    out = []
+    for pos in positions:
+        d = _wrap_diff(pos[0][None, :] - everything)
+        dist = np.sqrt(np.sum(d * d, axis=-1))
+        dist = dist[dist > math.sqrt(3) * _POS_TOL]
+        out.append(float(dist.min()) if dist.size else 1.0)
+    return out
+
+
+def _element(site, where) -> str:
+    el = site.element
+    if el.atomic_number == 0:
+        raise CrystalError(
+            f"{where}: site {site.label!r} has no known element (type symbol {site.type_symbol!r})"
+        )
+    return "H" if el.name == "D" else el.name
 
 
 def _crystal_from_small(small, block, path, *, default_b_iso) -> Crystal:
-    where = os.path.basename(path)
-    sg = _spacegroup(small, block, where)
+    where = path
+    cell = small.cell
+    if not cell.a > 0:
+        raise CrystalError(f"{where}: no cell edge (_cell_length_a)")
+    if len(small.sites) == 0:
+        raise CrystalError(f"{where}: no atom sites")
+    fracs = np.array([[s.fract.x, s.fract.y, s.fract.z] for s in small.sites], dtype=float)
+    for s, r in zip(small.sites, fracs):
+        if not np.all(np.isfinite(r)):
+            raise CrystalError(f"{where}: site {s.label!r} has no numeric fractional coordinates")
+    fracs = np.mod(fracs, 1.0)
+    occ_col = _column(block, "_atom_site_occupancy", len(small.sites), where)
+    occs = [1.0 if (o := _cif_number(v)) is None else o for v in occ_col]
+
+    sg = _spacegroup(small, block, fracs, occs, where)
     if sg.number not in CUBIC_SPACE_GROUPS:
         raise CrystalError(
             f"{where}: space group {sg.hm} (No. {sg.number}) is not cubic; "
             "lacbed-refine handles cubic groups 195-230 only"
         )
-    cell = small.cell
     if not (
         math.isclose(cell.a, cell.b, rel_tol=1e-4)
         and math.isclose(cell.a, cell.c, rel_tol=1e-4)
         and all(math.isclose(x, 90.0, abs_tol=1e-3) for x in (cell.alpha, cell.beta, cell.gamma))
     ):
-        raise CrystalError(f"{where}: cell {cell} is not cubic although the space group is {sg.hm}")
-    if not cell.a > 0:
-        raise CrystalError(f"{where}: no cell edge (_cell_length_a)")
-    if len(small.sites) == 0:
-        raise CrystalError(f"{where}: no atom sites")
+        raise CrystalError(
+            f"{where}: cell ({cell.a:g}, {cell.b:g}, {cell.c:g}, {cell.alpha:g}, {cell.beta:g}, "
+            f"{cell.gamma:g}) is not cubic although the space group is {sg.hm}"
+        )
+    rot, tra = _operations(sg.hall)
 
-    # gemmi reports a missing U as 0; read the columns ourselves to tell "absent" from "zero".
-    b_col = block.find_values("_atom_site_B_iso_or_equiv")
-    u_col = block.find_values("_atom_site_U_iso_or_equiv")
-    labels = list(block.find_values("_atom_site_label"))
+    # gemmi reports a missing U as 0 and a missing occupancy as 1; read the columns ourselves to
+    # tell "absent" from "zero". gemmi keeps one site per _atom_site row, in file order.
+    n_rows = len(small.sites)
+    cols = {
+        tag: _column(block, tag, n_rows, where)
+        for tag in (
+            "_atom_site_B_iso_or_equiv",
+            "_atom_site_U_iso_or_equiv",
+            "_atom_site_occupancy",
+            "_atom_site_Wyckoff_symbol",
+        )
+    }
     sites = []
     for i, s in enumerate(small.sites):
-        if s.element == gemmi.Element("X") or s.element.atomic_number == 0:
-            raise CrystalError(f"{where}: site {s.label!r} has no known element ({s.type_symbol!r})")
-        row = labels.index(s.label) if s.label in labels else i
-        b = _cif_number(b_col[row]) if len(b_col) > row else None
+        element = _element(s, where)
+        b = _cif_number(cols["_atom_site_B_iso_or_equiv"][i])
         if b is None:
-            u = _cif_number(u_col[row]) if len(u_col) > row else None
+            u = _cif_number(cols["_atom_site_U_iso_or_equiv"][i])
+            if u is None and s.aniso.nonzero():
+                u = (s.aniso.u11 + s.aniso.u22 + s.aniso.u33) / 3.0
             b = 8.0 * math.pi**2 * u if u is not None else None
         if b is None:
             b = default_b_iso
         if b < 0:
             raise CrystalError(f"{where}: site {s.label!r} has negative B_iso {b:g} Å²")
-        occ = float(s.occ)
+        occ = _cif_number(cols["_atom_site_occupancy"][i])
+        occ = 1.0 if occ is None else occ
         if not 0.0 <= occ <= 1.0 + 1e-6:
             raise CrystalError(f"{where}: site {s.label!r} has occupancy {occ:g} outside [0, 1]")
-        frac = tuple(float(np.mod(x, 1.0)) for x in (s.fract.x, s.fract.y, s.fract.z))
-        sites.append(Site(label=s.label, element=s.element.name, frac=frac, occupancy=min(occ, 1.0), b_iso=b))
+        wyck = cols["_atom_site_Wyckoff_symbol"][i]
+        wyck = "" if wyck in (None, "?", ".") else gemmi.cif.as_string(wyck).strip()
+        frac = _snap(fracs[i], rot, tra)
+        sites.append(
+            Site(
+                label=s.label,
+                element=element,
+                frac=tuple(float(x) for x in frac),
+                occupancy=min(occ, 1.0),
+                b_iso=float(b),
+                wyckoff=wyck,
+            )
+        )
+    sites = _check_shared_occupancy(sites, rot, tra, where)
 
-    name = _formula_name(block) or small.name or where
+    name = _formula_name(block) or small.name or os.path.splitext(os.path.basename(path))[0]
     return Crystal(name=name, a=float(cell.a), hall=sg.hall, sites=tuple(sites), source=path)
+
+
+def _column(block, tag: str, n: int, where: str) -> list:
+    values = list(block.find_values(tag))
+    if not values:
+        return [None] * n
+    if len(values) != n:
+        raise CrystalError(f"{where}: {tag} has {len(values)} values for {n} atom sites")
+    return values
+
+
+def _shared_position_groups(fracs, rot, tra) -> list[list[int]]:
+    """Groups (of ≥ 2 site indices) whose sites lie on one position (orbits that coincide)."""
+    n = len(fracs)
+    parent = list(range(n))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    images = [np.einsum("sij,j->si", rot, np.asarray(r, dtype=float)) + tra for r in fracs]
+    for i in range(n):
+        for j in range(i + 1, n):
+            d = _wrap_diff(images[i] - np.asarray(fracs[j], dtype=float))
+            if np.any(np.all(np.abs(d) < _POS_TOL, axis=1)):
+                parent[find(j)] = find(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _check_shared_occupancy(sites, rot, tra, where) -> list[Site]:
+    sites = list(sites)
+    for group in _shared_position_groups([s.frac for s in sites], rot, tra):
+        total = sum(sites[i].occupancy for i in group)
+        labels = ", ".join(sites[i].label for i in group)
+        if total > 1.0 + _OCC_EXCESS_TOL:
+            raise CrystalError(
+                f"{where}: sites {labels} share one position with summed occupancy {total:.3f} > 1"
+            )
+        if total > 1.0:
+            for i in group:
+                sites[i] = replace(sites[i], occupancy=sites[i].occupancy / total)
+    return sites
 
 
 def _formula_name(block) -> str:
@@ -360,3 +656,167 @@ def _formula_name(block) -> str:
         if v and v not in ("?", "."):
             return "".join(ch for ch in gemmi.cif.as_string(v) if ch.isalnum() or ch == ".")
     return ""
+
+
+# ------------------------------------------------------------------------------------------------
+# CIF output
+# ------------------------------------------------------------------------------------------------
+def write_cif(crystal: Crystal, path, *, uncertainties=None) -> None:
+    """Write ``crystal`` as a CIF that :func:`read_cif` reads back to the same crystal.
+
+    The file has the cell, the space group (number, H-M symbol, Hall symbol and the full
+    ``_space_group_symop_operation_xyz`` loop, centring included) and one ``_atom_site`` row per
+    site: label, type symbol, multiplicity, Wyckoff letter (``?`` when the crystal does not carry
+    one), fractional x/y/z, B_iso [Å²] and occupancy. Floats are written with enough digits to read
+    back exactly. The write is atomic: a temporary file in the same folder, then ``os.replace``.
+
+    Parameters
+    ----------
+    crystal : Crystal
+        The crystal to write.
+    path : str or os.PathLike
+        Output file; its folder must exist.
+    uncertainties : dict, optional
+        Standard uncertainties keyed by ``(site_label, field)`` with field one of ``"x"``, ``"y"``,
+        ``"z"`` (fractional), ``"b_iso"`` [Å²], ``"occupancy"``. A value with an uncertainty is
+        written in bracket notation rounded to it, e.g. ``0.2624(3)``.
+
+    Raises
+    ------
+    ValueError
+        If an ``uncertainties`` key names an unknown site label or field, or a sigma is negative.
+    """
+    path = os.fspath(path)
+    su = _check_uncertainties(crystal, uncertainties or {})
+    text = _cif_text(crystal, su)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _check_uncertainties(crystal: Crystal, uncertainties) -> dict:
+    labels = {s.label for s in crystal.sites}
+    out = {}
+    for key, sigma in uncertainties.items():
+        if not (isinstance(key, tuple) and len(key) == 2):
+            raise ValueError(f"uncertainties keys must be (site_label, field) tuples, got {key!r}")
+        label, fld = key
+        if label not in labels:
+            raise ValueError(
+                f"uncertainties: unknown site label {label!r}; the crystal has {sorted(labels)}"
+            )
+        if fld not in _SU_FIELDS:
+            raise ValueError(
+                f"uncertainties: unknown field {fld!r} for {label!r}; use one of {_SU_FIELDS}"
+            )
+        sigma = float(sigma)
+        if not sigma >= 0:
+            raise ValueError(f"uncertainties: sigma for {key!r} must be >= 0, got {sigma!r}")
+        out[key] = sigma
+    return out
+
+
+def _format_su(value: float, sigma: float | None) -> str:
+    """``value`` for a CIF; with ``sigma`` > 0 in bracket notation, ``0.2624(3)``.
+
+    The su is rounded to 2–19 units of the last digit written (IUCr practice); the value is rounded
+    to the same digit.
+    """
+    value = float(value)
+    if sigma is None or sigma == 0 or not math.isfinite(sigma):
+        return repr(value + 0.0)
+    d = max(0, -math.floor(math.log10(sigma)))
+    digits = round(sigma * 10**d)
+    if digits < 2:
+        d += 1
+        digits = round(sigma * 10**d)
+    return f"{value:.{d}f}({digits})"
+
+
+def _quote(s: str) -> str:
+    if s and not any(c.isspace() for c in s) and s[0] not in "_#$'\"[];" and s not in ("?", "."):
+        if not s.lower().startswith(("data_", "loop_", "save_", "global_", "stop_")):
+            return s
+    if "'" not in s:
+        return f"'{s}'"
+    if '"' not in s:
+        return f'"{s}"'
+    raise ValueError(f"cannot quote {s!r} for CIF (it contains both quote characters)")
+
+
+def _block_name(name: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+    return clean or "crystal"
+
+
+def _cif_text(crystal: Crystal, su: dict) -> str:
+    sg = crystal.spacegroup
+    if sg is None:
+        raise ValueError(f"Hall symbol {crystal.hall!r} matches no tabulated space group")
+    ops = gemmi.symops_from_hall(crystal.hall)
+    a = repr(float(crystal.a))
+    formula = " ".join(f"{el}{_fmt_count(n)}" for el, n in _element_counts(crystal).items())
+    lines = [
+        f"# Written by lacbed-refine {__version__}",
+        f"data_{_block_name(crystal.name)}",
+        f"_chemical_formula_structural {_quote(crystal.name)}",
+        f"_chemical_formula_sum {_quote(formula)}",
+        "_cell_formula_units_Z 1",
+        f"_cell_length_a {a}",
+        f"_cell_length_b {a}",
+        f"_cell_length_c {a}",
+        "_cell_angle_alpha 90",
+        "_cell_angle_beta 90",
+        "_cell_angle_gamma 90",
+        f"_cell_volume {crystal.volume:.4f}",
+        "_space_group_crystal_system cubic",
+        f"_space_group_IT_number {sg.number}",
+        f"_space_group_name_H-M_alt {_quote(sg.hm)}",
+        f"_space_group_name_Hall {_quote(sg.hall)}",
+    ]
+    if sg.ext in ("1", "2"):
+        lines.append(f"_space_group_IT_coordinate_system_code {sg.ext}")
+    lines += [
+        f"_symmetry_Int_Tables_number {sg.number}",
+        f"_symmetry_space_group_name_H-M {_quote(sg.hm)}",
+        "loop_",
+        "_space_group_symop_id",
+        "_space_group_symop_operation_xyz",
+    ]
+    lines += [f"{k + 1} {_quote(op.triplet())}" for k, op in enumerate(ops)]
+    lines += [
+        "loop_",
+        "_atom_site_label",
+        "_atom_site_type_symbol",
+        "_atom_site_symmetry_multiplicity",
+        "_atom_site_Wyckoff_symbol",
+        "_atom_site_fract_x",
+        "_atom_site_fract_y",
+        "_atom_site_fract_z",
+        "_atom_site_B_iso_or_equiv",
+        "_atom_site_occupancy",
+        "_atom_site_adp_type",
+    ]
+    for site, orb in zip(crystal.sites, crystal.orbits()):
+        row = [
+            _quote(site.label),
+            site.element,
+            str(orb.multiplicity),
+            _quote(site.wyckoff) if site.wyckoff else "?",
+            *(_format_su(x, su.get((site.label, f))) for x, f in zip(site.frac, "xyz")),
+            _format_su(site.b_iso, su.get((site.label, "b_iso"))),
+            _format_su(site.occupancy, su.get((site.label, "occupancy"))),
+            "Biso",
+        ]
+        lines.append(" ".join(row))
+    return "\n".join(lines) + "\n"
