@@ -169,7 +169,10 @@ def test_missing_file():
     ("rows", "match"),
     [
         ([("Mg1", "Mg", "0", "0", "0", "1.5")], "occupancy 1.5 outside"),
-        ([("Mg1", "Mg", "0", "0", "0", "0.7"), ("Fe1", "Fe", "0", "0", "0", "0.7")], "summed occupancy 1.400"),
+        (
+            [("Mg1", "Mg", "0", "0", "0", "0.7"), ("Fe1", "Fe", "0", "0", "0", "0.7")],
+            "summed occupancy 1.400",
+        ),
         ([("Q1", "Q", "0", "0", "0", "1")], "no known element"),
         ([("Mg1", "Mg", "?", "0", "0", "1")], "no numeric fractional coordinates"),
     ],
@@ -212,7 +215,8 @@ def test_b_from_anisotropic_u(tmp_path):
 
 @pytest.mark.parametrize("u_column", [True, False])
 def test_absent_b_gives_default(tmp_path, u_column):
-    columns = ("label", "type_symbol", "fract_x", "fract_y", "fract_z") + (("U_iso_or_equiv",) if u_column else ())
+    columns = ("label", "type_symbol", "fract_x", "fract_y", "fract_z")
+    columns += ("U_iso_or_equiv",) if u_column else ()
     row = ("Mg1", "Mg", "0", "0", "0") + (("?",) if u_column else ())
     path = write(tmp_path, make_cif(a="4.212", hm="F m -3 m", columns=columns, rows=[row]))
     assert read_cif(path).sites[0].b_iso == DEFAULT_B_ISO
@@ -276,7 +280,8 @@ def test_symbol_with_origin_choice(tmp_path, hm):
 
 
 def test_coordinate_system_code(tmp_path):
-    text = make_cif(hm="F d -3 m", rows=SPINEL_ROWS_ORIGIN2, extra="_space_group_IT_coordinate_system_code 2\n")
+    extra = "_space_group_IT_coordinate_system_code 2\n"
+    text = make_cif(hm="F d -3 m", rows=SPINEL_ROWS_ORIGIN2, extra=extra)
     assert read_cif(write(tmp_path, text)).hall == "-F 4vw 2vw 3"
 
 
@@ -333,7 +338,8 @@ def test_site_symmetry_of_spinel_oxygen(tmp_path):
     rot, tra = crystal.site_symmetry(2)
     assert len(rot) == 192 // 32  # site symmetry .3m, order 6
     r = np.asarray(crystal.sites[2].frac)
-    np.testing.assert_allclose(np.einsum("sij,j->si", rot, r) + tra, np.broadcast_to(r, (len(rot), 3)), atol=1e-12)
+    images = np.einsum("sij,j->si", rot, r) + tra
+    np.testing.assert_allclose(images, np.broadcast_to(r, images.shape), atol=1e-12)
 
 
 def test_shifted_drops_wyckoff_letters(reference_runs):
@@ -376,7 +382,8 @@ def test_write_read_round_trip_of_reference(reference_runs, tmp_path):
         crystal = read_cif(reference_runs / run / "felix.cif")
         write_cif(crystal, tmp_path / "x.cif")
         back = read_cif(tmp_path / "x.cif")
-        assert (back.sites, back.a, back.hall, back.name) == (crystal.sites, crystal.a, crystal.hall, crystal.name)
+        assert back.sites == crystal.sites
+        assert (back.a, back.hall, back.name) == (crystal.a, crystal.hall, crystal.name)
 
 
 def test_write_replaces_existing_file(tmp_path):
@@ -388,7 +395,8 @@ def test_write_replaces_existing_file(tmp_path):
 
 def test_write_with_uncertainties(tmp_path):
     crystal = _spinel_crystal()
-    su = {("O1", "x"): 3e-4, ("O1", "y"): 3e-4, ("O1", "z"): 3e-4, ("Al1", "b_iso"): 0.012, ("Mg1", "occupancy"): 0.02}
+    su = {("O1", axis): 3e-4 for axis in "xyz"}
+    su |= {("Al1", "b_iso"): 0.012, ("Mg1", "occupancy"): 0.02}
     path = tmp_path / "su.cif"
     write_cif(crystal, path, uncertainties=su)
     text = path.read_text()
