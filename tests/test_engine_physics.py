@@ -205,3 +205,23 @@ def test_engine_gradcheck_coordinates_low_symmetry():
 
     x = torch.tensor([0.01, -0.02, 0.005], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(f, (x,), atol=1e-6, rtol=1e-4)
+
+
+def test_engine_gradcheck_through_symmetry_constrained_parameters():
+    """θ (spinel O 32e displacement along (1,1,1), B of each site) and thickness → pattern, with the
+    Fd-3m symmetry kept, so the 8-fold wedge and degenerate eigenvalues are on the gradient path."""
+    from lacbed_refine.parameters import free_parameters
+
+    c = read_cif(Path(__file__).parent / "data" / "felix" / "MgAl2O4" / "felix.cif")
+    fp = free_parameters(c, refine=("xyz", "b"))
+    assert sum(k == "xyz" for k in fp.kinds) == 1
+    settings = SimulationSettings(size=4, half_width=0.6, thicknesses=(250.0,), n_beams=13)
+
+    def f(theta, t):
+        stack, info = simulate_lacbed(fp.atoms(theta), c.a, settings, centring="F", thickness=t, dtype=torch.float64)
+        assert info.symmetry_ops == 8
+        return stack
+
+    theta = (fp.initial() + 0.01).requires_grad_()
+    t = torch.tensor([250.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (theta, t), atol=1e-6, rtol=1e-4)
