@@ -24,7 +24,7 @@ from .geometry import SimulationSettings, tilt_grid, zolz_beams
 from .propagation import propagate
 from .runtime import single_thread
 from .structure_factors import ug_coefficients
-from .symmetry import pattern_symmetry, pixel_wedge, realifying_shift
+from .symmetry import DIHEDRAL_OPS, pattern_symmetry, pixel_wedge, realifying_shift
 
 __all__ = ["BeamPool", "beam_pool", "excitation_errors", "simulate_lacbed", "lacbed_from_ug", "EngineInfo"]
 
@@ -65,8 +65,11 @@ def beam_pool(hkl: np.ndarray) -> BeamPool:
     if hkl.ndim != 2 or hkl.shape[1] != 3 or not (hkl[0] == 0).all():
         raise ValueError("beam list must have shape (n, 3) with 000 first")
     d = (hkl[:, None, :] - hkl[None, :, :]).reshape(-1, 3)
-    diffs, inverse = np.unique(d, axis=0, return_inverse=True)
-    return BeamPool(hkl=hkl, diffs=diffs, diff_index=inverse.reshape(len(hkl), len(hkl)))
+    # unique rows via one integer key per difference (np.unique over rows is slow for big pools)
+    span = 2 * int(np.abs(hkl).max()) + 1
+    key = ((d[:, 0] + span) * (2 * span + 1) + (d[:, 1] + span)) * (2 * span + 1) + (d[:, 2] + span)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return BeamPool(hkl=hkl, diffs=d[first], diff_index=inverse.reshape(len(hkl), len(hkl)))
 
 
 def excitation_errors(kx: torch.Tensor, ky: torch.Tensor, g: torch.Tensor, big_k: float) -> torch.Tensor:
@@ -113,16 +116,41 @@ class EngineInfo:
     dtype: str
 
 
+def _coupling_strength(s: torch.Tensor, u0: torch.Tensor) -> torch.Tensor:
+    """FELIX's perturbation strength |U_g0 / s_g| (shape (P, n)); 000 gets 1000 as in FELIX."""
+    strength = u0[None, :] / s.abs().clamp_min(1e-300)
+    strength[:, 0] = 1000.0
+    return strength
+
+
 def _strong_selection(s: torch.Tensor, u0: torch.Tensor, m: int, forced: torch.Tensor) -> torch.Tensor:
-    """Per-pixel choice of m beams, FELIX's rule with a fixed count: beams coupled to 000 with
-    |U_g0/s_g| ≥ 0.5 first, then the rest by ascending |s_g|; ``forced`` beams (000 and requested
-    reflections) always. Returns indices, shape (P, m), sorted."""
-    strength = u0.abs()[None, :] / s.abs().clamp_min(1e-12)
+    """Per-pixel choice of m beams with a fixed count (so pixels batch): the ``forced`` beams (000
+    and the requested reflections) first, in their given order, then FELIX's strong beams — those
+    with |U_g0/s_g| ≥ 0.5, then the rest by ascending |s_g|. Returns indices, shape (P, m)."""
+    f = forced.numel()
     key = s.abs().clone()
+    strength = _coupling_strength(s, u0)
     key = torch.where(strength >= 0.5, -1.0 - strength.clamp(max=1e6) * 1e-6, key)
-    key[:, forced] = -1e9
-    idx = torch.topk(key, m, dim=1, largest=False).indices
-    return torch.sort(idx, dim=1).values
+    key[:, forced] = float("inf")
+    rest = torch.topk(key, m - f, dim=1, largest=False).indices
+    rest = torch.sort(rest, dim=1).values
+    return torch.cat([forced.expand(s.shape[0], f), rest], dim=1)
+
+
+def _felix_strong_mask(s: torch.Tensor, u0: torch.Tensor, m: int) -> torch.Tensor:
+    """FELIX's strong-beam rule exactly (felix-spec §3.6): strong if |s_g| < S or |U_g0/s_g| ≥ 0.5,
+    with S = 0.005, 0.010, … [rad/Å] the first value giving at least m beams at that pixel.
+    Returns a bool mask, shape (P, n); the count varies per pixel."""
+    strength = _coupling_strength(s, u0) >= 0.5
+    a = s.abs()
+    limit = torch.full((s.shape[0], 1), 0.005, dtype=s.dtype, device=s.device)
+    mask = (a < limit) | strength
+    while True:
+        short = mask.sum(1) < m
+        if not bool(short.any()):
+            return mask
+        limit = torch.where(short[:, None], limit + 0.005, limit)
+        mask = (a < limit) | strength
 
 
 def lacbed_from_ug(
@@ -142,6 +170,7 @@ def lacbed_from_ug(
     use_symmetry: bool = True,
     chunk: int = 1024,
     progress=None,
+    strong_rule: str = "count",
 ) -> tuple[torch.Tensor, EngineInfo]:
     """LACBED intensities from the U of every beam difference.
 
@@ -163,7 +192,11 @@ def lacbed_from_ug(
     reflections : sequence of (h, k, l)
         Beams to return; must be in the pool.
     strong_beams : int, optional
-        Beams per pixel (FELIX-like per-pixel choice); None uses the whole pool everywhere.
+        Beams per pixel chosen by excitation error; None uses the whole pool everywhere.
+    strong_rule : {"count", "felix"}
+        "count": exactly ``strong_beams`` beams per pixel, solved as a smaller matrix (fast);
+        "felix": FELIX's rule (at least ``strong_beams``, count varies per pixel), emulated by
+        decoupling the other beams in the full matrix — for reproducing FELIX, not for speed.
     absorption : float
         Proportional absorption [%]: U' = i (absorption/100) U.
     mean_absorption : bool
@@ -188,14 +221,16 @@ def lacbed_from_ug(
             pool, u_diffs, a, thickness, voltage=voltage, size=size, half_width=half_width,
             reflections=reflections, strong_beams=strong_beams, absorption=absorption,
             mean_absorption=mean_absorption, dtype=dtype, use_symmetry=use_symmetry, chunk=chunk,
-            progress=progress,
+            progress=progress, strong_rule=strong_rule,
         )
 
 
 def _lacbed_from_ug(
     pool, u_diffs, a, thickness, *, voltage, size, half_width, reflections, strong_beams, absorption,
-    mean_absorption, dtype, use_symmetry, chunk, progress,
+    mean_absorption, dtype, use_symmetry, chunk, progress, strong_rule,
 ):
+    if strong_rule not in ("count", "felix"):
+        raise ValueError(f"strong_rule must be 'count' or 'felix', got {strong_rule!r}")
     device = u_diffs.device
     n = pool.size
     big_k = wavevector_2pi(voltage)
@@ -244,23 +279,39 @@ def _lacbed_from_ug(
     s_all = excitation_errors(kx_t, ky_t, g_t, big_k)  # (P, n) float64
     thickness = thickness.to(dtype)
 
-    forced = torch.as_tensor(np.union1d([0], rows_all), device=device)
+    # Beams kept at every pixel: 000, then the requested reflections with all their 4mm
+    # equivalents in the pool, so the per-pixel choice is the same with or without the wedge and
+    # never breaks the pattern's symmetry.
+    orbit = [beam_of[key] for R in DIHEDRAL_OPS for j in out_idx
+             if (key := tuple(int(v) for v in R @ hk[j])) in beam_of]
+    extra = [b for b in dict.fromkeys(list(rows_all) + orbit) if b != 0]
+    forced_np = np.asarray([0] + extra, dtype=np.int64)
+    forced = torch.as_tensor(forced_np, device=device)
     m = None if strong_beams is None or strong_beams >= n else int(strong_beams)
+    if m is not None and strong_rule == "count" and m < len(forced_np):
+        raise ValueError(
+            f"strong_beams={m} is fewer than the {len(forced_np)} beams that must be kept "
+            "(000 and the requested reflections with their symmetry equivalents)"
+        )
     u0 = u_diffs.detach()[dindex[:, 0]].abs().to(torch.float64)
+    # position of each output row in the solved matrix
+    rows_fixed = torch.as_tensor(rows_all, device=device)
+    rows_sel = torch.as_tensor([int(np.nonzero(forced_np == r)[0][0]) for r in rows_all], device=device)
 
     chunks = []
     for start in range(0, len(reps), chunk):
         s = s_all[start : start + chunk]
         if m is None:
             A = off.expand(s.shape[0], n, n) + torch.diag_embed(s.to(off.dtype))
-            rows = torch.as_tensor(rows_all, device=device)
+            rows = rows_fixed
+        elif strong_rule == "felix":
+            keep = _felix_strong_mask(s, u0, m)
+            A = off * (keep[:, :, None] & keep[:, None, :]).to(off.dtype) + torch.diag_embed(s.to(off.dtype))
+            rows = rows_fixed
         else:
-            sel = _strong_selection(s, u0, m, forced)  # (P, m)
+            sel = _strong_selection(s, u0, m, forced)  # (P, m), forced beams first
             A = off[sel[:, :, None], sel[:, None, :]] + torch.diag_embed(torch.gather(s, 1, sel).to(off.dtype))
-            # rows_all are forced, so they sit at fixed positions of each sorted selection
-            rows = torch.searchsorted(sel[0], torch.as_tensor(rows_all, device=device))
-            if not bool((sel[:, rows] == torch.as_tensor(rows_all, device=device)).all()):
-                raise RuntimeError("internal: forced beams not aligned across pixels")
+            rows = rows_sel
         psi = propagate(A, thickness, rows, hermitian=absorption == 0.0)
         chunks.append((psi.real**2 + psi.imag**2))  # (P, T, R')
         if progress is not None:
@@ -356,6 +407,7 @@ def simulate_lacbed(
         strong_beams=settings.strong_beams,
         absorption=settings.absorption,
         mean_absorption=settings.mean_absorption,
+        strong_rule=settings.strong_rule,
         dtype=dtype,
         use_symmetry=use_symmetry,
         progress=progress,

@@ -156,6 +156,9 @@ class SimulationSettings:
         Beams to return images of; (0, 0, 0) is the bright field.
     mean_absorption : bool
         Include the uniform attenuation from U'₀ (FELIX omits it; False reproduces FELIX).
+    strong_rule : {"count", "felix"}
+        How ``strong_beams`` is applied: exactly that many per pixel (fast), or FELIX's rule (at
+        least that many, emulated in the full matrix; reproduces FELIX).
     """
 
     voltage: float = 200e3
@@ -169,6 +172,7 @@ class SimulationSettings:
     form_factors: str = "kirkland"
     reflections: tuple[tuple[int, int, int], ...] = ((0, 0, 0),)
     mean_absorption: bool = True
+    strong_rule: str = "count"
 
 
 def paper_preset(a: float, **overrides) -> SimulationSettings:
