@@ -7,10 +7,8 @@ thicknesses, FELIX's own beam pool, on the fast path (float32 + symmetry wedge),
 
 - ``1thr``: one process, ``torch.set_num_threads(1)``;
 - ``2thr``: one process, ``torch.set_num_threads(2)``;
-- ``2proc``: one process with one thread, whose per-chunk eigen-decompositions
-  (``lacbed_refine.bloch.propagate``) are split in two halves and run by a pool of 2 worker processes
-  with one thread each. The library is not changed: the benchmark swaps the module attribute for a
-  dispatcher, so everything else is the library's own code path.
+- ``2proc``: the engine's own process pool (``simulate_lacbed(..., workers=2)``): chunks of pixels
+  (matrix build and eigen-solve) run in 2 single-thread worker processes.
 
 Repeats are interleaved (mode A, B, C, A, B, C, …) so that load from other jobs hits every mode alike;
 each row prints ``other``: the most cores that other jobs kept busy during any of its measurements
@@ -30,10 +28,8 @@ Run: ``PYTHONPATH=. python benchmarks/engine_speed.py [--repeats 3] [--modes 1th
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import logging
-import multiprocessing as mp
 import os
 import platform
 import shutil
@@ -53,7 +49,6 @@ import _felix_ref as ref  # noqa: E402
 
 import lacbed_refine.bloch as bloch  # noqa: E402
 from lacbed_refine.geometry import SimulationSettings, paper_preset  # noqa: E402
-from lacbed_refine.propagation import propagate as _library_propagate  # noqa: E402
 
 log = logging.getLogger("engine_speed")
 
@@ -67,35 +62,8 @@ PAPER_RUNS = ("SrTiO3", "MgAl2O4")
 # ------------------------------------------------------------------------------------------------
 # 2-process execution of the per-chunk eigen-decompositions
 # ------------------------------------------------------------------------------------------------
-def _worker_init() -> None:
-    torch.set_num_threads(1)
-
-
-def _worker_propagate(a: np.ndarray, thickness: np.ndarray, rows: np.ndarray, hermitian: bool) -> np.ndarray:
-    with torch.no_grad():
-        psi = _library_propagate(
-            torch.from_numpy(a), torch.from_numpy(thickness), torch.from_numpy(rows), hermitian=hermitian
-        )
-    return psi.numpy()
-
-
-class _SplitPropagate:
-    """Drop-in for ``lacbed_refine.bloch.propagate`` that splits the pixel batch over worker processes.
-
-    Forward only (numpy arrays cross the process boundary); the benchmark runs under ``no_grad``.
-    """
-
-    def __init__(self, executor: cf.Executor, parts: int):
-        self.executor = executor
-        self.parts = parts
-
-    def __call__(self, A, thickness, rows, *, hermitian):
-        if torch.is_grad_enabled():
-            raise RuntimeError("the 2-process benchmark mode is forward-only; run it under torch.no_grad()")
-        pieces = [p for p in torch.tensor_split(A, self.parts) if p.shape[0]]
-        th, rw = thickness.detach().numpy(), rows.numpy()
-        futures = [self.executor.submit(_worker_propagate, p.numpy(), th, rw, hermitian) for p in pieces]
-        return torch.cat([torch.from_numpy(f.result()) for f in futures])
+#: engine worker processes of the current mode ("2proc" runs the engine with workers=2)
+CURRENT = {"workers": 1}
 
 
 class Mode:
@@ -107,7 +75,7 @@ class Mode:
 
     _THREADS = {"1thr": 1, "2thr": 2, "2proc": 1}
 
-    def __init__(self, name: str, executor: cf.Executor | None):
+    def __init__(self, name: str, executor=None):
         if name not in self._THREADS:
             raise ValueError(f"mode must be one of {MODES}, got {name!r}")
         self.name = name
@@ -119,12 +87,11 @@ class Mode:
         n = self._THREADS[self.name]
         torch.set_num_threads(n)
         os.environ["LACBED_THREADS"] = str(n)
-        if self.name == "2proc":
-            bloch.propagate = _SplitPropagate(self.executor, 2)
+        CURRENT["workers"] = 2 if self.name == "2proc" else 1
         return self
 
     def __exit__(self, *exc):
-        bloch.propagate = _library_propagate
+        CURRENT["workers"] = 1
         torch.set_num_threads(self._threads)
         if self._env is None:
             os.environ.pop("LACBED_THREADS", None)
@@ -133,22 +100,15 @@ class Mode:
         return False
 
 
-def start_pool(workers: int) -> tuple[cf.ProcessPoolExecutor, float]:
-    """A spawned pool of single-thread workers, warmed up; returns it and its start-up time [s]."""
+def start_pool(workers: int) -> tuple[object, float]:
+    """Start and warm up the engine's own pool of single-thread workers (``simulate_lacbed(...,
+    workers=N)``); returns it and its start-up time [s]."""
     t0 = time.perf_counter()
-    env_before = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # inherited by the spawned workers
-    try:
-        ex = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
-        job = (np.eye(4, dtype=np.float32)[None], np.ones(1, np.float32), np.zeros(1, np.int64), True)
-        list(ex.map(_worker_propagate, *zip(*[job] * workers)))
-    finally:
-        for k, v in env_before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return ex, time.perf_counter() - t0
+    atoms = {"frac": np.zeros((1, 3)), "Z": np.array([8]), "occupancy": np.ones(1), "b_iso": np.full(1, 0.5)}
+    tiny = SimulationSettings(size=8, half_width=0.5, thicknesses=(100.0,), n_beams=5)
+    with torch.no_grad():
+        bloch.simulate_lacbed(atoms, 4.0, tiny, workers=workers)
+    return bloch._process_pool(workers), time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,7 +249,8 @@ def bench_runs(args, modes, executor) -> list[dict]:
 
         def simulate():
             return bloch.simulate_lacbed(
-                atoms, crystal.a, settings, beams=beams, dtype=torch.float32, use_symmetry=True
+                atoms, crystal.a, settings, beams=beams, dtype=torch.float32, use_symmetry=True,
+                workers=CURRENT["workers"],
             )
 
         tm = time_modes(simulate, modes, executor, args.repeats)
@@ -330,7 +291,9 @@ def bench_paper(args, modes, executor) -> list[dict]:
         preset = paper_preset(crystal.a)
 
         def simulate(settings=preset):
-            return bloch.simulate_lacbed(atoms, crystal.a, settings, centring=centring, dtype=torch.float32)
+            return bloch.simulate_lacbed(
+                atoms, crystal.a, settings, centring=centring, dtype=torch.float32, workers=CURRENT["workers"]
+            )
 
         tm = time_modes(simulate, modes, executor, args.paper_repeats)
         info = tm["result"][modes[0]][1]
@@ -497,8 +460,7 @@ def main(argv=None) -> int:
         rows = bench_runs(args, modes, executor)
         paper = [] if args.skip_paper else bench_paper(args, modes, executor)
     finally:
-        if executor is not None:
-            executor.shutdown()
+        pass  # the engine's pool lives for the process
     meta["load_max"] = max([r["load"] for r in rows + paper] or [meta["load_start"]])
     print_tables(rows, paper, modes, pool_start, meta)
     args.json.parent.mkdir(parents=True, exist_ok=True)

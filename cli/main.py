@@ -54,6 +54,7 @@ def cli(verbose):
 @click.option("--form-factors", type=click.Choice(["kirkland", "peng"]), default=None, help="Electron form factors (default kirkland).")
 @click.option("--precision", type=click.Choice(["fast", "reference"]), default="fast", show_default=True, help="fast: float32 + symmetry wedge; reference: float64, every pixel.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes for the eigen-solves (one thread each).")
 def simulate_command(cif, output, thickness, reflections, **options):
     """Simulate LACBED patterns of CIF along [001] with the Bloch-wave engine."""
     from lacbed_refine.simulation import parse_reflections, simulate_file

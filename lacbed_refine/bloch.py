@@ -14,6 +14,7 @@ batching pixels through one LAPACK call per chunk; float32 where it holds accura
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,6 +154,63 @@ def _felix_strong_mask(s: torch.Tensor, u0: torch.Tensor, m: int) -> torch.Tenso
         mask = (a < limit) | strength
 
 
+@dataclass(frozen=True)
+class _ChunkSpec:
+    """Everything a chunk of pixels needs besides its excitation errors (picklable for workers)."""
+
+    off: torch.Tensor
+    thickness: torch.Tensor
+    rows_fixed: torch.Tensor
+    rows_sel: torch.Tensor
+    forced: torch.Tensor
+    u0: torch.Tensor
+    m: int | None
+    strong_rule: str
+    hermitian: bool
+
+
+def _chunk_intensities(spec: _ChunkSpec, s: torch.Tensor) -> torch.Tensor:
+    """|ψ|² of the output rows for pixels with excitation errors ``s`` (P, n): shape (P, T, R′)."""
+    off, n = spec.off, spec.off.shape[-1]
+    if spec.m is None:
+        A = off.expand(s.shape[0], n, n) + torch.diag_embed(s.to(off.dtype))
+        rows = spec.rows_fixed
+    elif spec.strong_rule == "felix":
+        keep = _felix_strong_mask(s, spec.u0, spec.m)
+        A = off * (keep[:, :, None] & keep[:, None, :]).to(off.dtype) + torch.diag_embed(s.to(off.dtype))
+        rows = spec.rows_fixed
+    else:
+        sel = _strong_selection(s, spec.u0, spec.m, spec.forced)  # (P, m), forced beams first
+        A = off[sel[:, :, None], sel[:, None, :]] + torch.diag_embed(torch.gather(s, 1, sel).to(off.dtype))
+        rows = spec.rows_sel
+    psi = propagate(A, spec.thickness, rows, hermitian=spec.hermitian)
+    return psi.real**2 + psi.imag**2
+
+
+_POOLS: dict[int, object] = {}
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _process_pool(workers: int):
+    """A persistent pool of single-thread worker processes (created on first use)."""
+    if workers not in _POOLS:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork starts in milliseconds; the workers only run torch ops on data they are sent, so
+        # Python ≥ 3.12's warning about forking a threaded process does not apply to them
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _POOLS[workers] = ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context(method), initializer=_worker_init
+            )
+    return _POOLS[workers]
+
+
 def lacbed_from_ug(
     pool: BeamPool,
     u_diffs: torch.Tensor,
@@ -171,6 +229,7 @@ def lacbed_from_ug(
     chunk: int = 1024,
     progress=None,
     strong_rule: str = "count",
+    workers: int = 1,
 ) -> tuple[torch.Tensor, EngineInfo]:
     """LACBED intensities from the U of every beam difference.
 
@@ -197,6 +256,9 @@ def lacbed_from_ug(
         "count": exactly ``strong_beams`` beams per pixel, solved as a smaller matrix (fast);
         "felix": FELIX's rule (at least ``strong_beams``, count varies per pixel), emulated by
         decoupling the other beams in the full matrix — for reproducing FELIX, not for speed.
+    workers : int
+        Worker processes for the eigen-solves (CPU, no-gradient calls only). Each runs one thread;
+        the pool is created on first use and kept (start-up ~0.1–1 s, paid once per process).
     absorption : float
         Proportional absorption [%]: U' = i (absorption/100) U.
     mean_absorption : bool
@@ -221,13 +283,13 @@ def lacbed_from_ug(
             pool, u_diffs, a, thickness, voltage=voltage, size=size, half_width=half_width,
             reflections=reflections, strong_beams=strong_beams, absorption=absorption,
             mean_absorption=mean_absorption, dtype=dtype, use_symmetry=use_symmetry, chunk=chunk,
-            progress=progress, strong_rule=strong_rule,
+            progress=progress, strong_rule=strong_rule, workers=workers,
         )
 
 
 def _lacbed_from_ug(
     pool, u_diffs, a, thickness, *, voltage, size, half_width, reflections, strong_beams, absorption,
-    mean_absorption, dtype, use_symmetry, chunk, progress, strong_rule,
+    mean_absorption, dtype, use_symmetry, chunk, progress, strong_rule, workers,
 ):
     if strong_rule not in ("count", "felix"):
         raise ValueError(f"strong_rule must be 'count' or 'felix', got {strong_rule!r}")
@@ -298,24 +360,28 @@ def _lacbed_from_ug(
     rows_fixed = torch.as_tensor(rows_all, device=device)
     rows_sel = torch.as_tensor([int(np.nonzero(forced_np == r)[0][0]) for r in rows_all], device=device)
 
-    chunks = []
-    for start in range(0, len(reps), chunk):
-        s = s_all[start : start + chunk]
-        if m is None:
-            A = off.expand(s.shape[0], n, n) + torch.diag_embed(s.to(off.dtype))
-            rows = rows_fixed
-        elif strong_rule == "felix":
-            keep = _felix_strong_mask(s, u0, m)
-            A = off * (keep[:, :, None] & keep[:, None, :]).to(off.dtype) + torch.diag_embed(s.to(off.dtype))
-            rows = rows_fixed
-        else:
-            sel = _strong_selection(s, u0, m, forced)  # (P, m), forced beams first
-            A = off[sel[:, :, None], sel[:, None, :]] + torch.diag_embed(torch.gather(s, 1, sel).to(off.dtype))
-            rows = rows_sel
-        psi = propagate(A, thickness, rows, hermitian=absorption == 0.0)
-        chunks.append((psi.real**2 + psi.imag**2))  # (P, T, R')
-        if progress is not None:
-            progress(min(start + chunk, len(reps)))
+    spec = _ChunkSpec(off=off, thickness=thickness, rows_fixed=rows_fixed, rows_sel=rows_sel, forced=forced,
+                      u0=u0, m=m, strong_rule=strong_rule, hermitian=absorption == 0.0)
+    starts = list(range(0, len(reps), chunk))
+    needs_grad = torch.is_grad_enabled() and (off.requires_grad or thickness.requires_grad)
+    if workers > 1 and not needs_grad and device.type == "cpu" and len(starts) > 0:
+        # whole chunks (matrix build + solve) go to single-thread worker processes; only the
+        # excitation errors travel, so inter-process traffic stays small
+        per = -(-len(reps) // (2 * workers))
+        starts = list(range(0, len(reps), per))
+        pool = _process_pool(workers)
+        futures = [pool.submit(_chunk_intensities, spec, s_all[b : b + per]) for b in starts]
+        chunks = []
+        for b, fut in zip(starts, futures):
+            chunks.append(fut.result())
+            if progress is not None:
+                progress(min(b + per, len(reps)))
+    else:
+        chunks = []
+        for b in starts:
+            chunks.append(_chunk_intensities(spec, s_all[b : b + chunk]))
+            if progress is not None:
+                progress(min(b + chunk, len(reps)))
     inten = torch.cat(chunks, dim=0)  # (P, T, R')
 
     # Fill the full pattern: pixel p = R_o · rep → I_g(p) = I_{R_o⁻¹ g}(rep)
@@ -347,6 +413,7 @@ def simulate_lacbed(
     use_symmetry: bool = True,
     device: str | torch.device = "cpu",
     progress=None,
+    workers: int = 1,
 ) -> tuple[torch.Tensor, EngineInfo]:
     """Simulate LACBED patterns of a cubic crystal along [001].
 
@@ -364,7 +431,7 @@ def simulate_lacbed(
         Explicit beam list (000 first), e.g. FELIX's pool; overrides the settings' pool rule.
     thickness : Tensor, shape (T,), optional
         Thicknesses [Å] (differentiable); default ``settings.thicknesses``.
-    dtype, use_symmetry, progress
+    dtype, use_symmetry, progress, workers
         See :func:`lacbed_from_ug`.
     device : str or torch.device
 
@@ -411,6 +478,7 @@ def simulate_lacbed(
         dtype=dtype,
         use_symmetry=use_symmetry,
         progress=progress,
+        workers=workers,
     )
 
 

@@ -122,6 +122,7 @@ def simulate_crystal(
     device: str = "cpu",
     precision: str = "fast",
     progress: bool = False,
+    workers: int = 1,
 ) -> tuple[np.ndarray, EngineInfo]:
     """Simulate a crystal's LACBED stack.
 
@@ -129,6 +130,8 @@ def simulate_crystal(
     ----------
     precision : {"fast", "reference"}
         "fast": float32 eigenproblem and the symmetry wedge; "reference": float64, every pixel.
+    workers : int
+        Engine worker processes (see :func:`~lacbed_refine.bloch.lacbed_from_ug`).
 
     Returns
     -------
@@ -160,6 +163,7 @@ def simulate_crystal(
                 use_symmetry=precision == "fast",
                 device=device,
                 progress=callback,
+                workers=workers,
             )
     finally:
         if bar is not None:
@@ -177,7 +181,9 @@ def _labels(settings: SimulationSettings) -> tuple[list[str], list[str], list[st
     return tlab, rlab, pages
 
 
-def simulate_file(cif, out, *, device: str = "cpu", precision: str = "fast", progress: bool = True, **options) -> dict:
+def simulate_file(
+    cif, out, *, device: str = "cpu", precision: str = "fast", progress: bool = True, workers: int = 1, **options
+) -> dict:
     """Read ``cif``, simulate, write ``out`` (.tif/.npy/.h5) and a PNG preview beside it.
 
     ``options`` are those of :func:`settings_for`. Returns a summary dict (paths, timing, engine info).
@@ -185,7 +191,9 @@ def simulate_file(cif, out, *, device: str = "cpu", precision: str = "fast", pro
     crystal = read_cif(cif)
     settings = settings_for(crystal, **options)
     t0 = time.perf_counter()
-    stack, info = simulate_crystal(crystal, settings, device=device, precision=precision, progress=progress)
+    stack, info = simulate_crystal(
+        crystal, settings, device=device, precision=precision, progress=progress, workers=workers
+    )
     wall = time.perf_counter() - t0
     tlab, rlab, pages = _labels(settings)
     meta = {

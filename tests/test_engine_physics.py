@@ -91,6 +91,16 @@ def test_pm3m_crystal_gives_4mm_bright_field():
         np.testing.assert_allclose(op, img, atol=1e-9)
 
 
+def test_worker_processes_give_identical_patterns():
+    c = read_cif(EXAMPLES / "SrTiO3.cif")
+    settings = SimulationSettings(size=32, half_width=1.0, thicknesses=(500.0, 1500.0), n_beams=45,
+                                  reflections=((0, 0, 0), (1, 1, 0)))
+    with torch.no_grad():
+        one, _ = simulate_lacbed(c.atoms(), c.a, settings, workers=1)
+        two, _ = simulate_lacbed(c.atoms(), c.a, settings, workers=2)
+    assert torch.equal(one, two)
+
+
 def test_current_is_conserved_without_absorption():
     atoms, a = _pyrite_atoms()
     beams = zolz_beams(a, "P", n_beams=37)
