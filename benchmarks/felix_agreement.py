@@ -5,9 +5,9 @@ beam pool (from ``StructureFactors.txt``) and the felix.inp geometry, on three p
 
 - ``fast``: float32 with the symmetry wedge (the default path);
 - ``f64``: float64 over every pixel, no symmetry (the reference path);
-- ``smin``: a diagnostic: ``fast`` with FELIX's ``IMinStrongBeams`` (pool − 1) beams per pixel.
-  FELIX keeps n ≥ IMinStrongBeams beams per pixel, so it may drop the beam farthest from its Bragg
-  condition; if ``smin`` agrees better than ``fast``, the residual is FELIX's per-pixel beam choice.
+- ``felix``: ``fast`` with FELIX's own per-pixel strong-beam rule (``strong_rule="felix"``,
+  ``strong_beams=IMinStrongBeams``): FELIX keeps n ≥ IMinStrongBeams beams per pixel, so at some
+  pixels it drops the beam farthest from its Bragg condition; emulating that shows what is left.
 
 Part 2, FELIX's shipped SrTiO3 sample (Bird–King absorption, 630 Å, 46 reflections). The engine has no
 Bird–King model, so this reports how close no absorption and proportional absorption get, with our pool
@@ -47,9 +47,9 @@ log = logging.getLogger("felix_agreement")
 PATHS = {
     "fast": dict(dtype=torch.float32, use_symmetry=True),
     "f64": dict(dtype=torch.float64, use_symmetry=False),
-    # Diagnostic: FELIX keeps n >= IMinStrongBeams beams per pixel (68 of 69, 112 of 113 here), so it
-    # may drop the beam farthest from its Bragg condition; this path drops exactly that many always.
-    "smin": dict(dtype=torch.float32, use_symmetry=True, strong_is_felix_min=True),
+    # FELIX keeps n >= IMinStrongBeams beams per pixel (68 of 69, 112 of 113 here) by its own rule,
+    # so it may drop the beam farthest from its Bragg condition; this path applies the same rule.
+    "felix": dict(dtype=torch.float32, use_symmetry=True, strong_is_felix_min=True),
 }
 SAMPLE_DIR = ref.REFERENCE_ROOT / "felix-repo-samples" / "samples" / "SrTiO3"
 SAMPLE_INP = "felix.inp.v13-pool100-strong50"
@@ -83,7 +83,7 @@ def compare_run(run: ref.FelixRun, paths) -> tuple[list[dict], dict]:
         kwargs = dict(PATHS[path])
         run_settings = settings
         if kwargs.pop("strong_is_felix_min", False):
-            run_settings = replace(settings, strong_beams=run.inp.min_strong_beams)
+            run_settings = replace(settings, strong_beams=run.inp.min_strong_beams, strong_rule="felix")
         t0 = time.perf_counter()
         try:
             with torch.no_grad():
@@ -150,8 +150,8 @@ def print_runs_table(rows: list[dict]) -> None:
         )
     print(
         "paths: fast = float32 + symmetry wedge (default); f64 = float64, every pixel, no symmetry (reference);\n"
-        "       smin = fast with IMinStrongBeams (pool-1) beams per pixel, a diagnostic of FELIX's per-pixel\n"
-        "              beam choice (FELIX keeps n >= IMinStrongBeams, so it may drop the farthest beam)"
+        "       felix = fast with FELIX's per-pixel strong-beam rule (at least IMinStrongBeams beams per pixel;\n"
+        "               FELIX may drop the beam farthest from its Bragg condition at some pixels)"
     )
 
 
@@ -357,7 +357,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
-    paths = ["fast", "smin"] if args.skip_f64 else ["fast", "f64", "smin"]
+    paths = ["fast", "felix"] if args.skip_f64 else ["fast", "f64", "felix"]
     folders = [p for p in ref.run_folders() if args.runs is None or p.name in args.runs]
     rows, images = [], {}
     for folder in folders:
@@ -400,7 +400,7 @@ def main(argv=None) -> int:
     bad = [
         r
         for r in rows
-        if r["path"] != "smin" and ("error" in r or not min(r["r"]) >= 0.999 or any(map(math.isnan, r["r"])))
+        if r["path"] != "felix" and ("error" in r or not min(r["r"]) >= 0.999 or any(map(math.isnan, r["r"])))
     ]
     if bad:
         print(f"WARNING: {len(bad)} fast/f64 run×reflection rows have r < 0.999 or failed")

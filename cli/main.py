@@ -49,6 +49,7 @@ def cli(verbose):
 @click.option("--beams", type=int, default=None, help="Beam pool: at least this many ZOLZ beams (whole shells), all used at every pixel.")
 @click.option("--g-limit", type=float, default=None, help="Beam pool: all ZOLZ beams with |g| <= this [1/Å].")
 @click.option("--strong-beams", type=int, default=None, help="Beams per pixel chosen from the pool by excitation error (FELIX-like).")
+@click.option("--strong-rule", type=click.Choice(["count", "felix"]), default=None, help="count: exactly --strong-beams per pixel (fast); felix: FELIX's rule, at least that many (reproduces FELIX).")
 @click.option("--reflections", default=None, help='Reflections to write, e.g. "0 0 0;2 0 0" (default bright field).')
 @click.option("--absorption", type=float, default=None, help="Proportional absorption [%] (default 0).")
 @click.option("--form-factors", type=click.Choice(["kirkland", "peng"]), default=None, help="Electron form factors (default kirkland).")

@@ -62,6 +62,7 @@ def settings_for(
     reflections=None,
     absorption: float | None = None,
     form_factors: str | None = None,
+    strong_rule: str | None = None,
 ) -> SimulationSettings:
     """Settings from a preset plus overrides (None keeps the preset's value).
 
@@ -104,6 +105,10 @@ def settings_for(
         changes.update(n_beams=n_beams, g_limit=g_limit, strong_beams=None)
     if strong_beams is not None:
         changes["strong_beams"] = int(strong_beams)
+    if strong_rule is not None:
+        if strong_rule not in ("count", "felix"):
+            raise ValueError(f"strong_rule must be 'count' or 'felix', got {strong_rule!r}")
+        changes["strong_rule"] = strong_rule
     if reflections is not None:
         changes["reflections"] = tuple(reflections)
     if absorption is not None:
