@@ -8,6 +8,7 @@ import sys
 import click
 
 from lacbed_refine import __version__
+from lacbed_refine.simulators import PluginError
 
 
 class _Group(click.Group):
@@ -16,7 +17,7 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (ValueError, OSError, FloatingPointError) as exc:
+        except (ValueError, OSError, FloatingPointError, PluginError) as exc:
             click.echo(f"lacbed-refine: error: {exc}", err=True)
             sys.exit(2)
 
@@ -56,14 +57,29 @@ def cli(verbose):
 @click.option("--precision", type=click.Choice(["fast", "reference"]), default="fast", show_default=True, help="fast: float32 + symmetry wedge; reference: float64, every pixel.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes for the eigen-solves (one thread each).")
+@click.option("--engine", default="bloch", show_default=True, help="Simulator: bloch (built-in) or an installed plugin (see `lacbed-refine plugins`).")
 def simulate_command(cif, output, thickness, reflections, **options):
-    """Simulate LACBED patterns of CIF along [001] with the Bloch-wave engine."""
+    """Simulate LACBED patterns of CIF along [001] (Bloch-wave engine by default)."""
     from lacbed_refine.simulation import parse_reflections, simulate_file
 
     refl = parse_reflections(reflections) if reflections is not None else None
     result = simulate_file(cif, output, thickness_nm=_floats(thickness), reflections=refl, n_beams=options.pop("beams"), **options)
     info = result["info"]
-    click.echo(f"{result['output']} ({info.n_beams} beams, {info.symmetry_ops} symmetry ops, {result['seconds']:.2f} s); preview {result['preview']}")
+    detail = f"{info.n_beams} beams, {info.symmetry_ops} symmetry ops, " if info else f"{options['engine']}, "
+    click.echo(f"{result['output']} ({detail}{result['seconds']:.2f} s); preview {result['preview']}")
+
+
+@cli.command("plugins")
+def plugins_command():
+    """List the simulators that are installed (built-in and plugins) and whether they can run."""
+    from lacbed_refine.simulators import discover_simulators, get_simulator
+
+    for info in discover_simulators():
+        if info.error:
+            click.echo(f"{info.name:10s} {info.source}: BROKEN: {info.error}")
+            continue
+        ok, why = get_simulator(info.name).available()
+        click.echo(f"{info.name:10s} {info.source}: {'ready' if ok else 'not ready'} ({why})")
 
 
 @cli.command("potential")
