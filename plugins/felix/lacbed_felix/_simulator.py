@@ -1,0 +1,185 @@
+"""The simulator ``felix``: lacbed-refine's settings in, FELIX run in a temporary folder, patterns out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from lacbed_refine.crystal import Crystal
+from lacbed_refine.geometry import SimulationSettings
+
+from ._cif import write_felix_cif
+from ._files import read_simulation, write_hkl
+from ._inp import FelixInput, felix_beam_pool, felix_input_for, write_felix_inp
+from ._runner import MULTI_RANK_BUG, FelixError, find_felix, run_felix
+
+__all__ = ["FelixSimulator", "write_simulation_inputs"]
+
+log = logging.getLogger(__name__)
+
+
+def _check_reflections(crystal: Crystal, inp: FelixInput, reflections) -> None:
+    pool = felix_beam_pool(
+        crystal.a, crystal.spacegroup_symbol[0], inp.voltage,
+        g_limit=inp.g_limit if inp.g_limit > 0 else None,
+        n_beams=inp.min_reflection_pool if inp.g_limit <= 0 else None,
+    )
+    in_pool = {tuple(int(x) for x in r) for r in pool}
+    missing = [tuple(r) for r in reflections if tuple(int(x) for x in r) not in in_pool]
+    if missing:
+        raise ValueError(
+            f"reflection(s) {missing} are not in FELIX's beam pool of {len(pool)} beams for these settings "
+            "(FELIX would drop them without an error); widen the pool (g_limit or n_beams) or check the "
+            "lattice centring"
+        )
+
+
+def write_simulation_inputs(crystal: Crystal, settings: SimulationSettings, folder, **overrides) -> tuple[str, FelixInput]:
+    """Write ``felix.inp``, ``felix.cif`` and ``felix.hkl`` for a FELIX simulation of ``settings``.
+
+    Parameters
+    ----------
+    crystal : Crystal
+    settings : SimulationSettings
+        Mapped as :func:`~lacbed_felix.felix_input_for` describes.
+    folder : str or os.PathLike
+        Existing folder.
+    **overrides
+        :class:`~lacbed_felix.FelixInput` fields to set.
+
+    Returns
+    -------
+    chem : str
+        FELIX's file prefix.
+    inp : FelixInput
+
+    Raises
+    ------
+    ValueError
+        If a setting has no FELIX equivalent, or a reflection is outside FELIX's beam pool.
+    """
+    folder = Path(folder)
+    inp = felix_input_for(crystal, settings, **overrides)
+    _check_reflections(crystal, inp, settings.reflections)
+    write_felix_inp(inp, folder / "felix.inp")
+    chem = write_felix_cif(crystal, folder / "felix.cif")
+    write_hkl(folder / "felix.hkl", settings.reflections)
+    return chem, inp
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise FelixError(f"${name} must be an integer, got {value!r}") from None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class FelixSimulator:
+    """FELIX as a lacbed-refine simulator (entry point ``felix``).
+
+    Every call writes FELIX's inputs for the crystal and settings into a fresh temporary folder,
+    runs ``felix`` there and reads its ``.bin`` images back. Settings map as
+    :func:`~lacbed_felix.felix_input_for` describes.
+
+    Parameters
+    ----------
+    executable : str or os.PathLike, optional
+        The FELIX binary; default ``$LACBED_FELIX``, then ``felix`` on the PATH.
+    mpirun : str or os.PathLike, optional
+        MPI launcher for more than one rank; default ``$LACBED_MPIRUN``, then the PATH.
+    ranks : int, optional
+        MPI ranks (default ``$LACBED_FELIX_RANKS``, else the ``workers`` of each call). More than one
+        only with ``mpi_fixed``.
+    mpi_fixed : bool, optional
+        The build has the fix for FELIX HEAD's multi-rank bug (default ``$LACBED_FELIX_MPI_FIXED``).
+    timeout : float, optional
+        Seconds per run (default ``$LACBED_FELIX_TIMEOUT``, else 3600).
+    workdir : str or os.PathLike, optional
+        Run here and keep the files instead of a temporary folder.
+    """
+
+    name = "felix"
+
+    def __init__(self, executable=None, *, mpirun=None, ranks=None, mpi_fixed=None, timeout=None, workdir=None):
+        self.executable = executable
+        self.mpirun = mpirun
+        self.ranks = ranks if ranks is not None else _env_int("LACBED_FELIX_RANKS")
+        self.mpi_fixed = mpi_fixed if mpi_fixed is not None else _env_flag("LACBED_FELIX_MPI_FIXED")
+        env_timeout = os.environ.get("LACBED_FELIX_TIMEOUT")
+        self.timeout = timeout if timeout is not None else (float(env_timeout) if env_timeout else 3600.0)
+        self.workdir = workdir
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            exe = find_felix(self.executable)
+        except FelixError as exc:
+            return False, str(exc).split(": ", 1)[-1]
+        ranks = "MPI fix declared" if self.mpi_fixed else "1 MPI rank (FELIX HEAD's multi-rank bug)"
+        return True, f"FELIX at {exe}, {ranks}"
+
+    def _choose_ranks(self, workers: int) -> int:
+        if self.ranks is not None:
+            return int(self.ranks)
+        if self.mpi_fixed:
+            return max(1, int(workers))
+        if workers > 1:
+            log.info("FELIX runs on 1 MPI rank, not %d: %s", workers, MULTI_RANK_BUG)
+        return 1
+
+    def simulate(self, crystal, settings, *, device="cpu", workers=1, progress=False) -> np.ndarray:
+        """FELIX's patterns of ``crystal`` for ``settings``.
+
+        Returns
+        -------
+        ndarray, float32, shape (T, R, size, size)
+            In the order of ``settings.thicknesses`` and ``settings.reflections``; ``[row, col] =
+            [k_y, k_x]``, fractions of the incident beam.
+
+        Raises
+        ------
+        ValueError
+            If a setting has no FELIX equivalent.
+        FelixError
+            If FELIX cannot be run, fails, or does not write every image.
+        """
+        if device not in (None, "cpu"):
+            log.info("FELIX runs on the CPU; device %r is not used", device)
+        ranks = self._choose_ranks(workers)
+        if self.workdir is not None:
+            folder = Path(self.workdir)
+            folder.mkdir(parents=True, exist_ok=True)
+            return self._run(crystal, settings, folder, ranks, progress)
+        with tempfile.TemporaryDirectory(prefix="lacbed-felix-") as tmp:
+            return self._run(crystal, settings, Path(tmp), ranks, progress)
+
+    def _run(self, crystal, settings, folder: Path, ranks: int, progress) -> np.ndarray:
+        chem, inp = write_simulation_inputs(crystal, settings, folder)
+        run = run_felix(
+            folder, executable=self.executable, mpirun=self.mpirun, ranks=ranks, mpi_fixed=self.mpi_fixed,
+            timeout=self.timeout, progress=progress,
+        )
+        tail = "\n".join(run.log.splitlines()[-40:])
+        try:
+            sim = read_simulation(folder, chem=chem, reflections=settings.reflections, thicknesses=settings.thicknesses)
+        except (FileNotFoundError, ValueError) as exc:
+            raise FelixError(f"FELIX finished but its output is incomplete: {exc}", log_tail=tail) from None
+        if sim.size != settings.size:
+            raise FelixError(f"FELIX wrote {sim.size}x{sim.size} images, expected {settings.size}", log_tail=tail)
+        if sim.structure_factors is not None:
+            log.info("%s: FELIX used a beam pool of %d, at least %d strong beams per pixel",
+                     crystal.name, len(sim.structure_factors), inp.min_strong_beams)
+        stack = sim.images.astype(np.float32)
+        if not np.isfinite(stack).all():
+            raise FelixError("FELIX wrote non-finite intensities", log_tail=tail)
+        return stack
