@@ -69,6 +69,34 @@ def simulate_command(cif, output, thickness, reflections, **options):
     click.echo(f"{result['output']} ({detail}{result['seconds']:.2f} s); preview {result['preview']}")
 
 
+@cli.command("fit")
+@click.argument("cif", type=click.Path(dir_okay=False))
+@click.argument("pattern", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder: refined.cif, report.json, fit.png.")
+@click.option("--refine", "refine_", default="xyz,b,occ,thickness", show_default=True, help="What to refine: any of xyz,b,occ,thickness.")
+@click.option("--fix", default="", help="Site labels to hold fixed, comma-separated.")
+@click.option("--thickness", type=float, default=None, help="Starting thickness [nm] (default: scanned).")
+@click.option("--half-width", type=float, default=None, help="Tilt half-width of the measured pattern [1/Å] (default: the simulation's, 7.266/a).")
+@click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None, help="Mask image (non-zero = use the pixel).")
+@click.option("--blur", type=float, default=0.0, show_default=True, help="Gaussian blur of the simulation [pixels].")
+@click.option("--beams", type=int, default=None, help="Beam pool (whole shells) used at every pixel.")
+@click.option("--kv", type=float, default=None, help="Accelerating voltage [kV] (default 200).")
+@click.option("--size", type=int, default=None, help="Simulation grid [pixels] (default: the pattern's).")
+@click.option("--no-seed", is_flag=True, help="Skip the inverse-generator seed.")
+@click.option("--no-surrogate", is_flag=True, help="Skip the surrogate gradient search.")
+@click.option("--no-polish", is_flag=True, help="Skip the Bloch-engine polish.")
+@click.option("--check", default="bloch", show_default=True, help="Simulator for the final check (bloch or a plugin, e.g. felix).")
+@click.option("--max-iter", type=int, default=40, show_default=True, help="L-BFGS-B iterations per polish level.")
+def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, size, no_seed, no_surrogate, no_polish, check, max_iter):
+    """Refine the structure in CIF against the measured bright-field PATTERN."""
+    from lacbed_refine.refine import FitConfig, fit_files
+
+    config = FitConfig(refine=tuple(x.strip() for x in refine_.split(",") if x.strip()), fix=tuple(x.strip() for x in fix.split(",") if x.strip()),
+                       thickness_nm=thickness, blur_sigma=blur, seed=not no_seed, surrogate=not no_surrogate, polish=not no_polish, check=check, max_iter=max_iter)
+    result, paths = fit_files(cif, pattern, output, config=config, pattern_half_width=half_width, mask_path=mask_path, kv=kv, size=size, n_beams=beams, progress=click.echo)
+    click.echo(f"r = {result.r:.5f}, t = {result.thickness_nm:.2f} ± {result.thickness_sigma_nm:.2f} nm; wrote {paths['cif']}, {paths['report']}, {paths['figure']}")
+
+
 @cli.command("plugins")
 def plugins_command():
     """List the simulators that are installed (built-in and plugins) and whether they can run."""

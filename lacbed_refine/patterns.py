@@ -1,7 +1,9 @@
-"""Pattern and image files: atomic writers for TIFF / .npy / .h5 stacks and PNG previews.
+"""Pattern and image files: reading measured patterns, resampling them onto the simulation grid,
+and atomic writers for TIFF / .npy / .h5 stacks and PNG previews.
 
 Stacks are float32 arrays of shape (T, R, H, W): thickness × reflection × rows × cols, intensities as
-fractions of the incident beam (see :mod:`.conventions`).
+fractions of the incident beam (see :mod:`.conventions`). Measured patterns are 2-D ``[row, col] =
+[k_y, k_x]`` arrays in any units: refinement compares by correlation, so scale and offset never matter.
 """
 
 from __future__ import annotations
@@ -14,9 +16,126 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_stack", "write_preview", "STACK_SUFFIXES"]
+__all__ = [
+    "atomic_path",
+    "write_stack",
+    "write_preview",
+    "STACK_SUFFIXES",
+    "PATTERN_SUFFIXES",
+    "PatternError",
+    "read_pattern",
+    "check_pattern",
+    "resample_pattern",
+]
 
 STACK_SUFFIXES = (".tif", ".tiff", ".npy", ".h5", ".hdf5")
+PATTERN_SUFFIXES = (".tif", ".tiff", ".npy", ".bin", ".img", ".png", ".dm3", ".dm4")
+
+
+class PatternError(ValueError):
+    """A measured pattern that cannot be used; the message names the file and the problem."""
+
+
+def read_pattern(path) -> np.ndarray:
+    """Read a measured pattern as a float64 2-D array ``[row, col]``.
+
+    Formats by extension: TIFF (first page), ``.npy``, FELIX ``.bin``/``.img`` (headerless
+    little-endian float64, square, size from the file length), PNG (grey; colour is averaged),
+    DM3/DM4 through rosettasciio (``pip install rosettasciio``).
+
+    Raises
+    ------
+    PatternError
+        One line naming the file: unreadable, empty, not 2-D, not finite, or constant.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise PatternError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise PatternError(f"{path}: empty file")
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                data = tif.pages[0].asarray()
+        elif suffix == ".npy":
+            data = np.load(path, allow_pickle=False)
+        elif suffix in (".bin", ".img"):
+            raw = np.fromfile(path, dtype="<f8")
+            side = int(round(np.sqrt(raw.size)))
+            if side * side != raw.size or path.stat().st_size != 8 * raw.size:
+                raise PatternError(
+                    f"{path}: {path.stat().st_size} bytes is not a square image of float64 (FELIX .bin/.img)"
+                )
+            data = raw.reshape(side, side)
+        elif suffix == ".png":
+            import matplotlib.image
+
+            data = matplotlib.image.imread(path)
+            if data.ndim == 3:
+                data = data[..., :3].mean(axis=-1)
+        elif suffix in (".dm3", ".dm4"):
+            try:
+                from rsciio.digitalmicrograph import file_reader
+            except ImportError:
+                raise PatternError(f"{path}: reading DM3/DM4 needs rosettasciio (pip install rosettasciio)") from None
+            data = file_reader(str(path))[0]["data"]
+        else:
+            raise PatternError(f"{path}: unknown pattern type {suffix!r}; use one of {', '.join(PATTERN_SUFFIXES)}")
+    except PatternError:
+        raise
+    except Exception as exc:  # a reader's own error, whatever its type: report it on one line
+        raise PatternError(f"{path}: cannot read pattern ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    return check_pattern(np.asarray(data, dtype=np.float64), name=str(path))
+
+
+def check_pattern(data: np.ndarray, *, name: str = "pattern") -> np.ndarray:
+    """Squeeze singleton axes and check the pattern is 2-D, finite and not constant."""
+    data = np.squeeze(np.asarray(data, dtype=np.float64))
+    if data.ndim != 2:
+        raise PatternError(f"{name}: a pattern must be one 2-D image, got shape {data.shape}")
+    if min(data.shape) < 4:
+        raise PatternError(f"{name}: image of shape {data.shape} is too small")
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise PatternError(f"{name}: {int(bad.sum())} pixels are NaN or infinite; mask them or fill them first")
+    if np.ptp(data) == 0:
+        raise PatternError(f"{name}: the image is constant")
+    return data
+
+
+def resample_pattern(data: np.ndarray, half_width: float, size: int, sim_half_width: float) -> np.ndarray:
+    """Resample a measured pattern onto the simulation's pixel grid.
+
+    Parameters
+    ----------
+    data : ndarray, shape (H, W)
+        Measured pattern, centred on the zone axis, spanning ±``half_width`` [Å⁻¹] along both axes.
+    half_width : float
+        Tilt half-width of the measured pattern [Å⁻¹, 1/d units].
+    size : int
+        Simulation pattern edge [pixels].
+    sim_half_width : float
+        Simulation tilt half-width [Å⁻¹].
+
+    Returns
+    -------
+    ndarray, shape (size, size)
+        Linear interpolation at the simulation's pixel centres (:func:`geometry.tilt_grid`); points
+        outside the measured area take the nearest edge value.
+    """
+    from scipy.ndimage import map_coordinates
+
+    from .geometry import tilt_grid
+
+    h, w = data.shape
+    kx, ky = tilt_grid(size, sim_half_width)
+    # measured pixel (r, c) sits at k = ((c - W/2 + ½) Δx, (r - H/2 + ½) Δy)
+    col = kx / (2 * half_width / w) + w / 2 - 0.5
+    row = ky / (2 * half_width / h) + h / 2 - 0.5
+    return map_coordinates(data, [row, col], order=1, mode="nearest")
 
 
 @contextlib.contextmanager

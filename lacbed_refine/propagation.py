@@ -18,17 +18,23 @@ import torch
 __all__ = ["propagate"]
 
 
-def _sinc(z: torch.Tensor) -> torch.Tensor:
-    """sin(z)/z for real or complex z, with the series near 0."""
-    small = z.abs() < 1e-4
-    safe = torch.where(small, torch.ones_like(z), z)
-    return torch.where(small, 1 - z * z / 6, torch.sin(safe) / safe)
-
-
 def _divided_difference(lam: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """L[i, j] = (e^{iλ_i t} − e^{iλ_j t}) / (λ_i − λ_j), shape (..., n, n), stable at λ_i = λ_j."""
-    li, lj = lam[..., :, None], lam[..., None, :]
-    return 1j * t * torch.exp(0.5j * (li + lj) * t) * _sinc(0.5 * (li - lj) * t)
+    """L[i, j] = (e^{iλ_i t} − e^{iλ_j t}) / (λ_i − λ_j), shape (..., n, n), stable at λ_i = λ_j.
+
+    Only n exponentials are taken: the difference quotient is used where |λ_i − λ_j| t/2 is not
+    small, and the series i t e^{i(λ_i+λ_j)t/2} (1 − z²/6 + z⁴/120), z = (λ_i − λ_j) t/2, where it is
+    (so that rounding never divides by a vanishing gap).
+    """
+    e = torch.exp(1j * lam * t)
+    h = torch.exp(0.5j * lam * t)
+    d = lam[..., :, None] - lam[..., None, :]
+    z = 0.5 * d * t
+    thr = 1e-2 if lam.real.dtype == torch.float64 else 5e-2
+    small = z.abs() < thr
+    z2 = z * z
+    series = 1j * t * (h[..., :, None] * h[..., None, :]) * (1 - z2 / 6 + z2 * z2 / 120)
+    quotient = (e[..., :, None] - e[..., None, :]) / torch.where(small, torch.ones_like(d), d)
+    return torch.where(small, series, quotient)
 
 
 class _Propagate(torch.autograd.Function):
