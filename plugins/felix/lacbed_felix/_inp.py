@@ -272,7 +272,7 @@ def _fortran_real(field: str) -> float:
 
 
 def _format_real(x: float, what: str) -> str:
-    """``x`` with a decimal point in at most 17 characters, exactly when possible."""
+    """``x`` with a decimal point in at most 17 characters: exact when possible, else the closest."""
     x = float(x)
     if not math.isfinite(x):
         raise FelixInputError(f"{what} must be finite, got {x!r}")
@@ -285,9 +285,9 @@ def _format_real(x: float, what: str) -> str:
     for text in (fixed, r):
         if len(text) <= _REAL_WIDTH and float(text) == x:
             return text
-    if len(fixed) <= _REAL_WIDTH and abs(x) >= 1e-3:
-        return fixed
-    return f"{x:.9E}" if len(f"{x:.9E}") <= _REAL_WIDTH else f"{x:.8E}"
+    lossy = [f"{x:.{d}f}" for d in range(16, 0, -1)] + [f"{x:.{d}E}" for d in range(10, 0, -1)]
+    lossy = [t for t in lossy if len(t) <= _REAL_WIDTH]
+    return min(lossy, key=lambda t: abs(float(t) - x))
 
 
 def _format_int(n, what: str) -> str:
