@@ -289,13 +289,14 @@ def run_felix(
         raise FelixError(f"cannot start {command[0]}: {exc}") from None
 
     def pump():
-        for raw in proc.stdout:
-            line = raw.rstrip("\n")
-            lines.append(line)
-            tail.append(line)
-            log.debug("felix: %s", line)
-            if progress:
-                progress(line)
+        with proc.stdout:
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                lines.append(line)
+                tail.append(line)
+                log.debug("felix: %s", line)
+                if progress:
+                    progress(line)
 
     reader = threading.Thread(target=pump, name="felix-output", daemon=True)
     reader.start()
