@@ -1,0 +1,307 @@
+"""File-level surrogate workflows behind the ``train``, ``evaluate``, ``predict`` and ``invert``
+commands: read inputs, call the library, write outputs. Thickness is in nm here (the I/O edge)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..patterns import STACK_SUFFIXES, atomic_path, write_preview, write_stack
+from ._config import ARCHITECTURES, DIRECTIONS, TrainConfig, config_from_dict
+from ._data import open_dataset
+from ._evaluate import compare_reports, evaluate
+from ._predict import ForwardSurrogate, file_sha256, load_pretrained, load_surrogate
+from ._trainer import Trainer, build_model, load_checkpoint, make_loader
+
+__all__ = ["train", "train_file", "evaluate_files", "predict_file", "invert_file", "read_stack"]
+
+log = logging.getLogger(__name__)
+
+
+def train(model, train_set, cfg: TrainConfig, *, val_set=None, checkpoint=None, resume: bool = False,
+          metadata: dict | None = None, progress: bool = True) -> dict:
+    """Train ``model`` (a :class:`CGAN` or :class:`VAE`) on ``train_set``.
+
+    Parameters
+    ----------
+    model : SurrogateModel
+    train_set, val_set : torch Dataset
+        Item dicts (see :mod:`lacbed_refine.surrogate._data`).
+    cfg : TrainConfig
+    checkpoint : str or Path, optional
+        Checkpoint file, written every ``cfg.checkpoint_minutes`` and at the end.
+    resume : bool
+        Continue from ``checkpoint``.
+    metadata : dict, optional
+        Stored in the checkpoint.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        The summary of :meth:`Trainer.fit`.
+    """
+    loader = make_loader(train_set, batch_size=cfg.batch_size, seed=cfg.seed)
+    val = make_loader(val_set, batch_size=cfg.batch_size, shuffle=False, drop_last=False) if val_set is not None and len(val_set) else None
+    trainer = Trainer(model, loader, cfg, checkpoint=checkpoint, val_loader=val, metadata=metadata, progress=progress)
+    if resume:
+        trainer.resume()
+    return trainer.fit()
+
+
+def _image_size(dataset) -> int:
+    return int(torch.as_tensor(dataset[0]["potential"]).shape[-1])
+
+
+def train_file(direction: str, data, out, *, arch: str | None = None, epochs: int | None = None, minutes: float | None = None,
+               device: str | None = None, seed: int | None = None, batch_size: int | None = None, lr: float | None = None,
+               resume: bool = False, threads: int | None = None, config=None, progress: bool = True) -> dict:
+    """Train a surrogate on the HDF5 dataset ``data`` (its ``train`` split; ``validation`` is
+    evaluated each epoch when present) and write the checkpoint ``out``.
+
+    Options left as None take the defaults, or with ``resume`` the checkpoint's values.
+    ``config`` is a JSON file with sections ``task``, ``generator``, ``discriminator``, ``loss``,
+    ``vae``, ``train`` overriding the defaults of a new model.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if arch is not None and arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads!r}")
+        torch.set_num_threads(threads)
+    out = Path(out)
+    train_set = open_dataset(data, "train")
+    try:
+        val_set = open_dataset(data, "validation")
+    except (ValueError, KeyError):
+        val_set = None
+    size = _image_size(train_set)
+    overrides = {k: v for k, v in {"epochs": epochs, "minutes": minutes, "seed": seed, "batch_size": batch_size, "lr": lr}.items() if v is not None}
+    if resume:
+        state = load_checkpoint(out)
+        if state["kind"] != direction or (arch is not None and state["arch"] != arch):
+            raise ValueError(f"{out}: holds a {state['kind']} {state['arch']} model; cannot resume it as {direction} {arch or state['arch']}")
+        model = build_model(state["arch"], state["config"])
+        train_values = {**state["config"].get("train", {}), **overrides}
+    else:
+        sections = json.loads(Path(config).read_text()) if config is not None else {}
+        task = {**sections.get("task", {}), "direction": direction}
+        task.setdefault("image_size", size)
+        model = build_model(arch or "cgan", {**sections, "task": task})
+        train_values = {**sections.get("train", {}), **overrides}
+    if model.task.image_size != size:
+        raise ValueError(f"{data}: images are {size} pixels but the model works at {model.task.image_size}")
+    if not {"epochs", "minutes", "max_steps"} & {k for k, v in train_values.items() if v is not None}:
+        raise ValueError("say how long to train: --epochs N and/or --minutes M")
+    cfg = config_from_dict("train", train_values)
+    model = model.to(device or "cpu")
+    metadata = {
+        "data": {"path": str(Path(data).resolve()), "sha256": file_sha256(data), "n_train": len(train_set),
+                 "n_validation": len(val_set) if val_set is not None else 0},
+        "command": " ".join(shlex.quote(a) for a in sys.argv) if sys.argv and "lacbed" in Path(sys.argv[0]).name else "",
+        "device": str(device or "cpu"),
+        "threads": torch.get_num_threads(),
+    }
+    log.info("training %s %s on %d structures (%s)", direction, model.arch, len(train_set), data)
+    return train(model, train_set, cfg, val_set=val_set, checkpoint=out, resume=resume, metadata=metadata, progress=progress)
+
+
+def evaluate_files(models, data, *, split: str = "test", report=None, batch_size: int = 16, device: str | None = None,
+                   invariance: int = 32) -> dict[str, dict]:
+    """Evaluate one or more model files on a split of ``data``; with several models, each gets a
+    sub-folder of ``report`` and ``comparison.md`` / ``comparison.json`` compare them."""
+    models = [Path(m) for m in models]
+    if not models:
+        raise ValueError("give at least one model file")
+    dataset = open_dataset(data, split)
+    reports = {}
+    labels = _labels(models)
+    for label, path in zip(labels, models):
+        folder = None
+        if report is not None:
+            folder = Path(report) / label if len(models) > 1 else Path(report)
+        reports[label] = evaluate(path, dataset, report_dir=folder, split=split, batch_size=batch_size,
+                                  device=device, invariance=invariance, name=label)
+    if report is not None and len(models) > 1:
+        table = compare_reports(reports)
+        with atomic_path(Path(report) / "comparison.md") as tmp:
+            tmp.write_text(table)
+        summary = {k: {"kind": r["model"]["kind"], "arch": r["model"]["arch"], "summary": r["summary"],
+                       "per_thickness": r["per_thickness"]} for k, r in reports.items()}
+        with atomic_path(Path(report) / "comparison.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=1))
+    return reports
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [f"{i}-{s}" for i, s in enumerate(stems)]
+
+
+def read_stack(path) -> tuple[np.ndarray, dict]:
+    """Read an image stack written by lacbed-refine (``simulate``, ``potential``, ``predict``) or a
+    plain image file: TIFF (all pages; JSON metadata in the first page's description), ``.npy``
+    (with its ``.json`` sidecar when present) or ``.h5`` (dataset ``patterns``).
+
+    Returns
+    -------
+    pages : ndarray, float64, shape (P, H, W)
+    metadata : dict
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if suffix not in STACK_SUFFIXES:
+        raise ValueError(f"{path}: unknown image type {suffix!r}; use one of {', '.join(STACK_SUFFIXES)}")
+    meta: dict = {}
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                data = np.stack([p.asarray() for p in tif.pages])
+                desc = tif.pages[0].description or ""
+            try:
+                meta = json.loads(desc) if desc.strip().startswith("{") else {}
+            except json.JSONDecodeError:
+                meta = {}
+        elif suffix == ".npy":
+            data = np.load(path, allow_pickle=False)
+            side = path.with_suffix(".json")
+            if side.is_file():
+                meta = json.loads(side.read_text())
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                data = f["patterns"][()]
+                meta = json.loads(f.attrs.get("metadata", "{}"))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: cannot read image stack ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    data = np.asarray(data, dtype=np.float64)
+    if data.ndim < 2:
+        raise ValueError(f"{path}: not an image (shape {data.shape})")
+    pages = data.reshape(-1, *data.shape[-2:])
+    if not np.isfinite(pages).all():
+        raise ValueError(f"{path}: the image has NaN or infinite pixels")
+    return pages, meta
+
+
+def _model(model, direction: str, device):
+    surrogate = load_pretrained(direction, device=device or "cpu") if model is None else load_surrogate(model, device=device or "cpu")
+    kind = "forward" if isinstance(surrogate, ForwardSurrogate) else "inverse"
+    if kind != direction:
+        raise ValueError(f"{model}: is a {kind} surrogate; this needs a {direction} one")
+    return surrogate
+
+
+def _surrogate_meta(s) -> dict:
+    return {"kind": s.task.direction, "arch": s.arch, "model": s.info.get("path"), "step": s.info.get("step")}
+
+
+def predict_file(source, out, *, thickness_nm, model=None, a_angstrom: float | None = None, device: str | None = None) -> dict:
+    """Predict bright-field patterns with the forward surrogate and write them (like ``simulate``).
+
+    Parameters
+    ----------
+    source : str or Path
+        A CIF, or a potential image [V] (page 0 of a ``lacbed-refine potential`` file, whose
+        metadata gives a; otherwise pass ``a_angstrom``).
+    out : str or Path
+        ``.tif``/``.npy``/``.h5`` stack of shape (T, 1, n, n), intensities as fractions of the
+        incident beam; a PNG preview is written beside it.
+    thickness_nm : sequence of float
+        Thicknesses [nm].
+    model : str or Path, optional
+        Forward surrogate file (default: the shipped weights).
+    """
+    thickness = [float(t) for t in np.atleast_1d(thickness_nm)]
+    if not thickness or min(thickness) <= 0:
+        raise ValueError(f"thickness must be positive nm, got {thickness_nm!r}")
+    surrogate = _model(model, "forward", device)
+    source = Path(source)
+    if source.suffix.lower() == ".cif":
+        from ..crystal import read_cif
+
+        crystal = read_cif(source)
+        a, name = crystal.a, crystal.name
+        with torch.no_grad():
+            res = surrogate.from_crystal(crystal, thickness)
+    else:
+        pages, meta = read_stack(source)
+        a = a_angstrom if a_angstrom is not None else meta.get("a_angstrom")
+        if a is None:
+            raise ValueError(f"{source}: no lattice parameter in the file's metadata; give --a")
+        name = meta.get("crystal", source.stem)
+        with torch.no_grad():
+            res = surrogate(torch.as_tensor(pages[0]), thickness, float(a))
+    stack = res["intensity"].cpu().numpy()[:, None].astype(np.float32)
+    meta = {"crystal": name, "source": str(source), "a_angstrom": float(a), "thickness_nm": thickness,
+            "reflections": [[0, 0, 0]], "engine": "surrogate", "surrogate": _surrogate_meta(surrogate),
+            "units": "fractions of the incident beam (surrogate prediction)"}
+    out = Path(out)
+    write_stack(out, stack, labels=[f"t={t:g}nm hkl=0 0 0" for t in thickness], metadata=meta)
+    png = write_preview(out.with_suffix(".png"), stack, row_labels=["BF 000 (surrogate)"],
+                        col_labels=[f"t = {t:g} nm" for t in thickness], title=f"{name}: forward surrogate")
+    return {"output": str(out), "preview": str(png), "shape": stack.shape}
+
+
+def invert_file(pattern, out, *, thickness_nm=None, a_angstrom: float | None = None, model=None, device: str | None = None) -> dict:
+    """Predict the projected potential from bright-field pattern(s) with the inverse surrogate.
+
+    Parameters
+    ----------
+    pattern : str or Path
+        A pattern stack (``simulate``/``predict`` output: its bright-field pages are used and its
+        metadata gives thickness and a) or a plain image.
+    out : str or Path
+        ``.tif``/``.npy``/``.h5`` stack of shape (P, 1, n, n): one min–max normalised potential per
+        input pattern (origin arbitrary); the predicted max − min [V] is in the metadata.
+    thickness_nm : sequence of float, optional
+        Thickness [nm] of each pattern (one value for all, or one per page).
+    a_angstrom : float, optional
+        Cubic cell edge [Å].
+    """
+    surrogate = _model(model, "inverse", device)
+    pattern = Path(pattern)
+    pages, meta = read_stack(pattern)
+    refl = meta.get("reflections")
+    thick_meta = meta.get("thickness_nm")
+    if refl and len(refl) * len(thick_meta or [0]) == len(pages) and [0, 0, 0] in [list(r) for r in refl]:
+        j = [list(r) for r in refl].index([0, 0, 0])
+        pages = pages.reshape(-1, len(refl), *pages.shape[-2:])[:, j]
+    thickness = thickness_nm if thickness_nm is not None else thick_meta
+    if thickness is None:
+        raise ValueError(f"{pattern}: no thickness in the file's metadata; give --thickness")
+    thickness = [float(t) for t in np.atleast_1d(thickness)]
+    if len(thickness) == 1:
+        thickness = thickness * len(pages)
+    if len(thickness) != len(pages):
+        raise ValueError(f"{pattern}: {len(pages)} pattern(s) but {len(thickness)} thickness value(s)")
+    a = a_angstrom if a_angstrom is not None else meta.get("a_angstrom")
+    if a is None:
+        raise ValueError(f"{pattern}: no lattice parameter in the file's metadata; give --a")
+    with torch.no_grad():
+        res = surrogate(torch.as_tensor(pages), torch.tensor(thickness), float(a))
+    stack = res["normalised"].cpu().numpy()[:, None].astype(np.float32)
+    scale = [float(s) for s in res["potential_scale"].cpu()]
+    info = {"source": str(pattern), "a_angstrom": float(a), "thickness_nm": thickness, "potential_scale_V": scale,
+            "surrogate": _surrogate_meta(surrogate),
+            "units": "min-max normalised [001] projected potential (origin arbitrary); max - min [V] in potential_scale_V"}
+    out = Path(out)
+    write_stack(out, stack, labels=[f"potential from t={t:g}nm" for t in thickness], metadata=info)
+    png = write_preview(out.with_suffix(".png"), stack.transpose(1, 0, 2, 3), row_labels=["ρ (inverse surrogate)"],
+                        col_labels=[f"from t = {t:g} nm" for t in thickness], title=f"{pattern.name}: inverse surrogate")
+    return {"output": str(out), "preview": str(png), "shape": stack.shape, "potential_scale_V": scale}

@@ -1,0 +1,139 @@
+"""Data for the surrogates: an in-memory pairs dataset, one built with the real engine, and the
+adapter to the HDF5 datasets of :mod:`lacbed_refine.dataset`.
+
+Every item is a dict (the dataset interface the surrogates are written against):
+
+- ``potential`` : (1, n, n) float32 in [0, 1] (min–max normalised projected potential);
+- ``pattern`` : (T, n, n) float32 bright-field intensities (fractions of the incident beam);
+- ``thickness_nm`` : (T,) float32; ``a_angstrom`` : float; ``potential_scale`` : float, max − min
+  of the potential [V];
+- optional ``space_group`` (str) and ``name`` (str), used to group evaluation results.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..potential import normalise, projected_potential
+
+__all__ = ["PairsDataset", "pairs_from_crystals", "open_dataset"]
+
+log = logging.getLogger(__name__)
+
+
+class PairsDataset(Dataset):
+    """(potential, pattern) pairs held in memory.
+
+    Parameters
+    ----------
+    potentials : Tensor, shape (N, 1, n, n) or (N, n, n)
+        Min–max normalised potentials.
+    patterns : Tensor, shape (N, T, n, n)
+        Bright-field intensities.
+    thickness_nm : Tensor, shape (T,) or (N, T)
+    a_angstrom, potential_scale : Tensor, shape (N,)
+        Cell edge [Å], potential max − min [V].
+    names, space_groups : sequence of str, optional
+    """
+
+    def __init__(self, potentials, patterns, thickness_nm, a_angstrom, potential_scale, *, names=None, space_groups=None):
+        self.potentials = torch.as_tensor(potentials, dtype=torch.float32)
+        if self.potentials.dim() == 3:
+            self.potentials = self.potentials.unsqueeze(1)
+        self.patterns = torch.as_tensor(patterns, dtype=torch.float32)
+        n = len(self.potentials)
+        t = torch.as_tensor(thickness_nm, dtype=torch.float32)
+        self.thickness_nm = t.expand(n, -1) if t.dim() == 1 else t
+        self.a_angstrom = torch.as_tensor(a_angstrom, dtype=torch.float32).reshape(n)
+        self.potential_scale = torch.as_tensor(potential_scale, dtype=torch.float32).reshape(n)
+        if self.patterns.dim() != 4 or len(self.patterns) != n or self.thickness_nm.shape != self.patterns.shape[:2]:
+            raise ValueError(f"patterns must be (N, T, n, n) with N = {n} and T thicknesses, got {tuple(self.patterns.shape)} "
+                             f"and thickness_nm {tuple(self.thickness_nm.shape)}")
+        self.names = list(names) if names is not None else [f"#{i}" for i in range(n)]
+        self.space_groups = list(space_groups) if space_groups is not None else ["unknown"] * n
+
+    def __len__(self) -> int:
+        return len(self.potentials)
+
+    def __getitem__(self, i: int) -> dict:
+        return {
+            "potential": self.potentials[i],
+            "pattern": self.patterns[i],
+            "thickness_nm": self.thickness_nm[i],
+            "a_angstrom": self.a_angstrom[i],
+            "potential_scale": self.potential_scale[i],
+            "name": self.names[i],
+            "space_group": self.space_groups[i],
+        }
+
+
+def pairs_from_crystals(crystals, *, thickness_nm=(50.0, 100.0, 150.0, 200.0), size: int = 128,
+                        n_beams: int | None = None, workers: int = 1) -> PairsDataset:
+    """Simulate a small dataset with the built-in Bloch engine (the paper preset, overridden by
+    ``size`` and ``n_beams``) and the projected potential of Eq. (1).
+
+    Parameters
+    ----------
+    crystals : iterable of Crystal or CIF paths
+    thickness_nm : sequence of float
+        Thicknesses [nm].
+    size : int
+        Image edge [pixels] of both the potential and the pattern.
+    n_beams : int, optional
+        Beam pool used at every pixel (default: the preset's).
+    workers : int
+        Engine worker processes.
+    """
+    from ..crystal import read_cif
+    from ..simulation import settings_for, simulate_crystal
+
+    pots, pats, a, scale, names, groups = [], [], [], [], [], []
+    for c in crystals:
+        crystal = read_cif(c) if isinstance(c, (str, Path)) else c
+        settings = settings_for(crystal, thickness_nm=thickness_nm, size=size, n_beams=n_beams)
+        stack, _ = simulate_crystal(crystal, settings, workers=workers)
+        with torch.no_grad():
+            rho = projected_potential(crystal.atoms(), crystal.a, centring=crystal.spacegroup_symbol[0], size=size)
+        norm, lo, hi = normalise(rho)
+        pots.append(norm.float()[None])
+        pats.append(torch.from_numpy(np.ascontiguousarray(stack[:, 0])))
+        a.append(crystal.a)
+        scale.append(float(hi - lo))
+        names.append(crystal.name)
+        groups.append(crystal.spacegroup_symbol)
+    return PairsDataset(torch.stack(pots), torch.stack(pats), torch.tensor(thickness_nm), torch.tensor(a),
+                        torch.tensor(scale), names=names, space_groups=groups)
+
+
+def open_dataset(path, split: str):
+    """The ``split`` of the HDF5 dataset at ``path`` as a torch Dataset of the item dicts above.
+
+    Reads through :mod:`lacbed_refine.dataset`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the dataset module is not available or the split is unknown (one line naming the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such dataset file")
+    try:
+        from .. import dataset as _dataset
+    except ImportError:
+        raise ValueError(f"{path}: reading datasets needs lacbed_refine.dataset, which this installation lacks") from None
+    return _dataset_split(_dataset, path, split)
+
+
+def _dataset_split(module, path: Path, split: str):
+    opener = getattr(module, "open_split", None) or getattr(module, "PairDataset", None) or getattr(module, "LacbedDataset", None)
+    if opener is None:
+        raise ValueError(f"{path}: lacbed_refine.dataset offers no reader the surrogates know")
+    return opener(path, split=split)
