@@ -1,0 +1,337 @@
+"""Plausible random cubic crystals, reproducible from a seed: volume and coverage for training data.
+
+Structure ``index`` of seed ``seed`` is drawn from its own random stream
+(``numpy.random.SeedSequence([seed, index])``), so it does not depend on how many structures are
+drawn, in which order or by how many workers:
+
+- space group: the 36 cubic groups in turn (``195 + index mod 36``, gemmi's default setting), so
+  every group is equally represented — the real collection has 1–684 structures per group;
+- cell edge a [Å]: drawn from the distribution of the real cubic structures (quantiles of
+  ``a_angstrom`` in the shared ``cubic-cifs/index.csv``, 2403 structures with 3 ≤ a ≤ 20 Å, shipped
+  below as :data:`REAL_A_QUANTILES`), redrawn when the group's smallest Wyckoff multiplicity
+  cannot fit in the cell at the drawn density;
+- number of atoms: a³ / v with the volume per atom v [Å³] log-normal about 15 Å³ (the real median;
+  5–95 % of real structures lie in 7.6–33 Å³), so small cells hold few atoms and large cells many;
+- composition: with probability 0.65 an ionic compound (one anion species from O, S, F, N, Se, Cl,
+  … and one to three cation species), otherwise an intermetallic of one to three metals; elements
+  are weighted by how many real cubic structures contain them (:data:`ELEMENT_WEIGHTS`);
+- sites: Wyckoff positions (:func:`lacbed_refine.wyckoff.wyckoff_positions`) chosen at random among
+  those that still fit, free coordinates uniform, accepted only when every interatomic distance
+  (periodic, cell images included) is at least ``0.85 (r_i + r_j)`` (covalent radii; 2.2 Å between
+  anions, 1.5 Å at least) and the site's orbit has the position's full multiplicity;
+- B_iso uniform in 0.2–1.5 Å², occupancy 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import gemmi
+import numpy as np
+
+from .crystal import _POS_TOL, CUBIC_SPACE_GROUPS, Crystal, Site, _operations, _wrap_diff
+from .wyckoff import wyckoff_positions
+
+__all__ = [
+    "SyntheticConfig",
+    "random_crystal",
+    "synthetic_id",
+    "write_synthetic_cifs",
+    "REAL_A_QUANTILES",
+    "ELEMENT_WEIGHTS",
+    "ANIONS",
+]
+
+#: Cell edges [Å] at the 0, 2.5, …, 100 % quantiles of the 2403 real cubic structures with
+#: 3 ≤ a ≤ 20 Å in ``shared/data/cubic-cifs/index.csv`` (sampled by inverse-CDF interpolation).
+REAL_A_QUANTILES = (
+    3.002, 3.413, 3.745, 3.862, 3.976, 4.132, 4.265, 4.545, 4.784, 5.034, 5.296, 5.47, 5.643, 5.742,
+    5.841, 5.951, 6.042, 6.16, 6.322, 6.478, 6.694, 7.137, 7.59, 7.935, 8.09, 8.146, 8.201, 8.354,
+    8.434, 8.607, 9.002, 9.573, 9.968, 10.132, 10.318, 10.46, 10.621, 11.297, 12.028, 12.574, 17.762,
+)
+
+#: Number of real cubic structures (``index.csv`` formulas) containing each element; noble gases,
+#: hydrogen and elements found fewer than 5 times are left out.
+ELEMENT_WEIGHTS = {
+    "O": 897, "Fe": 359, "Al": 319, "Mg": 274, "S": 212, "Si": 183, "Cu": 181, "Sb": 179, "F": 177,
+    "Ca": 166, "N": 140, "Mn": 138, "Ni": 132, "Sn": 129, "Na": 124, "Co": 124, "Ti": 124, "Li": 122,
+    "Zn": 117, "Bi": 108, "Cr": 107, "K": 104, "Se": 102, "Cl": 99, "As": 95, "Pt": 91, "C": 91,
+    "Cs": 80, "V": 76, "Cd": 73, "Te": 72, "Ba": 69, "Pb": 68, "Pd": 68, "Ag": 63, "Nb": 63, "Rb": 63,
+    "Rh": 60, "Ta": 59, "P": 58, "Y": 58, "Sc": 55, "Au": 54, "Zr": 50, "In": 48, "Ir": 46, "Br": 45,
+    "Tl": 45, "Ru": 42, "La": 42, "Sr": 42, "W": 41, "Ga": 41, "U": 40, "Ge": 39, "Hg": 39, "I": 36,
+    "Hf": 36, "Pr": 33, "Nd": 32, "Be": 31, "Ce": 31, "Th": 29, "B": 28, "Mo": 27, "Os": 24, "Gd": 22,
+    "Ho": 22, "Tb": 22, "Er": 19, "Sm": 19, "Yb": 19, "Dy": 16, "Tm": 15, "Re": 15, "Eu": 13, "Pu": 11,
+    "Lu": 10, "Np": 10, "Tc": 5,
+}
+
+#: Elements used as the anion of ionic compounds.
+ANIONS = ("O", "S", "F", "N", "Se", "Cl", "Te", "Br", "I", "P", "As", "C")
+_METALS = tuple(e for e in ELEMENT_WEIGHTS if e not in ANIONS + ("B", "Si", "Ge", "Sb"))
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Ranges of the random crystals.
+
+    Attributes
+    ----------
+    a_range : tuple of float
+        Cell edge bounds [Å]; a is drawn from :data:`REAL_A_QUANTILES` within them.
+    b_iso_range : tuple of float
+        B_iso bounds [Å²].
+    volume_per_atom : float
+        Median volume per atom [Å³].
+    volume_sigma : float
+        Log-normal spread of the volume per atom (natural log).
+    ionic_fraction : float
+        Probability of an ionic (anion + cations) rather than intermetallic composition.
+    distance_factor : float
+        Minimum distance as a fraction of the sum of covalent radii.
+    anion_distance : float
+        Minimum anion–anion distance [Å].
+    min_distance : float
+        Minimum distance between any two atoms [Å].
+    max_sites : int
+        Most asymmetric-unit sites.
+    max_atoms : int
+        Most atoms in the conventional cell.
+    """
+
+    a_range: tuple[float, float] = (3.0, 20.0)
+    b_iso_range: tuple[float, float] = (0.2, 1.5)
+    volume_per_atom: float = 15.0
+    volume_sigma: float = 0.35
+    ionic_fraction: float = 0.65
+    distance_factor: float = 0.85
+    anion_distance: float = 2.2
+    min_distance: float = 1.5
+    max_sites: int = 10
+    max_atoms: int = 600
+
+    def __post_init__(self):
+        lo, hi = self.a_range
+        if not 0 < lo < hi:
+            raise ValueError(f"a_range must be (low, high) with 0 < low < high [Å], got {self.a_range!r}")
+        lo, hi = self.b_iso_range
+        if not 0 <= lo <= hi:
+            raise ValueError(f"b_iso_range must be (low, high) with 0 <= low <= high [Å²], got {self.b_iso_range!r}")
+
+
+def synthetic_id(seed: int, index: int) -> str:
+    """Identifier of synthetic structure ``index`` of ``seed``: ``"syn<seed>-<index:06d>"``."""
+    return f"syn{int(seed)}-{int(index):06d}"
+
+
+def random_crystal(seed: int, index: int, *, spacegroup: int | None = None, config: SyntheticConfig | None = None) -> Crystal:
+    """Draw synthetic cubic crystal number ``index`` of the stream ``seed``.
+
+    Parameters
+    ----------
+    seed : int
+        Non-negative seed of the family of structures.
+    index : int
+        Non-negative number of the structure within the family.
+    spacegroup : int, optional
+        Cubic space-group number (195–230); default ``195 + index mod 36``.
+    config : SyntheticConfig, optional
+        Ranges; default :class:`SyntheticConfig()`.
+
+    Returns
+    -------
+    Crystal
+        Named by its reduced formula, with ``source = "synthetic:seed=S:index=I"``; the same
+        (seed, index, spacegroup, config) always gives the same crystal.
+
+    Raises
+    ------
+    ValueError
+        If ``seed``/``index`` are negative, ``spacegroup`` is not cubic, or no structure could be
+        placed (a bad ``config``).
+    """
+    config = config or SyntheticConfig()
+    if int(seed) < 0 or int(index) < 0:
+        raise ValueError(f"seed and index must be non-negative, got seed={seed!r}, index={index!r}")
+    number = CUBIC_SPACE_GROUPS[int(index) % len(CUBIC_SPACE_GROUPS)] if spacegroup is None else int(spacegroup)
+    if number not in CUBIC_SPACE_GROUPS:
+        raise ValueError(f"spacegroup must be a cubic space-group number 195-230, got {spacegroup!r}")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+    hall = gemmi.find_spacegroup_by_number(number).hall
+    for _ in range(20):
+        crystal = _try_crystal(rng, hall, config)
+        if crystal is not None:
+            return Crystal(
+                name=_name(crystal),
+                a=crystal.a,
+                hall=hall,
+                sites=crystal.sites,
+                source=f"synthetic:seed={int(seed)}:index={int(index)}",
+            )
+    raise ValueError(f"no synthetic structure could be placed in space group {number} with {config!r}")
+
+
+def write_synthetic_cifs(folder, n: int, *, seed: int = 0, start: int = 0) -> list:
+    """Write synthetic structures ``start … start+n-1`` of ``seed`` as ``<folder>/<id>.cif``.
+
+    Parameters
+    ----------
+    folder : path-like
+        Output folder (created if missing).
+    n : int
+        Number of structures.
+    seed : int
+        Seed of the family.
+    start : int
+        First index.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written (atomically, by :func:`lacbed_refine.crystal.write_cif`).
+    """
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from .crystal import write_cif
+
+    if n < 0 or start < 0:
+        raise ValueError(f"n and start must be non-negative, got n={n!r}, start={start!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in tqdm(range(start, start + n), unit="structure", desc="synthetic", disable=n < 50):
+        path = folder / f"{synthetic_id(seed, index)}.cif"
+        write_cif(random_crystal(seed, index), path)
+        paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------
+def _sample_a(rng: np.random.Generator, config: SyntheticConfig) -> float:
+    q = np.asarray(REAL_A_QUANTILES)
+    lo, hi = config.a_range
+    u_lo, u_hi = np.interp([lo, hi], q, np.linspace(0.0, 1.0, len(q)), left=0.0, right=1.0)
+    if u_hi <= u_lo:  # the range lies outside the real distribution: uniform in it
+        return float(rng.uniform(lo, hi))
+    a = float(np.interp(rng.uniform(u_lo, u_hi), np.linspace(0.0, 1.0, len(q)), q))
+    return float(min(max(a, lo), hi))
+
+
+def _choose(rng: np.random.Generator, names, k: int) -> list[str]:
+    w = np.array([ELEMENT_WEIGHTS[e] for e in names], dtype=float)
+    idx = rng.choice(len(names), size=min(k, len(names)), replace=False, p=w / w.sum())
+    return [names[i] for i in idx]
+
+
+def _composition(rng: np.random.Generator, config: SyntheticConfig) -> tuple[list[str], list[str]]:
+    """(anions, cations): element lists; anions is empty for an intermetallic."""
+    n_cat = int(rng.integers(1, 4))
+    if rng.random() < config.ionic_fraction:
+        anion = _choose(rng, ANIONS, 1)
+        cations = _choose(rng, tuple(e for e in ELEMENT_WEIGHTS if e not in ANIONS), n_cat)
+        return anion, cations
+    return [], _choose(rng, _METALS, n_cat)
+
+
+def _radius(element: str) -> float:
+    return float(gemmi.Element(element).covalent_r)
+
+
+def _min_distance(e1: str, e2: str, config: SyntheticConfig) -> float:
+    d = config.distance_factor * (_radius(e1) + _radius(e2))
+    if e1 in ANIONS and e2 in ANIONS:
+        d = max(d, config.anion_distance)
+    return max(d, config.min_distance)
+
+
+def _try_crystal(rng: np.random.Generator, hall: str, config: SyntheticConfig) -> Crystal | None:
+    wyckoff = wyckoff_positions(hall)
+    smallest = wyckoff[0].multiplicity
+    for _ in range(50):
+        a = _sample_a(rng, config)
+        volume = config.volume_per_atom * math.exp(config.volume_sigma * rng.standard_normal())
+        target = min(a**3 / volume, config.max_atoms)
+        if smallest <= 1.5 * target:
+            break
+    else:
+        return None
+    anions, cations = _composition(rng, config)
+    rot, tra = _operations(hall)
+
+    sites: list[Site] = []
+    positions = np.zeros((0, 3))
+    elements: list[str] = []
+    n_atoms = 0
+    failures = 0
+    def incomplete():
+        placed = set(elements)
+        return bool(anions) and not (placed & set(anions) and placed & set(cations))
+
+    while (n_atoms < target or incomplete()) and failures < 40 and len(sites) < config.max_sites:
+        room = max(target - n_atoms, smallest) * 1.25
+        fits = [w for w in wyckoff if w.multiplicity <= room and n_atoms + w.multiplicity <= config.max_atoms]
+        if not fits:
+            break
+        w = fits[int(rng.integers(len(fits)))]
+        n_anion = sum(1 for e in elements if e in anions)
+        if incomplete():  # an ionic compound needs both an anion and a cation
+            element = cations[int(rng.integers(len(cations)))] if n_anion else anions[0]
+        elif anions and n_anion < 0.55 * n_atoms and rng.random() < 0.75:
+            element = anions[0]
+        else:
+            element = cations[int(rng.integers(len(cations)))]
+        placed = _place(rng, w, element, a, positions, elements, rot, tra, config)
+        if placed is None:
+            failures += 1
+            continue
+        frac, orbit_pos = placed
+        k = sum(1 for s in sites if s.element == element) + 1
+        b_iso = float(rng.uniform(*config.b_iso_range))
+        sites.append(Site(label=f"{element}{k}", element=element, frac=tuple(float(x) for x in frac), b_iso=round(b_iso, 4)))
+        positions = np.concatenate([positions, orbit_pos])
+        elements += [element] * len(orbit_pos)
+        n_atoms += len(orbit_pos)
+    if not sites or incomplete():
+        return None
+    return Crystal(name="", a=round(a, 4), hall=hall, sites=tuple(sites))
+
+
+def _place(rng, w, element, a, positions, elements, rot, tra, config, tries: int = 20):
+    """A random point of Wyckoff position ``w`` far enough from everything, and its orbit."""
+    d_self = _min_distance(element, element, config)
+    if a < d_self:  # the atom would touch its own image in the next cell
+        return None
+    limits = np.array([_min_distance(element, e, config) for e in elements]) if elements else None
+    for _ in range(tries if w.dimension else 1):
+        frac = w.sample(rng.random(w.dimension))
+        pos = _orbit_positions(frac, rot, tra)
+        if len(pos) != w.multiplicity:
+            continue  # too close to a more special position
+        if len(pos) > 1:
+            d = _wrap_diff(pos[:, None, :] - pos[None, :, :]) * a
+            dist = np.sqrt((d * d).sum(-1))
+            dist[np.diag_indices(len(pos))] = np.inf
+            if dist.min() < d_self:
+                continue
+        if limits is not None:
+            d = _wrap_diff(pos[:, None, :] - positions[None, :, :]) * a
+            dist = np.sqrt((d * d).sum(-1))
+            if (dist < limits[None, :]).any():
+                continue
+        return frac, pos
+    return None
+
+
+def _orbit_positions(frac: np.ndarray, rot: np.ndarray, tra: np.ndarray) -> np.ndarray:
+    """Distinct images of ``frac`` (within the crystal module's 1e-3 tolerance), shape (M, 3)."""
+    pos = np.mod(np.einsum("sij,j->si", rot, frac) + tra, 1.0)
+    same = np.all(np.abs(_wrap_diff(pos[:, None, :] - pos[None, :, :])) < _POS_TOL, axis=-1)
+    first = ~np.any(np.tril(same, k=-1), axis=1)
+    return pos[first]
+
+
+def _name(crystal: Crystal) -> str:
+    from .formula import element_counts, reduced_formula
+
+    return reduced_formula(element_counts(crystal))

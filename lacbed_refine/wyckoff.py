@@ -1,0 +1,190 @@
+"""Wyckoff positions of a cubic space group, derived from its operations (gemmi has no tables).
+
+A Wyckoff position is the set of points whose site-symmetry groups are conjugate in the space group
+G. We find them on the grid of points with coordinates k/24 (k = 0 … 23), which is closed under
+every cubic space-group operation (their translations are multiples of 1/4, or of 1/8 after an
+origin shift) and holds every special point of the cubic groups (coordinates multiples of 1/8) and
+points of every special line and plane:
+
+1. For every grid point, its site-symmetry group H = {(R, t) ∈ G : R r + t ≡ r (mod 1)}.
+2. Grid points are joined when one operation maps one onto the other (same orbit) and when their
+   affine site-symmetry groups are identical (the same generic part of one fixed subspace).
+   The classes left are the Wyckoff positions.
+3. Each class is described by one representative grid point ``r0`` of it and the free directions
+   of its fixed subspace {r : R r + t = r for all (R, t) ∈ H}: the null space of the stacked
+   (R − I), as integer vectors (``x,x,x`` gives (1, 1, 1)), so that ``r0 + Σ u_k d_k`` with
+   u_k ∈ [0, 1) covers the subspace modulo the lattice.
+
+Multiplicities are per conventional cell, centring included, so they agree with the International
+Tables. ITA Wyckoff *letters* are not assigned (their order among positions of equal multiplicity is a
+table convention); positions are sorted by multiplicity, then dimension, then site-symmetry order.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import gemmi
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .crystal import _operations
+
+__all__ = ["WyckoffPosition", "wyckoff_positions"]
+
+_GRID = 24
+
+
+@dataclass(frozen=True)
+class WyckoffPosition:
+    """One Wyckoff position of a space group.
+
+    Attributes
+    ----------
+    multiplicity : int
+        Number of positions in the conventional cell (centring included).
+    site_symmetry_order : int
+        Order of the site-symmetry group (point-group part); ``multiplicity × order`` is the
+        multiplicity of the general position.
+    point : ndarray, shape (3,)
+        A representative point of it (fractional).
+    directions : ndarray, shape (K, 3), int
+        Free directions (fractional), K = 0 (a point), 1 (a line), 2 (a plane) or 3 (general).
+    """
+
+    multiplicity: int
+    site_symmetry_order: int
+    point: np.ndarray
+    directions: np.ndarray
+
+    @property
+    def dimension(self) -> int:
+        """Number of free coordinates (0–3)."""
+        return len(self.directions)
+
+    def sample(self, u) -> np.ndarray:
+        """The point ``point + Σ u_k directions_k`` wrapped to [0, 1) (``u`` shape (K,))."""
+        u = np.asarray(u, dtype=float).reshape(self.dimension)
+        return np.mod(self.point + u @ self.directions, 1.0)
+
+
+def wyckoff_positions(hall: str) -> tuple[WyckoffPosition, ...]:
+    """The Wyckoff positions of the space group with Hall symbol ``hall``.
+
+    Parameters
+    ----------
+    hall : str
+        Hall symbol of a cubic space-group setting (e.g. ``Crystal.hall``).
+
+    Returns
+    -------
+    tuple of WyckoffPosition
+        Sorted by multiplicity, then dimension, then site-symmetry order (descending); the last one
+        is the general position.
+
+    Raises
+    ------
+    ValueError
+        If ``hall`` is not a space group gemmi knows, or its translations are not on the 1/24 grid.
+    """
+    try:
+        ops = gemmi.symops_from_hall(hall)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"unknown Hall symbol {hall!r}: {exc}") from None
+    if len(ops) == 0:
+        raise ValueError(f"Hall symbol {hall!r} gives no operations")
+    return _wyckoff_cached(hall)
+
+
+@functools.lru_cache(maxsize=64)
+def _wyckoff_cached(hall: str) -> tuple[WyckoffPosition, ...]:
+    rot, tra = _operations(hall)
+    n_ops = len(rot)
+    tra_grid = tra * _GRID
+    if not np.allclose(tra_grid, np.rint(tra_grid), atol=1e-9):
+        raise ValueError(f"space group {hall!r} has translations off the 1/{_GRID} grid")
+    tra_i = np.rint(tra_grid).astype(np.int64)
+
+    k = np.arange(_GRID)
+    grid = np.stack(np.meshgrid(k, k, k, indexing="ij"), axis=-1).reshape(-1, 3)  # integer units
+    n_pts = len(grid)
+
+    def index_of(p):
+        p = np.mod(p, _GRID)
+        return (p[..., 0] * _GRID + p[..., 1]) * _GRID + p[..., 2]
+
+    # image of every grid point under every operation, exact in integer units
+    images = np.einsum("sij,pj->spi", rot, grid) + tra_i[:, None, :]  # (S, P, 3)
+    image_idx = index_of(images)  # (S, P)
+    fixes = image_idx == np.arange(n_pts)[None, :]  # (S, P): op s fixes point p (mod 1)
+
+    # 1. orbits: the orbit of p is {image_idx[s, p]}, so its smallest index labels it
+    orbit = image_idx.min(axis=0)
+    # 2. identical affine site-symmetry groups: which operations fix p and with which lattice
+    # vector n (R r + t - n = r) identify the group exactly
+    shift = np.floor_divide(images - grid[None, :, :], _GRID)  # (S, P, 3)
+    code = np.where(fixes, 1 + (shift[..., 0] + 4) + 9 * (shift[..., 1] + 4) + 81 * (shift[..., 2] + 4), 0)
+    rows = np.ascontiguousarray(code.T.astype(np.int16))
+    _, key = np.unique(rows.view(np.dtype((np.void, rows.shape[1] * 2))).ravel(), return_inverse=True)
+    key = key.ravel()
+    first_of_key = np.full(key.max() + 1, n_pts)
+    np.minimum.at(first_of_key, key, np.arange(n_pts))
+    edges_from = np.concatenate([np.arange(n_pts), np.arange(n_pts)])
+    edges_to = np.concatenate([orbit, first_of_key[key]])
+    graph = coo_matrix((np.ones(len(edges_from)), (edges_from, edges_to)), shape=(n_pts, n_pts))
+    _, roots = connected_components(graph, directed=False)
+
+    positions = []
+    for root in np.unique(roots):
+        members = np.nonzero(roots == root)[0]
+        rep = int(members[0])  # members have conjugate site-symmetry groups; any one will do
+        ss = np.nonzero(fixes[:, rep])[0]
+        order = len(ss)
+        multiplicity, rem = divmod(n_ops, order)
+        if rem:
+            raise ValueError(f"space group {hall!r}: site-symmetry order {order} does not divide {n_ops}")
+        positions.append(
+            WyckoffPosition(
+                multiplicity=multiplicity,
+                site_symmetry_order=_point_group_order(rot[ss]),
+                point=grid[rep] / _GRID,
+                directions=_integer_null_space(rot[ss]),
+            )
+        )
+    positions.sort(key=lambda w: (w.multiplicity, w.dimension, -w.site_symmetry_order, tuple(w.point)))
+    return tuple(positions)
+
+
+def _point_group_order(rotations: np.ndarray) -> int:
+    return len({tuple(r.ravel()) for r in rotations})
+
+
+def _integer_null_space(rotations: np.ndarray) -> np.ndarray:
+    """Integer basis (reduced row echelon, entries in {0, ±1} for cubic groups) of {d : R d = d}."""
+    eye = np.eye(3, dtype=np.int64)
+    stacked = (np.asarray(rotations, dtype=np.int64) - eye).reshape(-1, 3).astype(float)
+    _, sv, vt = np.linalg.svd(np.vstack([stacked, np.zeros((1, 3))]))
+    rank = int(np.sum(sv > 1e-8))
+    basis = vt[rank:]
+    if len(basis) == 0:
+        return np.zeros((0, 3), dtype=np.int64)
+    m = basis.copy()
+    row = 0
+    for col in range(3):
+        if row == len(m):
+            break
+        pivot = row + int(np.argmax(np.abs(m[row:, col])))
+        if abs(m[pivot, col]) < 1e-9:
+            continue
+        m[[row, pivot]] = m[[pivot, row]]
+        m[row] /= m[row, col]
+        for r in range(len(m)):
+            if r != row:
+                m[r] -= m[r, col] * m[row]
+        row += 1
+    out = np.rint(m).astype(np.int64)
+    if not np.allclose(out, m, atol=1e-9):
+        raise ValueError(f"fixed subspace has no integer basis: {m.tolist()}")
+    return out
