@@ -1,0 +1,112 @@
+"""``lacbed-refine dataset …``: training-data commands, thin layers over :mod:`lacbed_refine.dataset`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+
+
+def _floats(text):
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.replace(";", ",").split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _command_line() -> str:
+    return " ".join(shlex.quote(a) for a in ["lacbed-refine", *sys.argv[1:]])
+
+
+@click.group("dataset")
+def dataset_group():
+    """Build, import and inspect (potential, LACBED pattern) training datasets."""
+
+
+@dataset_group.command("build")
+@click.option("--cifs", "cifs", multiple=True, type=click.Path(file_okay=False), help="Folder of CIFs (recursive; repeatable).")
+@click.option("--synthetic", type=int, default=0, show_default=True, help="Number of synthetic structures.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic structures.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .h5 file.")
+@click.option("--thickness", default=None, help="Thicknesses [nm], comma-separated (default 50,100,150,200).")
+@click.option("--preset", default="paper", show_default=True, type=click.Choice(["paper"]), help="Geometry preset.")
+@click.option("--beams", type=int, default=None, help="Beam pool (whole shells, all used per pixel); default the dataset rule.")
+@click.option("--size", type=int, default=None, help="Pattern and potential edge [pixels] (default 128).")
+@click.option("--workers", type=int, default=None, help="Worker processes, one structure each (default: all CPUs).")
+@click.option("--scheduler", default=None, help="Dask distributed scheduler address; its workers compute.")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the train/validation/test split by formula.")
+@click.option("--overwrite", is_flag=True, help="Replace an output built from other inputs or settings.")
+@click.option("--keep-work", is_flag=True, help="Keep the work folder of per-structure shards after assembly.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+def build_command(cifs, synthetic, seed, output, thickness, preset, beams, size, workers, **options):
+    """Simulate CIF folders and/or synthetic structures into one HDF5 dataset (resumable)."""
+    from lacbed_refine.dataset import BuildSpec, build_dataset
+    from lacbed_refine.runtime import available_cpus
+
+    spec = BuildSpec(**{k: v for k, v in dict(preset=preset, thickness_nm=_floats(thickness), n_beams=beams, size=size).items() if v is not None})
+    r = build_dataset(output, cifs=cifs, synthetic=synthetic, seed=seed, spec=spec, workers=workers or available_cpus(), command=_command_line(), **options)
+    click.echo(f"{r.output}: {r.n_structures} structures, {r.n_failed} failed, {r.computed} computed in {r.seconds:.0f} s"
+               f"{' (up to date)' if r.up_to_date else ''}; {r.content_hash}")
+
+
+@dataset_group.command("import-png")
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--split-file", "split_files", multiple=True, type=click.Path(dir_okay=False), help="Split file, one id per line, named train/val/test (repeatable).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .h5 file.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+def import_png_command(root, split_files, output, progress):
+    """Read the ai-diffraction PNG layout (<id>/potential.png, <id>/pattern_<tttt>.png) into a dataset."""
+    from lacbed_refine.dataset import import_png
+
+    r = import_png(root, output, split_files=split_files, command=_command_line(), progress=progress)
+    click.echo(f"{r['output']}: {r['n_structures']} structures, {r['n_failed']} failed; {r['content_hash']}")
+
+
+@dataset_group.command("info")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--verify", is_flag=True, help="Recompute the content hash from the data and compare.")
+def info_command(path, verify):
+    """Summarise a dataset: settings, hash, counts per split and space group, failures."""
+    from lacbed_refine.dataset import dataset_hash, read_info
+
+    info = read_info(path)
+    click.echo(_format_info(info))
+    if verify:
+        ok = dataset_hash(path) == info["content_hash"]
+        click.echo(f"content hash {'verified' if ok else 'MISMATCH'}")
+        if not ok:
+            sys.exit(1)
+
+
+@dataset_group.command("synthetic")
+@click.argument("n", type=int)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic structures.")
+@click.option("--start", type=int, default=0, show_default=True, help="First structure index.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the CIFs.")
+def synthetic_command(n, seed, start, output):
+    """Write synthetic cubic structures start … start+N-1 of SEED as CIFs (<id>.cif)."""
+    from lacbed_refine.synthetic import write_synthetic_cifs
+
+    paths = write_synthetic_cifs(output, n, seed=seed, start=start)
+    click.echo(f"{len(paths)} CIFs in {output}")
+
+
+def _format_info(info: dict) -> str:
+    lines = [
+        f"{info['path']}",
+        f"  content hash   {info['content_hash']}",
+        f"  created        {info['created_utc']} (engine {info['engine_version']})",
+        f"  structures     {info['n_structures']} ({', '.join(f'{k}: {v}' for k, v in info['per_source'].items())}), "
+        f"{info['n_failed']} failed",
+        f"  thickness nm   {', '.join(f'{t:g}' for t in info['thickness_nm'])}; {info['size']}x{info['size']} px",
+        "  splits         " + ", ".join(f"{k or 'unassigned'}: {v}" for k, v in info["per_split"].items()),
+        "  space group        real  synthetic",
+    ]
+    for num, e in info["per_spacegroup"].items():
+        lines.append(f"  {num:>4} {e['symbol']:<12}{e['real']:>6}{e['synthetic']:>11}")
+    for f in info["failed"]:
+        lines.append(f"  failed {f['id']} ({f['source']}): {f['reason']}")
+    return "\n".join(lines)

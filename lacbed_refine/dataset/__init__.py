@@ -1,0 +1,30 @@
+"""Training data: (projected potential, LACBED pattern) pairs of real and synthetic cubic crystals.
+
+- :func:`build_dataset` simulates CIF folders and/or synthetic structures into one HDF5 file
+  (resumable, parallel over processes or a Dask cluster, deterministic content hash);
+- :func:`import_png` reads the ai-diffraction PNG layout into the same layout;
+- :class:`LacbedDataset` serves the file to PyTorch (lazy, DataLoader-worker safe);
+- :func:`read_info` and :func:`dataset_hash` summarise and verify a file.
+
+The HDF5 layout is documented in :mod:`lacbed_refine.dataset._layout` and the README.
+"""
+
+from ._build import BuildResult, build_dataset
+from ._layout import FORMAT, FORMAT_VERSION, META_FIELDS, dataset_hash, read_info
+from ._png import import_png
+from ._tasks import DATASET_BEAMS, BuildSpec
+from ._torch import LacbedDataset
+
+__all__ = [
+    "build_dataset",
+    "BuildResult",
+    "BuildSpec",
+    "DATASET_BEAMS",
+    "import_png",
+    "LacbedDataset",
+    "read_info",
+    "dataset_hash",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "META_FIELDS",
+]

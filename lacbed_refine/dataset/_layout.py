@@ -1,0 +1,376 @@
+"""The dataset's HDF5 layout, its atomic writer, and the content hash.
+
+Layout (N structures, T thicknesses, S×S pixels; every array readable with plain h5py)::
+
+    /potential          float32 (N, S, S)     projected potential, min–max normalised to [0, 1]
+    /potential_raw      float32 (N, S, S)     the same in volts (NaN where unknown, e.g. PNG imports)
+    /pattern            float32 (N, T, S, S)  bright-field LACBED intensity (fraction of the incident
+                                              beam; PNG imports: grey level / maximum)
+    /thickness_nm       float64 (T,)
+    /meta/<field>       (N,)                  one array per field of :data:`META_FIELDS`
+    /failed/{id,source,reason}   str (F,)     structures that were skipped, and why
+    /splits/{key,split} str                   the split table (formula → split, or id → split)
+
+Images are chunked one image per chunk, gzip-compressed with the shuffle filter. File attributes:
+``format``, ``format_version``, ``content_hash``, ``settings`` (JSON), ``engine_version``,
+``versions`` (JSON), ``created_utc``, ``command``, ``n_structures``, ``n_failed``, ``size``.
+
+Content hash: SHA-256 over, in order, a format tag, the settings as canonical JSON (sorted keys),
+then per structure in the file's order its hashed metadata (:data:`HASHED_FIELDS`, canonical JSON)
+and the bytes of ``potential``, ``potential_raw`` and ``pattern`` as little-endian float32 with
+their shapes, then the failed table and the split table. It depends on the data, never on the HDF5
+bytes, the worker count or how often the build was interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "META_FIELDS",
+    "HASHED_FIELDS",
+    "Record",
+    "ContentHasher",
+    "write_dataset",
+    "dataset_hash",
+    "read_info",
+    "canonical_json",
+]
+
+FORMAT = "lacbed-refine-dataset"
+FORMAT_VERSION = 1
+
+#: Per-structure metadata fields and their HDF5 kinds ("str", "int", "float").
+META_FIELDS = {
+    "id": "str",
+    "source": "str",
+    "formula": "str",
+    "reduced_formula": "str",
+    "spacegroup_number": "int",
+    "spacegroup_symbol": "str",
+    "a_angstrom": "float",
+    "n_atoms": "int",
+    "split": "str",
+    "n_beams": "int",
+    "symmetry_ops": "int",
+    "potential_min": "float",
+    "potential_max": "float",
+    "cif": "str",
+    "seconds": "float",
+}
+#: Fields that enter the content hash (everything but the timing).
+HASHED_FIELDS = tuple(k for k in META_FIELDS if k != "seconds")
+_ARRAYS = ("potential", "potential_raw", "pattern")
+_STR = None  # h5py string dtype, created lazily
+
+
+def canonical_json(obj) -> str:
+    """JSON with sorted keys and no whitespace: the form that is hashed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class Record:
+    """One structure's data.
+
+    Attributes
+    ----------
+    meta : dict
+        Values for :data:`META_FIELDS` (``split`` may be filled in at assembly).
+    potential : ndarray, float32, shape (S, S)
+        Normalised projected potential.
+    potential_raw : ndarray, float32, shape (S, S)
+        Projected potential [V].
+    pattern : ndarray, float32, shape (T, S, S)
+        Bright-field intensity per thickness.
+    extra : dict
+        Not stored in the file's hashed part (warnings raised while reading the CIF).
+    """
+
+    meta: dict
+    potential: np.ndarray
+    potential_raw: np.ndarray
+    pattern: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+
+class ContentHasher:
+    """Incremental content hash (see the module docstring)."""
+
+    def __init__(self, settings: dict):
+        self._h = hashlib.sha256()
+        self._h.update(f"{FORMAT} v{FORMAT_VERSION}\n".encode())
+        self._h.update(canonical_json(settings).encode())
+
+    def add_record(self, meta: dict, arrays: dict) -> None:
+        self._h.update(b"\nR")
+        self._h.update(canonical_json({k: _py(meta[k]) for k in HASHED_FIELDS}).encode())
+        for name in _ARRAYS:
+            a = np.ascontiguousarray(arrays[name], dtype="<f4")
+            self._h.update(name.encode() + np.asarray(a.shape, dtype="<i8").tobytes())
+            self._h.update(a.tobytes())
+
+    def add_failed(self, failed: list[dict]) -> None:
+        self._h.update(b"\nF")
+        self._h.update(canonical_json([{k: f[k] for k in ("id", "source", "reason")} for f in failed]).encode())
+
+    def add_splits(self, table: dict) -> None:
+        self._h.update(b"\nS")
+        self._h.update(canonical_json(table).encode())
+
+    def hexdigest(self) -> str:
+        return "sha256:" + self._h.hexdigest()
+
+
+def _py(v):
+    """numpy scalars to Python values, for JSON."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, bytes):
+        return v.decode()
+    return v
+
+
+def _versions() -> dict:
+    import h5py
+    import torch
+
+    import gemmi
+
+    return {
+        "lacbed_refine": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "h5py": h5py.__version__,
+        "gemmi": gemmi.__version__,
+    }
+
+
+def write_dataset(
+    path,
+    records,
+    *,
+    n: int,
+    size: int,
+    thickness_nm,
+    settings: dict,
+    failed: list[dict],
+    split_table: dict,
+    split_key: str,
+    command: str = "",
+    progress=None,
+) -> str:
+    """Write the dataset file atomically and return its content hash.
+
+    Parameters
+    ----------
+    path : path-like
+        Output ``.h5``; written to a temporary file beside it, then moved into place.
+    records : iterable of Record
+        Exactly ``n`` records in the file's order (may be a generator, read once).
+    n : int
+        Number of records.
+    size : int
+        Image edge S [pixels].
+    thickness_nm : sequence of float
+        The T thicknesses [nm].
+    settings : dict
+        Build settings (JSON-serialisable); hashed and stored as an attribute.
+    failed : list of dict
+        ``id``, ``source``, ``reason`` of each skipped structure, in order.
+    split_table : dict
+        Key → split name.
+    split_key : {"reduced_formula", "id"}
+        What the split table's keys are.
+    command : str
+        The command line, for the record.
+    progress : callable, optional
+        Called with 1 after each record is written.
+
+    Returns
+    -------
+    str
+        ``"sha256:<hex>"``.
+    """
+    import h5py
+
+    path = Path(path)
+    thickness_nm = np.asarray(thickness_nm, dtype=np.float64)
+    t = len(thickness_nm)
+    hasher = ContentHasher(settings)
+    meta_cols: dict[str, list] = {k: [] for k in META_FIELDS}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            opts = dict(compression="gzip", compression_opts=4, shuffle=True)
+            pot = f.create_dataset("potential", (n, size, size), "f4", chunks=(1, size, size), **opts)
+            raw = f.create_dataset("potential_raw", (n, size, size), "f4", chunks=(1, size, size), **opts)
+            pat = f.create_dataset("pattern", (n, t, size, size), "f4", chunks=(1, 1, size, size), **opts)
+            pot.attrs["units"] = "min-max normalised to [0, 1] per image"
+            raw.attrs["units"] = "V (projected potential, mean inner potential included)"
+            pat.attrs["units"] = "fraction of the incident beam"
+            pat.attrs["dims"] = "structure, thickness, row (k_y), col (k_x)"
+            f.create_dataset("thickness_nm", data=thickness_nm)
+            count = 0
+            for i, rec in enumerate(records):
+                if i >= n:
+                    raise ValueError(f"more than the {n} records announced")
+                arrays = {"potential": rec.potential, "potential_raw": rec.potential_raw, "pattern": rec.pattern}
+                if arrays["pattern"].shape != (t, size, size):
+                    raise ValueError(
+                        f"{rec.meta['id']}: pattern shape {arrays['pattern'].shape} is not {(t, size, size)}"
+                    )
+                pot[i] = arrays["potential"]
+                raw[i] = arrays["potential_raw"]
+                pat[i] = arrays["pattern"]
+                hasher.add_record(rec.meta, arrays)
+                for k in META_FIELDS:
+                    meta_cols[k].append(_py(rec.meta.get(k)))
+                count += 1
+                if progress is not None:
+                    progress(1)
+            if count != n:
+                raise ValueError(f"{count} records written, {n} announced")
+            hasher.add_failed(failed)
+            hasher.add_splits(split_table)
+            meta = f.create_group("meta")
+            for k, kind in META_FIELDS.items():
+                _write_column(meta, k, kind, meta_cols[k])
+            fg = f.create_group("failed")
+            for k in ("id", "source", "reason"):
+                _write_column(fg, k, "str", [x[k] for x in failed])
+            sg = f.create_group("splits")
+            sg.attrs["key"] = split_key
+            keys = sorted(split_table)
+            _write_column(sg, "key", "str", keys)
+            _write_column(sg, "split", "str", [split_table[k] for k in keys])
+            digest = hasher.hexdigest()
+            f.attrs.update(
+                {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "content_hash": digest,
+                    "settings": canonical_json(settings),
+                    "engine_version": __version__,
+                    "versions": json.dumps(_versions()),
+                    "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "command": command,
+                    "n_structures": n,
+                    "n_failed": len(failed),
+                    "size": size,
+                }
+            )
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return digest
+
+
+def _write_column(group, name: str, kind: str, values: list) -> None:
+    import h5py
+
+    if kind == "str":
+        data = np.array(["" if v is None else str(v) for v in values], dtype=object)
+        group.create_dataset(name, data=data, dtype=h5py.string_dtype("utf-8"), shape=(len(values),))
+    elif kind == "int":
+        group.create_dataset(name, data=np.array([-1 if v is None else int(v) for v in values], dtype=np.int64))
+    else:
+        group.create_dataset(name, data=np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64))
+
+
+def _read_column(group, name: str, kind: str) -> list:
+    data = group[name][()]
+    if kind == "str":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in data]
+    if kind == "int":
+        return [int(v) for v in data]
+    return [float(v) for v in data]
+
+
+def dataset_hash(path) -> str:
+    """Recompute the content hash of a dataset file from its data (to verify ``content_hash``)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        settings = json.loads(f.attrs["settings"])
+        hasher = ContentHasher(settings)
+        cols = {k: _read_column(f["meta"], k, kind) for k, kind in META_FIELDS.items()}
+        n = len(cols["id"])
+        for i in range(n):
+            meta = {k: cols[k][i] for k in META_FIELDS}
+            arrays = {name: f[name][i] for name in _ARRAYS}
+            hasher.add_record(meta, arrays)
+        failed = [
+            dict(zip(("id", "source", "reason"), row))
+            for row in zip(*(_read_column(f["failed"], k, "str") for k in ("id", "source", "reason")))
+        ]
+        hasher.add_failed(failed)
+        keys = _read_column(f["splits"], "key", "str")
+        splits = _read_column(f["splits"], "split", "str")
+        hasher.add_splits(dict(zip(keys, splits)))
+    return hasher.hexdigest()
+
+
+def read_info(path) -> dict:
+    """Summary of a dataset file: attributes, counts per split and per space group, failures.
+
+    Returns
+    -------
+    dict with ``content_hash``, ``settings`` (dict), ``n_structures``, ``n_failed``,
+    ``thickness_nm``, ``per_split`` and ``per_spacegroup`` (counts), ``failed`` (list of dict).
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a lacbed-refine dataset (format attribute {f.attrs.get('format')!r})")
+        numbers = _read_column(f["meta"], "spacegroup_number", "int")
+        symbols = _read_column(f["meta"], "spacegroup_symbol", "str")
+        sources = _read_column(f["meta"], "source", "str")
+        splits = _read_column(f["meta"], "split", "str")
+        failed = [
+            dict(zip(("id", "source", "reason"), row))
+            for row in zip(*(_read_column(f["failed"], k, "str") for k in ("id", "source", "reason")))
+        ]
+        per_sg: dict = {}
+        for num, sym, src in zip(numbers, symbols, sources):
+            kind = "synthetic" if src == "synthetic" else "real"
+            entry = per_sg.setdefault(num, {"symbol": sym, "real": 0, "synthetic": 0})
+            entry[kind] += 1
+        per_split: dict = {}
+        for s in splits:
+            per_split[s] = per_split.get(s, 0) + 1
+        return {
+            "path": str(path),
+            "content_hash": str(f.attrs["content_hash"]),
+            "settings": json.loads(f.attrs["settings"]),
+            "engine_version": str(f.attrs.get("engine_version", "")),
+            "created_utc": str(f.attrs.get("created_utc", "")),
+            "n_structures": int(f.attrs["n_structures"]),
+            "n_failed": int(f.attrs["n_failed"]),
+            "thickness_nm": [float(x) for x in f["thickness_nm"][()]],
+            "size": int(f.attrs["size"]),
+            "per_split": dict(sorted(per_split.items())),
+            "per_spacegroup": dict(sorted(per_sg.items())),
+            "per_source": {s: sources.count(s) for s in sorted(set(sources))},
+            "failed": failed,
+        }
