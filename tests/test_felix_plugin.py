@@ -542,3 +542,42 @@ def test_entry_points():
     assert isinstance(sim, Simulator) and sim.name == "felix"
     ok, why = sim.available()
     assert isinstance(ok, bool) and why
+
+
+# ------------------------------------------------------------------------------------------------
+# A real FELIX refinement seeded by export_refinement (plugins/felix/tests/data/GaAs-refine)
+# ------------------------------------------------------------------------------------------------
+REFINE = Path(__file__).resolve().parents[1] / "plugins" / "felix" / "tests" / "data" / "GaAs-refine"
+
+
+def test_read_real_refinement():
+    ref = lf.read_refinement(REFINE)
+    assert (ref.chem, ref.iteration, ref.thickness) == ("GaAs", 15, 1000.0)
+    assert lf.parse_refine_folder(ref.output.name) == ("GaAs", 15, 1000.0, 16)
+    assert [(s.label, s.b_iso) for s in ref.structure.sites] == [("Ga1", 0.9), ("As1", 0.6409)]
+    assert ref.structure.cell[:3] == (5.653, 5.653, 5.653)
+    labels = [s.label for s in ref.structure.sites]
+    assert ref.log.values.shape == (19, len(lf.iteration_log_columns("D", labels)))
+    assert list(ref.log.iteration[:3]) == [1, 1, 2] and ref.log.fom.min() == pytest.approx(0.047490334)
+    assert np.allclose(ref.log.values[-1], [0.9, 0.640861835])
+    crystal, _ = lf.refined_crystal(read_cif(REFINE / "felix.cif"), ref.structure)
+    assert [s.b_iso for s in crystal.sites] == [0.9, 0.6409]
+    sim = lf.read_image(ref.output / "GaAs_+2+0+0.bin", 16)
+    assert sim.shape == (16, 16) and len(lf.read_structure_factors(ref.output)) == 69
+
+
+def test_export_reproduces_the_refined_set(tmp_path):
+    """The set FELIX refined above is what export_refinement writes (all but the title line)."""
+    from dataclasses import replace
+
+    truth = read_cif(DATA / "GaAs" / "felix.cif")
+    start = truth.with_sites([replace(s, b_iso=2 * s.b_iso) for s in truth.sites])
+    images = np.stack([lf.read_image(REFINE / "LR_16x16" / lf.image_name("GaAs", r, ".img")) for r in
+                       [(0, 0, 0), (2, 0, 0)]])
+    s = SimulationSettings(size=16, half_width=5 / truth.a, thicknesses=(800.0, 900.0, 1000.0, 1100.0, 1200.0),
+                           g_limit=8.95 / truth.a, reflections=((0, 0, 0), (2, 0, 0)))
+    out = lf.export_refinement(start, images, tmp_path, "D", s, exit_criteria=0.001).folder
+    for name in ("felix.hkl", "LR_16x16/GaAs_+0+0+0.img", "LR_16x16/GaAs_+2+0+0.img"):
+        assert (out / name).read_bytes() == (REFINE / name).read_bytes(), name
+    for name in ("felix.inp", "felix.cif"):  # the first line names the plugin version
+        assert (out / name).read_text().splitlines()[1:] == (REFINE / name).read_text().splitlines()[1:], name

@@ -4,7 +4,7 @@
   runs the FELIX executable on lacbed-refine's crystals and settings;
 - writers and readers for FELIX's files: ``felix.inp`` (v1.3 line layout), ``felix.cif``,
   ``felix.hkl``, ``.bin``/``.img`` images, ``StructureFactors.txt``, the refined CIF and
-  ``iteration_log.txt``;
+  ``iteration_log.txt`` (:func:`read_refinement` reads a finished refinement);
 - :func:`export_refinement`, a complete FELIX refinement set from a structure and a measured pattern
   (``lacbed-refine felix export``; command group :data:`lacbed_felix.cli.felix_group`, entry point
   ``lacbed_refine.commands``).
@@ -52,6 +52,7 @@ from ._inp import (
     thickness_grid,
     write_felix_inp,
 )
+from ._refinement import FelixRefinement, parse_refine_folder, read_refinement
 from ._runner import MULTI_RANK_BUG, FelixError, FelixRun, find_felix, find_mpirun, run_felix
 from ._simulator import FelixSimulator, write_simulation_inputs
 from ._version import __version__
@@ -86,6 +87,9 @@ __all__ = [
     "RefinedStructure",
     "read_refined_cif",
     "refined_crystal",
+    "FelixRefinement",
+    "read_refinement",
+    "parse_refine_folder",
     # other files
     "image_name",
     "parse_image_name",
