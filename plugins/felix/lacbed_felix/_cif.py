@@ -351,7 +351,8 @@ def read_refined_cif(path) -> RefinedStructure:
         If the file has no cell edge or no atom-site loop, or a value does not parse.
     """
     path = Path(path)
-    lines = [ln.strip() for ln in path.read_text(encoding="latin-1").splitlines()]
+    # FELIX pads some strings with NUL characters (uninitialised Fortran CHARACTER)
+    lines = [ln.replace("\x00", "").strip() for ln in path.read_text(encoding="latin-1").splitlines()]
     items: dict[str, str] = {}
     site_tags: list[str] = []
     rows: list[list[str]] = []

@@ -140,6 +140,18 @@ class FelixSimulator:
     def simulate(self, crystal, settings, *, device="cpu", workers=1, progress=False) -> np.ndarray:
         """FELIX's patterns of ``crystal`` for ``settings``.
 
+        Parameters
+        ----------
+        crystal : Crystal
+        settings : SimulationSettings
+        device : str
+            Unused: FELIX runs on the CPU.
+        workers : int
+            MPI ranks when the build is declared fixed (``mpi_fixed``) and ``ranks`` is not set;
+            otherwise FELIX runs on one rank.
+        progress : bool or callable
+            True writes FELIX's output lines to stderr; a callable gets each line.
+
         Returns
         -------
         ndarray, float32, shape (T, R, size, size)
