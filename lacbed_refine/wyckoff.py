@@ -107,26 +107,24 @@ def _wyckoff_cached(hall: str) -> tuple[WyckoffPosition, ...]:
         raise ValueError(f"space group {hall!r} has translations off the 1/{_GRID} grid")
     tra_i = np.rint(tra_grid).astype(np.int64)
 
-    k = np.arange(_GRID)
+    k = np.arange(_GRID, dtype=np.int32)
     grid = np.stack(np.meshgrid(k, k, k, indexing="ij"), axis=-1).reshape(-1, 3)  # integer units
     n_pts = len(grid)
 
-    def index_of(p):
-        p = np.mod(p, _GRID)
-        return (p[..., 0] * _GRID + p[..., 1]) * _GRID + p[..., 2]
-
     # image of every grid point under every operation, exact in integer units
-    images = np.einsum("sij,pj->spi", rot, grid) + tra_i[:, None, :]  # (S, P, 3)
-    image_idx = index_of(images)  # (S, P)
+    images = np.matmul(grid[None, :, :], rot.transpose(0, 2, 1).astype(np.int32)) + tra_i[:, None, :].astype(np.int32)
+    wrapped = np.mod(images, _GRID)
+    image_idx = (wrapped[..., 0] * _GRID + wrapped[..., 1]) * _GRID + wrapped[..., 2]  # (S, P)
     fixes = image_idx == np.arange(n_pts)[None, :]  # (S, P): op s fixes point p (mod 1)
 
     # 1. orbits: the orbit of p is {image_idx[s, p]}, so its smallest index labels it
     orbit = image_idx.min(axis=0)
     # 2. identical affine site-symmetry groups: which operations fix p and with which lattice
     # vector n (R r + t - n = r) identify the group exactly
-    shift = np.floor_divide(images - grid[None, :, :], _GRID)  # (S, P, 3)
-    code = np.where(fixes, 1 + (shift[..., 0] + 4) + 9 * (shift[..., 1] + 4) + 81 * (shift[..., 2] + 4), 0)
-    rows = np.ascontiguousarray(code.T.astype(np.int16))
+    s_fix, p_fix = np.nonzero(fixes)
+    shift = (images[s_fix, p_fix] - grid[p_fix]) // _GRID  # (K, 3)
+    rows = np.zeros((n_pts, n_ops), dtype=np.int16)
+    rows[p_fix, s_fix] = 1 + (shift[:, 0] + 4) + 9 * (shift[:, 1] + 4) + 81 * (shift[:, 2] + 4)
     _, key = np.unique(rows.view(np.dtype((np.void, rows.shape[1] * 2))).ravel(), return_inverse=True)
     key = key.ravel()
     first_of_key = np.full(key.max() + 1, n_pts)
