@@ -126,5 +126,9 @@ def potential_command(cif, output, size, form_factors):
 from lacbed_refine_cli.dataset import dataset_group; cli.add_command(dataset_group)  # noqa: E402,E702
 
 
+from lacbed_refine_cli.surrogate import register as _register_surrogate  # noqa: E402
+_register_surrogate(cli)
+
+
 if __name__ == "__main__":  # pragma: no cover
     cli()

@@ -93,11 +93,12 @@ def train_file(direction: str, data, out, *, arch: str | None = None, epochs: in
         model = build_model(state["arch"], state["config"])
         train_values = {**state["config"].get("train", {}), **overrides}
     else:
-        sections = json.loads(Path(config).read_text()) if config is not None else {}
+        sections = _read_config(config) if config is not None else {}
         task = {**sections.get("task", {}), "direction": direction}
         task.setdefault("image_size", size)
-        model = build_model(arch or "cgan", {**sections, "task": task})
         train_values = {**sections.get("train", {}), **overrides}
+        torch.manual_seed(int(train_values.get("seed", 0)))  # deterministic initial weights
+        model = build_model(arch or "cgan", {**sections, "task": task})
     if model.task.image_size != size:
         raise ValueError(f"{data}: images are {size} pixels but the model works at {model.task.image_size}")
     if not {"epochs", "minutes", "max_steps"} & {k for k, v in train_values.items() if v is not None}:
@@ -113,6 +114,18 @@ def train_file(direction: str, data, out, *, arch: str | None = None, epochs: in
     }
     log.info("training %s %s on %d structures (%s)", direction, model.arch, len(train_set), data)
     return train(model, train_set, cfg, val_set=val_set, checkpoint=out, resume=resume, metadata=metadata, progress=progress)
+
+
+def _read_config(path) -> dict:
+    try:
+        sections = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such config file") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(sections, dict):
+        raise ValueError(f"{path}: expected a JSON object with sections task/generator/discriminator/loss/vae/train")
+    return sections
 
 
 def evaluate_files(models, data, *, split: str = "test", report=None, batch_size: int = 16, device: str | None = None,

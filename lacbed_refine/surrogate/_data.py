@@ -111,29 +111,53 @@ def pairs_from_crystals(crystals, *, thickness_nm=(50.0, 100.0, 150.0, 200.0), s
 
 
 def open_dataset(path, split: str):
-    """The ``split`` of the HDF5 dataset at ``path`` as a torch Dataset of the item dicts above.
-
-    Reads through :mod:`lacbed_refine.dataset`.
+    """The ``split`` of the HDF5 dataset at ``path`` (:mod:`lacbed_refine.dataset`) as a torch
+    Dataset of the item dicts above, every thickness per item, with ``name`` (the structure id) and
+    ``space_group`` from the file's metadata.
 
     Raises
     ------
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the dataset module is not available or the split is unknown (one line naming the file).
+        If the file is not a dataset, the split is unknown or empty, or the dataset module is
+        missing (one line naming the file).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such dataset file")
     try:
-        from .. import dataset as _dataset
+        from ..dataset import LacbedDataset
     except ImportError:
         raise ValueError(f"{path}: reading datasets needs lacbed_refine.dataset, which this installation lacks") from None
-    return _dataset_split(_dataset, path, split)
+    split = {"val": "validation", "valid": "validation"}.get(split, split)
+    base = LacbedDataset(path, split=split, thickness="all")
+    if len(base) == 0:
+        raise ValueError(f"{path}: the {split!r} split is empty")
+    return _Annotated(base, path)
 
 
-def _dataset_split(module, path: Path, split: str):
-    opener = getattr(module, "open_split", None) or getattr(module, "PairDataset", None) or getattr(module, "LacbedDataset", None)
-    if opener is None:
-        raise ValueError(f"{path}: lacbed_refine.dataset offers no reader the surrogates know")
-    return opener(path, split=split)
+class _Annotated(Dataset):
+    """Adds ``name`` and ``space_group`` (from ``/meta``) to a dataset file's items."""
+
+    def __init__(self, base, path: Path):
+        import h5py
+
+        self.base = base
+        with h5py.File(path, "r") as f:
+            self.ids = [_text(x) for x in f["meta/id"][()]]
+            self.groups = [_text(x) for x in f["meta/spacegroup_symbol"][()]] if "meta/spacegroup_symbol" in f else None
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.base[i])
+        row = int(item.get("index", i))
+        item["name"] = self.ids[row]
+        item["space_group"] = self.groups[row] if self.groups is not None else "unknown"
+        return item
+
+
+def _text(x) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)

@@ -26,7 +26,7 @@ import torch
 
 from .. import __version__, metrics
 from ..patterns import atomic_path
-from ._models import decode_scale, prepare_input
+from ._models import decode_scale, known_scale, prepare_input
 from ._predict import ForwardSurrogate, InverseSurrogate, generator_predict, load_surrogate
 from ._trainer import make_loader
 from ._transforms import (
@@ -57,7 +57,8 @@ def summarise(values) -> dict[str, float]:
 def _group_summary(samples: list[dict], key: str, fields) -> dict:
     groups: dict[str, list[dict]] = {}
     for s in samples:
-        groups.setdefault(str(s[key]), []).append(s)
+        v = s[key]
+        groups.setdefault(f"{v:g}" if isinstance(v, float) else str(v), []).append(s)
     return {g: {f: summarise(x[f] for x in rows) for f in fields} for g, rows in sorted(groups.items(), key=_natural)}
 
 
@@ -84,7 +85,7 @@ def _eval_batch(model, batch: dict) -> dict:
     pot = pot.repeat_interleave(t, dim=0)
     pat = pat.reshape(b * t, 1, *pat.shape[-2:])
     pat_n, p_lo, p_hi = minmax_with_range(pat)
-    values = {"thickness_nm": thick.reshape(-1), "a_angstrom": a, "potential_scale": scale}
+    values = {"thickness_nm": thick.reshape(-1), "a_angstrom": a, "potential_scale": known_scale(scale)}
     cond = condition_vector(values, task.condition_names)
     if task.direction == "forward":
         out = generator_predict(model.generator, model.arch, prepare_input(task, pot), cond)
@@ -123,7 +124,7 @@ def _invariance(model: ForwardSurrogate, dataset, n: int, seed: int) -> dict:
         item = dataset[i]
         pot = torch.as_tensor(item["potential"], dtype=torch.float32, device=dev).reshape(1, 1, *item["potential"].shape[-2:])
         t = float(torch.as_tensor(item["thickness_nm"]).reshape(-1)[0])
-        a, s = float(item["a_angstrom"]), float(item["potential_scale"])
+        a, s = float(item["a_angstrom"]), float(known_scale(torch.as_tensor(item["potential_scale"], dtype=torch.float32)))
         size = pot.shape[-1]
 
         def run(p, scale):

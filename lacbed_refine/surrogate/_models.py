@@ -37,7 +37,7 @@ from ._transforms import (
     roll_batch,
 )
 
-__all__ = ["CGAN", "VAE", "SurrogateModel", "decode_scale", "prepare_input"]
+__all__ = ["CGAN", "VAE", "SurrogateModel", "decode_scale", "known_scale", "prepare_input"]
 
 
 def decode_scale(raw: torch.Tensor, direction: str) -> dict[str, torch.Tensor]:
@@ -51,6 +51,12 @@ def decode_scale(raw: torch.Tensor, direction: str) -> dict[str, torch.Tensor]:
         hi = torch.sigmoid(raw[:, 0])
         return {"lo": hi * torch.sigmoid(raw[:, 1]), "hi": hi}
     return {"potential_scale": SCALE_REFERENCE_V * torch.exp(raw[:, 0])}
+
+
+def known_scale(scale: torch.Tensor) -> torch.Tensor:
+    """The potential scale [V] with unknown values (NaN, e.g. datasets imported from PNG) replaced by
+    the conditioning reference (150 V), so that they condition neutrally."""
+    return torch.where(torch.isfinite(scale), scale, torch.full_like(scale, SCALE_REFERENCE_V))
 
 
 def prepare_input(task: TaskConfig, image: torch.Tensor) -> torch.Tensor:
@@ -90,7 +96,7 @@ class SurrogateModel(nn.Module):
         pattern = batch["pattern"].to(dev, torch.float32)
         thick = batch["thickness_nm"].to(dev, torch.float32)
         a = batch["a_angstrom"].to(dev, torch.float32).reshape(-1)
-        scale = batch["potential_scale"].to(dev, torch.float32).reshape(-1)
+        scale = batch["potential_scale"].to(dev, torch.float32).reshape(-1)  # NaN where unknown
         if potential.dim() == 3:
             potential = potential.unsqueeze(1)
         if pattern.dim() == 3:
@@ -123,7 +129,7 @@ class SurrogateModel(nn.Module):
             op = torch.randint(8, (n,), device=dev)
             potential = dihedral_apply(potential, op)
             y_pattern = dihedral_apply(y_pattern, op)
-        values = {"thickness_nm": thick, "a_angstrom": a, "potential_scale": scale}
+        values = {"thickness_nm": thick, "a_angstrom": a, "potential_scale": known_scale(scale)}
         cond = condition_vector(values, self.task.condition_names)
         if forward:
             return {"x": prepare_input(self.task, potential), "y": y_pattern, "cond": cond,
@@ -135,7 +141,10 @@ class SurrogateModel(nn.Module):
         if self.task.direction == "forward":
             s = decode_scale(raw, "forward")
             return F.l1_loss(torch.stack([s["lo"], s["hi"]], dim=1), target)
-        return F.l1_loss(raw, target)
+        known = torch.isfinite(target)  # the potential's scale is unknown for PNG imports
+        if not known.any():
+            return raw.sum() * 0
+        return F.l1_loss(raw[known], target[known])
 
     def _align(self, target: torch.Tensor, prediction: torch.Tensor, dihedral: bool) -> torch.Tensor:
         if self.task.direction == "inverse":

@@ -1,0 +1,91 @@
+"""Surrogate commands (``train``, ``evaluate``, ``predict``, ``invert``), thin over
+:mod:`lacbed_refine.surrogate`; registered on the main group by :func:`register`."""
+
+from __future__ import annotations
+
+import click
+
+
+def _floats(text):
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
+@click.command("train")
+@click.argument("direction", type=click.Choice(["forward", "inverse"]))
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="HDF5 dataset (its train split; validation is scored each epoch).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (every few minutes and at the end).")
+@click.option("--arch", type=click.Choice(["cgan", "vae"]), default=None, help="Network family (default cgan).")
+@click.option("--epochs", type=int, default=None, help="Train for this many epochs in total.")
+@click.option("--minutes", type=float, default=None, help="Stop after this many minutes of this run.")
+@click.option("--device", default=None, help="torch device (default cpu).")
+@click.option("--seed", type=int, default=None, help="Seed of data order and augmentation (default 0): runs are deterministic.")
+@click.option("--batch-size", type=int, default=None, help="Structures per step (default 16).")
+@click.option("--lr", type=float, default=None, help="Adam learning rate (default 2e-4).")
+@click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
+@click.option("--config", type=click.Path(dir_okay=False), default=None, help="JSON with sections task/generator/discriminator/loss/vae/train.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint at -o.")
+def train_command(direction, data, output, **options):
+    """Train a DIRECTION (forward or inverse) surrogate on a dataset."""
+    from lacbed_refine.surrogate import train_file
+
+    s = train_file(direction, data, output, **options)
+    click.echo(f"{s['checkpoint']}: step {s['step']} (epoch {s['epoch']:.2f}), {s['seconds']:.0f} s this run; "
+               + ", ".join(f"{k} {v:.4g}" for k, v in s["last"].items()))
+
+
+@click.command("evaluate")
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="HDF5 dataset.")
+@click.option("--split", default="test", show_default=True, help="Split to evaluate on.")
+@click.option("--report", type=click.Path(file_okay=False), default=None, help="Folder for report.json and the figures.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--device", default=None, help="torch device (default cpu).")
+def evaluate_command(models, data, split, report, batch_size, device):
+    """Score MODELS (one or more surrogate files) on a dataset split; several models are compared."""
+    from lacbed_refine.surrogate import evaluate_files
+
+    for name, rep in evaluate_files(models, data, split=split, report=report, batch_size=batch_size, device=device).items():
+        s = rep["summary"]
+        click.echo(f"{name}: {rep['n_samples']} samples, R mean {s['R']['mean']:.4f} median {s['R']['median']:.4f}, "
+                   f"origin-insensitive R mean {s['R_shift']['mean']:.4f}, ℓMSE mean {s['lmse']['mean']:.3g}")
+
+
+@click.command("predict")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--thickness", required=True, help="Thicknesses [nm], comma-separated.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .tif, .npy or .h5 (a .png preview is written beside it).")
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="Forward surrogate file (default: the shipped weights).")
+@click.option("--a", "a_angstrom", type=float, default=None, help="Cell edge [Å] for a potential image without metadata.")
+@click.option("--device", default=None, help="torch device (default cpu).")
+def predict_command(source, thickness, output, model, a_angstrom, device):
+    """Predict bright-field LACBED of SOURCE (a CIF or a potential image) with the forward surrogate."""
+    from lacbed_refine.surrogate import predict_file
+
+    r = predict_file(source, output, thickness_nm=_floats(thickness), model=model, a_angstrom=a_angstrom, device=device)
+    click.echo(f"{r['output']} {r['shape']}; preview {r['preview']}")
+
+
+@click.command("invert")
+@click.argument("pattern", type=click.Path(dir_okay=False))
+@click.option("--thickness", default=None, help="Thickness [nm] of the pattern(s), comma-separated (default: from the file).")
+@click.option("--a", "a_angstrom", type=float, default=None, help="Cell edge [Å] (default: from the file).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .tif, .npy or .h5 (a .png preview is written beside it).")
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="Inverse surrogate file (default: the shipped weights).")
+@click.option("--device", default=None, help="torch device (default cpu).")
+def invert_command(pattern, thickness, a_angstrom, output, model, device):
+    """Predict the projected potential behind a bright-field PATTERN with the inverse surrogate."""
+    from lacbed_refine.surrogate import invert_file
+
+    r = invert_file(pattern, output, thickness_nm=_floats(thickness), a_angstrom=a_angstrom, model=model, device=device)
+    click.echo(f"{r['output']} {r['shape']}, potential max-min {', '.join(f'{v:.1f}' for v in r['potential_scale_V'])} V; preview {r['preview']}")
+
+
+def register(cli: click.Group) -> None:
+    """Add the surrogate commands to the ``lacbed-refine`` group."""
+    for command in (train_command, evaluate_command, predict_command, invert_command):
+        cli.add_command(command)
