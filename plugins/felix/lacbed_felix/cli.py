@@ -80,8 +80,8 @@ def export_command(cif, output, pattern, reflections, sites, thickness, beams, *
         raise click.BadParameter(f"--thickness needs START,STOP,STEP in nm, got {thickness}")
     result = export_file(cif, output, pattern=pattern, reflections=_triple_list(reflections), sites=_ints(sites),
                          thickness_nm=thickness, n_beams=beams, **options)
-    click.echo(f"{result.folder}: FELIX refinement ({result.input.refine_mode}) of {result.chem}, "
-               f"{len(result.images)} image(s); run felix in that folder")
+    images = f"{len(result.images)} image(s)" if result.images else f"no pattern: put the images in LR_{result.input.size}x{result.input.size}/ first"
+    click.echo(f"{result.folder}: FELIX refinement ({result.input.refine_mode}) of {result.chem}, {images}; run felix there")
 
 
 @felix_group.command("read")
