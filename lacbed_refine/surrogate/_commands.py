@@ -216,7 +216,8 @@ def _model(model, direction: str, device):
     surrogate = load_pretrained(direction, device=device or "cpu") if model is None else load_surrogate(model, device=device or "cpu")
     kind = "forward" if isinstance(surrogate, ForwardSurrogate) else "inverse"
     if kind != direction:
-        raise ValueError(f"{model}: is a {kind} surrogate; this needs a {direction} one")
+        need = "predict needs a forward" if direction == "forward" else "invert needs an inverse"
+        raise ValueError(f"{model}: is a {kind} surrogate; {need} one")
     return surrogate
 
 
@@ -315,6 +316,6 @@ def invert_file(pattern, out, *, thickness_nm=None, a_angstrom: float | None = N
             "units": "min-max normalised [001] projected potential (origin arbitrary); max - min [V] in potential_scale_V"}
     out = Path(out)
     write_stack(out, stack, labels=[f"potential from t={t:g}nm" for t in thickness], metadata=info)
-    png = write_preview(out.with_suffix(".png"), stack.transpose(1, 0, 2, 3), row_labels=["ρ (inverse surrogate)"],
+    png = write_preview(out.with_suffix(".png"), stack, row_labels=["ρ (inverse surrogate)"],
                         col_labels=[f"from t = {t:g} nm" for t in thickness], title=f"{pattern.name}: inverse surrogate")
     return {"output": str(out), "preview": str(png), "shape": stack.shape, "potential_scale_V": scale}
