@@ -18,12 +18,10 @@ import numpy as np
 
 from lacbed_refine.crystal import Crystal
 from lacbed_refine.geometry import SimulationSettings
-from lacbed_refine.simulation import settings_for
 
 from ._cif import wyckoff_letters, write_felix_cif
 from ._files import experimental_folder_name, image_name, parse_image_name, read_image, write_hkl, write_image
-from ._inp import REFINE_LETTERS, FelixInput, felix_input_for, write_felix_inp
-from ._simulator import _check_reflections
+from ._inp import REFINE_LETTERS, FelixInput, _check_reflections, felix_input_for, write_felix_inp
 from ._version import __version__
 
 __all__ = ["export_refinement", "export_file", "read_pattern", "FelixExport", "REFINEMENT_DEFAULTS"]
@@ -224,6 +222,8 @@ def export_refinement(
         if not np.isfinite(images).all():
             raise ValueError("pattern has non-finite values")
     if settings is None:
+        from lacbed_refine.simulation import settings_for
+
         settings = settings_for(crystal, size=images.shape[-1] if images is not None else None)
     elif images is not None and settings.size != images.shape[-1]:
         raise ValueError(f"pattern images are {images.shape[-1]} pixels, settings.size is {settings.size}")
@@ -296,6 +296,7 @@ def export_file(cif, out_dir, *, pattern=None, refine: str = "BD", reflections=N
         ``n_beams``, ``g_limit``, ``strong_beams``, ``absorption``, ``form_factors``).
     """
     from lacbed_refine.crystal import read_cif
+    from lacbed_refine.simulation import settings_for
 
     crystal = read_cif(cif)
     images, file_reflections = read_pattern(pattern) if pattern is not None else (None, None)

@@ -659,3 +659,18 @@ def felix_input_for(crystal: Crystal, settings: SimulationSettings, **overrides)
     values.update(overrides)
     return FelixInput(**values)
 
+
+def _check_reflections(crystal: Crystal, inp: FelixInput, reflections) -> None:
+    pool = felix_beam_pool(
+        crystal.a, crystal.spacegroup_symbol[0], inp.voltage,
+        g_limit=inp.g_limit if inp.g_limit > 0 else None,
+        n_beams=inp.min_reflection_pool if inp.g_limit <= 0 else None,
+    )
+    in_pool = {tuple(int(x) for x in r) for r in pool}
+    missing = [tuple(r) for r in reflections if tuple(int(x) for x in r) not in in_pool]
+    if missing:
+        raise ValueError(
+            f"reflection(s) {missing} are not in FELIX's beam pool of {len(pool)} beams for these settings "
+            "(FELIX would drop them without an error); widen the pool (g_limit or n_beams) or check the "
+            "lattice centring"
+        )

@@ -14,28 +14,12 @@ from lacbed_refine.geometry import SimulationSettings
 
 from ._cif import write_felix_cif
 from ._files import read_simulation, write_hkl
-from ._inp import FelixInput, felix_beam_pool, felix_input_for, write_felix_inp
+from ._inp import FelixInput, _check_reflections, felix_input_for, write_felix_inp
 from ._runner import MULTI_RANK_BUG, FelixError, find_felix, run_felix
 
 __all__ = ["FelixSimulator", "write_simulation_inputs"]
 
 log = logging.getLogger(__name__)
-
-
-def _check_reflections(crystal: Crystal, inp: FelixInput, reflections) -> None:
-    pool = felix_beam_pool(
-        crystal.a, crystal.spacegroup_symbol[0], inp.voltage,
-        g_limit=inp.g_limit if inp.g_limit > 0 else None,
-        n_beams=inp.min_reflection_pool if inp.g_limit <= 0 else None,
-    )
-    in_pool = {tuple(int(x) for x in r) for r in pool}
-    missing = [tuple(r) for r in reflections if tuple(int(x) for x in r) not in in_pool]
-    if missing:
-        raise ValueError(
-            f"reflection(s) {missing} are not in FELIX's beam pool of {len(pool)} beams for these settings "
-            "(FELIX would drop them without an error); widen the pool (g_limit or n_beams) or check the "
-            "lattice centring"
-        )
 
 
 def write_simulation_inputs(crystal: Crystal, settings: SimulationSettings, folder, **overrides) -> tuple[str, FelixInput]:
