@@ -2,10 +2,11 @@
 
 The cell content (occupancy-weighted element counts over the conventional cell) is reduced:
 
-- counts that are all whole numbers (within 0.02) are divided by their greatest common divisor,
-  ``Mg8Al16O32`` → ``Al2MgO4``;
-- otherwise (partial occupancies) each count is given as a fraction of all atoms, to 3 decimals,
-  ``Fe1.24Cu2.12S2.84…`` → ``Cu0.341Fe0.199…``.
+- counts that are whole numbers (within 0.02) after multiplying them all by the smallest m in
+  1 … 12 are divided by their greatest common divisor: ``Mg8Al16O32`` → ``Al2MgO4``,
+  ``Fe0.5Ni0.5`` → ``FeNi``, ``Fe1.2Ni2.8`` → ``Fe3Ni7``;
+- otherwise (irregular partial occupancies) each count is given as a fraction of all atoms, to 3
+  decimals: ``Fe1.237Ni2.763`` → ``Fe0.309Ni0.691``.
 
 Elements are in Hill order (C, then H, then the rest alphabetically when carbon is present;
 alphabetically otherwise). The same compound written with another Z, another setting or rounded
@@ -22,6 +23,8 @@ from .crystal import Crystal
 __all__ = ["element_counts", "reduced_formula", "hill_order"]
 
 _INTEGER_TOL = 0.02
+# Counts are tried multiplied by 1 … this, so that Fe0.5Ni0.5 and Fe2Ni2 both read FeNi.
+_MAX_MULTIPLIER = 12
 
 
 def element_counts(crystal: Crystal) -> dict[str, float]:
@@ -66,9 +69,11 @@ def reduced_formula(counts: dict[str, float]) -> str:
     if not counts:
         return ""
     order = hill_order(counts)
-    if all(abs(n - round(n)) <= _INTEGER_TOL and round(n) > 0 for n in counts.values()):
-        ints = {el: int(round(n)) for el, n in counts.items()}
-        g = reduce(math.gcd, ints.values())
-        return "".join(el + ("" if ints[el] // g == 1 else str(ints[el] // g)) for el in order)
+    for m in range(1, _MAX_MULTIPLIER + 1):
+        scaled = {el: n * m for el, n in counts.items()}
+        if all(abs(n - round(n)) <= _INTEGER_TOL and round(n) > 0 for n in scaled.values()):
+            ints = {el: int(round(n)) for el, n in scaled.items()}
+            g = reduce(math.gcd, ints.values())
+            return "".join(el + ("" if ints[el] // g == 1 else str(ints[el] // g)) for el in order)
     total = sum(counts.values())
     return "".join(f"{el}{counts[el] / total:.3f}" for el in order)
