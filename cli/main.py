@@ -97,6 +97,19 @@ def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_
     click.echo(f"r = {result.r:.5f}, t = {result.thickness_nm:.2f} ± {result.thickness_sigma_nm:.2f} nm; wrote {paths['cif']}, {paths['report']}, {paths['figure']}")
 
 
+@cli.command("batch")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder: one sub-folder per sample and summary.csv.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Samples refined in parallel (local processes).")
+@click.option("--scheduler", default=None, help="Dask distributed scheduler address (instead of local workers).")
+def batch_command(manifest, output, workers, scheduler):
+    """Refine every sample of MANIFEST (CSV: cif,pattern[,id,refine,fix,thickness,half_width,blur,beams,mask]); reruns skip finished samples."""
+    from lacbed_refine.batch import run_batch
+
+    res = run_batch(manifest, output, workers=workers, scheduler=scheduler)
+    click.echo(f"{res['done']} done, {res['failed']} failed, {res['skipped']} already finished, of {res['total']}; {res['summary']}")
+
+
 @cli.command("plugins")
 def plugins_command():
     """List the simulators that are installed (built-in and plugins) and whether they can run."""
@@ -128,6 +141,21 @@ from lacbed_refine_cli.dataset import dataset_group; cli.add_command(dataset_gro
 
 from lacbed_refine_cli.surrogate import register as _register_surrogate  # noqa: E402
 _register_surrogate(cli)
+
+
+def _add_plugin_commands(group: click.Group) -> None:
+    """Add command groups that plugins register under ``lacbed_refine.commands`` (e.g. ``felix``);
+    a broken plugin is logged and skipped, never takes the CLI down."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="lacbed_refine.commands"):
+        try:
+            group.add_command(ep.load(), ep.name)
+        except Exception as exc:  # whatever a third-party import raises
+            logging.getLogger(__name__).warning("command plugin %s: %s", ep.name, exc)
+
+
+_add_plugin_commands(cli)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,173 @@
+"""Batch refinement: many (CIF, pattern) samples from a manifest, each in its own folder.
+
+Manifest: a CSV with a header row; columns ``cif`` and ``pattern`` (paths relative to the manifest's
+folder or absolute), optional ``id`` (default: row number) and optional per-sample options
+``refine``, ``fix``, ``thickness`` [nm], ``half_width`` [Å⁻¹], ``blur`` [pixels], ``beams``, ``mask``.
+
+Each sample writes ``DIR/<id>/`` (``refined.cif``, ``report.json``, ``fit.png``, all atomic); a sample
+is finished when its ``report.json`` exists, so a rerun skips it and a SIGKILL never loses a finished
+sample. A failing sample writes ``DIR/<id>/error.txt`` and the others go on. ``DIR/summary.csv`` (one
+row per sample: status, r, thickness, wall time, error) is rewritten atomically after every sample.
+Parallelism: a local process pool (``workers``) or a Dask distributed cluster (``scheduler``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+
+from .patterns import atomic_path
+
+__all__ = ["read_manifest", "run_batch", "fit_sample"]
+
+log = logging.getLogger(__name__)
+
+_OPTIONAL = ("refine", "fix", "thickness", "half_width", "blur", "beams", "mask")
+_SUMMARY_FIELDS = ("id", "status", "r", "thickness_nm", "seconds", "cif", "pattern", "error")
+
+
+def read_manifest(path) -> list[dict]:
+    """Rows of a manifest CSV with paths resolved; raises ValueError naming the file and row."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such manifest")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"cif", "pattern"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: the manifest needs a header with columns 'cif' and 'pattern'")
+        unknown = set(reader.fieldnames) - {"id", "cif", "pattern", *_OPTIONAL}
+        if unknown:
+            raise ValueError(f"{path}: unknown manifest columns {sorted(unknown)}")
+        rows = []
+        for i, row in enumerate(reader, start=1):
+            sample = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items() if v not in (None, "")}
+            sample.setdefault("id", f"{i:04d}")
+            for key in ("cif", "pattern", "mask"):
+                if key in sample:
+                    p = Path(sample[key])
+                    sample[key] = str(p if p.is_absolute() else path.parent / p)
+            rows.append(sample)
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: sample ids are not unique")
+    return rows
+
+
+def fit_sample(sample: dict, out_dir: str) -> dict:
+    """Refine one manifest row into ``out_dir/<id>``; never raises (errors become the status)."""
+    from .refine import FitConfig, fit_files
+
+    folder = Path(out_dir) / sample["id"]
+    t0 = time.perf_counter()
+    status = {"id": sample["id"], "cif": sample.get("cif"), "pattern": sample.get("pattern")}
+    try:
+        config = FitConfig(
+            refine=tuple(x for x in sample.get("refine", "xyz,b,occ,thickness").split(",") if x),
+            fix=tuple(x for x in sample.get("fix", "").split(",") if x),
+            thickness_nm=float(sample["thickness"]) if "thickness" in sample else None,
+            blur_sigma=float(sample.get("blur", 0.0)),
+        )
+        result, _ = fit_files(
+            sample["cif"], sample["pattern"], folder, config=config,
+            pattern_half_width=float(sample["half_width"]) if "half_width" in sample else None,
+            mask_path=sample.get("mask"), n_beams=int(sample["beams"]) if "beams" in sample else None,
+        )
+        status.update(status="done", r=result.r, thickness_nm=result.thickness_nm)
+    except Exception as exc:  # a failing sample is recorded, whatever went wrong, and the batch goes on
+        folder.mkdir(parents=True, exist_ok=True)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        with atomic_path(folder / "error.txt") as tmp:
+            tmp.write_text(f"{type(exc).__name__}: {message}\n\n{traceback.format_exc()}")
+        status.update(status="failed", error=message)
+    status["seconds"] = time.perf_counter() - t0
+    return status
+
+
+def _finished(sample: dict, out_dir: Path) -> dict | None:
+    report = out_dir / sample["id"] / "report.json"
+    if not report.is_file():
+        return None
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    thickness = next((p["refined"] for p in data.get("parameters", []) if p["name"] == "thickness_nm"), None)
+    return {"id": sample["id"], "status": "done", "r": data.get("r"), "thickness_nm": thickness,
+            "cif": sample.get("cif"), "pattern": sample.get("pattern"), "seconds": None}
+
+
+def _write_summary(out_dir: Path, statuses: dict, order: list[str]) -> Path:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=_SUMMARY_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for sid in order:
+        writer.writerow(statuses.get(sid, {"id": sid, "status": "pending"}))
+    path = out_dir / "summary.csv"
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+    return path
+
+
+def run_batch(manifest, out_dir, *, workers: int = 1, scheduler: str | None = None, progress: bool = True) -> dict:
+    """Refine every sample of ``manifest`` into ``out_dir``; returns counts and the summary path.
+
+    Finished samples (with a ``report.json``) are skipped, so a killed batch resumes where it
+    stopped. ``workers`` > 1 uses a local process pool; ``scheduler`` (a Dask address, e.g.
+    ``tcp://host:8786``) a Dask distributed cluster instead.
+    """
+    samples = read_manifest(manifest)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    order = [s["id"] for s in samples]
+    statuses = {}
+    todo = []
+    for s in samples:
+        done = _finished(s, out)
+        if done is not None:
+            statuses[s["id"]] = done
+        else:
+            todo.append(s)
+    _write_summary(out, statuses, order)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(samples), initial=len(samples) - len(todo), unit="sample", desc="batch fit")
+
+    def record(status):
+        statuses[status["id"]] = status
+        _write_summary(out, statuses, order)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{status['id']}: {status['status']}")
+
+    try:
+        if scheduler:
+            from dask.distributed import Client, as_completed
+
+            with Client(scheduler) as client:
+                futures = [client.submit(fit_sample, s, str(out), pure=False) for s in todo]
+                for fut in as_completed(futures):
+                    record(fut.result())
+        elif workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = [pool.submit(fit_sample, s, str(out)) for s in todo]
+                for fut in as_completed(futures):
+                    record(fut.result())
+        else:
+            for s in todo:
+                record(fit_sample(s, str(out)))
+    finally:
+        if bar is not None:
+            bar.close()
+    counts = {k: sum(1 for v in statuses.values() if v["status"] == k) for k in ("done", "failed")}
+    return {"summary": str(out / "summary.csv"), "skipped": len(samples) - len(todo), **counts, "total": len(samples)}
