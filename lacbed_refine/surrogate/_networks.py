@@ -250,9 +250,9 @@ class PatchDiscriminator(nn.Module):
         nf = cfg.ndf
         layers = [nn.Sequential(nn.Conv2d(in_channels, nf, 4, 2, 2), nn.LeakyReLU(0.2))]
         for _ in range(1, cfg.n_layers):
-            prev, nf = nf, min(nf * 2, 512)
+            prev, nf = nf, min(nf * 2, cfg.max_channels)
             layers.append(nn.Sequential(nn.Conv2d(prev, nf, 4, 2, 2), nn.InstanceNorm2d(nf), nn.LeakyReLU(0.2)))
-        prev, nf = nf, min(nf * 2, 512)
+        prev, nf = nf, min(nf * 2, cfg.max_channels)
         layers.append(nn.Sequential(nn.Conv2d(prev, nf, 4, 1, 2), nn.InstanceNorm2d(nf), nn.LeakyReLU(0.2)))
         layers.append(nn.Conv2d(nf, 1, 4, 1, 2))
         self.layers = nn.ModuleList(layers)
