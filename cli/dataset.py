@@ -41,6 +41,7 @@ def dataset_group():
 @click.option("--overwrite", is_flag=True, help="Replace an output built from other inputs or settings.")
 @click.option("--keep-work", is_flag=True, help="Keep the work folder of per-structure shards after assembly.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@click.option("--throttle", "throttle_s", type=float, default=0.0, hidden=True, help="Pause [s] after each result (tests).")
 def build_command(cifs, synthetic, seed, output, thickness, preset, beams, size, workers, **options):
     """Simulate CIF folders and/or synthetic structures into one HDF5 dataset (resumable)."""
     from lacbed_refine.dataset import BuildSpec, build_dataset

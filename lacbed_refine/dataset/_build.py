@@ -89,6 +89,7 @@ def build_dataset(
     overwrite: bool = False,
     progress: bool = True,
     command: str = "",
+    throttle_s: float = 0.0,
 ) -> BuildResult:
     """Build (or resume building) a dataset file.
 
@@ -121,6 +122,8 @@ def build_dataset(
         Show a progress bar (structures, rate, ETA) on stderr.
     command : str
         Command line to record in the file.
+    throttle_s : float
+        Pause [s] after storing each result; only for tests that interrupt a build.
 
     Returns
     -------
@@ -173,7 +176,8 @@ def build_dataset(
         pending = [t for t in tasks if work.status(t.id, finished) is None]
         log.info("%d structures: %d finished in %s, %d to compute", len(tasks), len(tasks) - len(pending),
                  work.path, len(pending))
-        computed = _compute_all(pending, spec, work, workers=workers, scheduler=scheduler, total=len(tasks),
+        store = _Store(work, throttle_s)
+        computed = _compute_all(pending, spec, store, workers=workers, scheduler=scheduler, total=len(tasks),
                                 progress=progress)
         result = _assemble(output, tasks, work, settings, spec, command=command, progress=progress)
     finally:
@@ -196,14 +200,23 @@ def _up_to_date(output: Path, settings: dict) -> dict | None:
 # ------------------------------------------------------------------------------------------------
 # computing
 # ------------------------------------------------------------------------------------------------
-def _store(work: WorkDir, task: Task, status: str, payload) -> None:
-    if status == "ok":
-        for w in payload.extra.get("warnings", []):
-            log.info("%s: %s", task.id, w)
-        work.write_record(payload)
-    else:
-        log.warning("%s: skipped: %s", task.id, payload)
-        work.write_failure(task.id, task.source, payload)
+class _Store:
+    """Writes each result as its shard the moment it arrives (and logs skipped structures)."""
+
+    def __init__(self, work: WorkDir, throttle_s: float = 0.0):
+        self.work = work
+        self.throttle_s = throttle_s
+
+    def __call__(self, task: Task, status: str, payload) -> None:
+        if status == "ok":
+            for w in payload.extra.get("warnings", []):
+                log.info("%s: %s", task.id, w)
+            self.work.write_record(payload)
+        else:
+            log.warning("%s: skipped: %s", task.id, payload)
+            self.work.write_failure(task.id, task.source, payload)
+        if self.throttle_s:
+            time.sleep(self.throttle_s)
 
 
 def _bar(total: int, initial: int, progress: bool):
@@ -213,27 +226,40 @@ def _bar(total: int, initial: int, progress: bool):
                 smoothing=0.05, dynamic_ncols=True, file=sys.stderr)
 
 
-def _compute_all(pending, spec, work, *, workers, scheduler, total, progress) -> int:
+def _compute_all(pending, spec, store, *, workers, scheduler, total, progress) -> int:
     if not pending:
         return 0
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     with _bar(total, total - len(pending), progress) as bar, logging_redirect_tqdm():
         if scheduler:
-            return _run_dask(pending, spec, work, scheduler, bar)
+            return _run_dask(pending, spec, store, scheduler, bar)
         if workers == 1:
             for task in pending:
                 status, payload = run_task(task, spec)
-                _store(work, task, status, payload)
+                store(task, status, payload)
                 bar.update(1)
             return len(pending)
-        return _run_pool(pending, spec, work, workers, bar)
+        return _run_pool(pending, spec, store, workers, bar)
 
 
 def _init_worker() -> None:
+    """Worker set-up: one torch thread, and exit when the parent build dies (even by SIGKILL),
+    instead of lingering as an orphan."""
+    import threading
+
     import torch
 
     torch.set_num_threads(1)
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 @contextlib.contextmanager
@@ -252,14 +278,14 @@ def _single_threaded_children():
                 os.environ[k] = v
 
 
-def _run_pool(pending, spec, work, workers, bar) -> int:
+def _run_pool(pending, spec, store, workers, bar) -> int:
     """Process pool with at most 2×workers tasks in flight; a pool broken by a dying worker is
     rebuilt and its tasks retried, and a task that kills workers twice is recorded as failed."""
     with _single_threaded_children():
-        return _run_pool_inner(pending, spec, work, workers, bar)
+        return _run_pool_inner(pending, spec, store, workers, bar)
 
 
-def _run_pool_inner(pending, spec, work, workers, bar) -> int:
+def _run_pool_inner(pending, spec, store, workers, bar) -> int:
     queue = list(reversed(pending))
     crashes: dict[str, int] = {}
     done = 0
@@ -282,13 +308,13 @@ def _run_pool_inner(pending, spec, work, workers, bar) -> int:
                         broken = True
                         crashes[task.id] = crashes.get(task.id, 0) + 1
                         if crashes[task.id] >= _MAX_CRASHES:
-                            _store(work, task, "failed", "worker process died while computing it (out of memory?)")
+                            store(task, "failed", "worker process died while computing it (out of memory?)")
                             bar.update(1)
                             done += 1
                         else:
                             queue.append(task)
                         continue
-                    _store(work, task, status, payload)
+                    store(task, status, payload)
                     bar.update(1)
                     done += 1
                 if broken and not inflight:
@@ -299,7 +325,7 @@ def _run_pool_inner(pending, spec, work, workers, bar) -> int:
     return done
 
 
-def _run_dask(pending, spec, work, scheduler, bar) -> int:
+def _run_dask(pending, spec, store, scheduler, bar) -> int:
     try:
         from dask.distributed import Client, as_completed
     except ImportError:
@@ -311,7 +337,7 @@ def _run_dask(pending, spec, work, scheduler, bar) -> int:
         for fut in as_completed(futures):
             task = by_key[fut.key]
             status, payload = fut.result()
-            _store(work, task, status, payload)
+            store(task, status, payload)
             fut.release()
             bar.update(1)
             done += 1

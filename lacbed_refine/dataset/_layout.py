@@ -70,9 +70,10 @@ META_FIELDS = {
     "potential_max": "float",
     "cif": "str",
     "seconds": "float",
+    "cpu_seconds": "float",
 }
-#: Fields that enter the content hash (everything but the timing).
-HASHED_FIELDS = tuple(k for k in META_FIELDS if k != "seconds")
+#: Fields that enter the content hash (everything but the timings).
+HASHED_FIELDS = tuple(k for k in META_FIELDS if k not in ("seconds", "cpu_seconds"))
 _ARRAYS = ("potential", "potential_raw", "pattern")
 _STR = None  # h5py string dtype, created lazily
 

@@ -132,7 +132,7 @@ def import_png(root, output, *, split_files=(), command: str = "", progress: boo
             meta = {"id": ident, "source": "png", "formula": "", "reduced_formula": "", "spacegroup_number": 0,
                     "spacegroup_symbol": "", "a_angstrom": float("nan"), "n_atoms": 0,
                     "split": splits.get(ident, ""), "n_beams": 0, "symmetry_ops": 0,
-                    "potential_min": float("nan"), "potential_max": float("nan"), "cif": "", "seconds": 0.0}
+                    "potential_min": float("nan"), "potential_max": float("nan"), "cif": "", "seconds": 0.0, "cpu_seconds": 0.0}
             yield Record(meta=meta, potential=pot, potential_raw=np.full_like(pot, np.nan), pattern=pats)
 
     with tqdm(total=len(ok), unit="structure", desc="import", disable=not progress) as bar:
