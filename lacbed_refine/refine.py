@@ -228,8 +228,12 @@ class _Problem:
         return float(f.detach()), g
 
 
-def _thickness_scan(problem, x, config) -> tuple[float, float]:
+def _thickness_scan(problem, x, config, around: float | None = None) -> tuple[float, float]:
     start, stop, step = config.thickness_scan_nm
+    if around is not None:  # a start was given: scan only the window the polish may reach
+        start = max(step, around - config.thickness_window_nm)
+        stop = around + config.thickness_window_nm
+        step = min(step, 1.0)
     grid = torch.arange(start, stop + 0.5 * step, step, dtype=torch.float64)
     with torch.no_grad():
         sims = problem.simulate(torch.as_tensor(x[:-1]), None, thicknesses=grid * NM)
@@ -317,8 +321,8 @@ def refine(
     # 1. thickness scan
     t0 = time.perf_counter()
     if config.thickness_nm is None or "thickness" in config.refine:
-        t_scan, r_scan = _thickness_scan(problem, x, config)
-        if config.thickness_nm is None:
+        t_scan, r_scan = _thickness_scan(problem, x, config, around=config.thickness_nm)
+        if "thickness" in config.refine or config.thickness_nm is None:
             x[-1] = t_scan
         stages.append(StageLog("thickness scan", 1 - r_scan, time.perf_counter() - t0, f"best {t_scan:.1f} nm"))
         say(f"thickness scan: {t_scan:.1f} nm, 1-r = {1 - r_scan:.5f}")
