@@ -334,7 +334,7 @@ def _run_dask(pending, spec, store, scheduler, bar) -> int:
     with Client(scheduler, set_as_default=False) as client:
         futures = client.map(run_task, pending, spec=spec, pure=False)
         by_key = {f.key: t for f, t in zip(futures, pending)}
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             task = by_key[fut.key]
             status, payload = fut.result()
             store(task, status, payload)
