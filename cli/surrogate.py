@@ -45,11 +45,12 @@ def train_command(direction, data, output, **options):
 @click.option("--report", type=click.Path(file_okay=False), default=None, help="Folder for report.json and the figures.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--device", default=None, help="torch device (default cpu).")
-def evaluate_command(models, data, split, report, batch_size, device):
+@click.option("--symmetrise", is_flag=True, help="Forward models: average over the 8 operations of the square.")
+def evaluate_command(models, data, **options):
     """Score MODELS (one or more surrogate files) on a dataset split; several models are compared."""
     from lacbed_refine.surrogate import evaluate_files
 
-    for name, rep in evaluate_files(models, data, split=split, report=report, batch_size=batch_size, device=device).items():
+    for name, rep in evaluate_files(models, data, **options).items():
         s = rep["summary"]
         click.echo(f"{name}: {rep['n_samples']} samples, R mean {s['R']['mean']:.4f} median {s['R']['median']:.4f}, "
                    f"origin-insensitive R mean {s['R_shift']['mean']:.4f}, ℓMSE mean {s['lmse']['mean']:.3g}")
@@ -62,11 +63,12 @@ def evaluate_command(models, data, split, report, batch_size, device):
 @click.option("--model", type=click.Path(dir_okay=False), default=None, help="Forward surrogate file (default: the shipped weights).")
 @click.option("--a", "a_angstrom", type=float, default=None, help="Cell edge [Å] for a potential image without metadata.")
 @click.option("--device", default=None, help="torch device (default cpu).")
-def predict_command(source, thickness, output, model, a_angstrom, device):
+@click.option("--symmetrise", is_flag=True, help="Average over the 8 operations of the square (exactly equivariant, 8x the cost).")
+def predict_command(source, thickness, output, **options):
     """Predict bright-field LACBED of SOURCE (a CIF or a potential image) with the forward surrogate."""
     from lacbed_refine.surrogate import predict_file
 
-    r = predict_file(source, output, thickness_nm=_floats(thickness), model=model, a_angstrom=a_angstrom, device=device)
+    r = predict_file(source, output, thickness_nm=_floats(thickness), **options)
     click.echo(f"{r['output']} {r['shape']}; preview {r['preview']}")
 
 

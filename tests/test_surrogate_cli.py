@@ -79,6 +79,10 @@ def test_predict_from_cif_and_from_potential_file(models, tmp_path):
     res = _invoke("predict", rho, "--thickness", "50,100", "--model", models["forward"], "-o", tmp_path / "pred2.npy")
     assert res.exit_code == 0, res.output
     np.testing.assert_allclose(np.load(tmp_path / "pred2.npy")[:, 0], pages, atol=2e-5)
+    res = _invoke("predict", EXAMPLE, "--thickness", "50", "--model", models["forward"], "--symmetrise", "-o", tmp_path / "sym.npy")
+    assert res.exit_code == 0, res.output
+    sym = np.load(tmp_path / "sym.npy")[0, 0]
+    np.testing.assert_allclose(np.rot90(sym), sym, atol=1e-5)  # SrTiO3's projection is 4mm
 
 
 def test_invert_a_simulated_pattern(models, tmp_path):

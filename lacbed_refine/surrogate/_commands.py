@@ -129,7 +129,7 @@ def _read_config(path) -> dict:
 
 
 def evaluate_files(models, data, *, split: str = "test", report=None, batch_size: int = 16, device: str | None = None,
-                   invariance: int = 32) -> dict[str, dict]:
+                   invariance: int = 32, symmetrise: bool = False) -> dict[str, dict]:
     """Evaluate one or more model files on a split of ``data``; with several models, each gets a
     sub-folder of ``report`` and ``comparison.md`` / ``comparison.json`` compare them."""
     models = [Path(m) for m in models]
@@ -143,7 +143,7 @@ def evaluate_files(models, data, *, split: str = "test", report=None, batch_size
         if report is not None:
             folder = Path(report) / label if len(models) > 1 else Path(report)
         reports[label] = evaluate(path, dataset, report_dir=folder, split=split, batch_size=batch_size,
-                                  device=device, invariance=invariance, name=label)
+                                  device=device, invariance=invariance, name=label, symmetrise=symmetrise)
     if report is not None and len(models) > 1:
         table = compare_reports(reports)
         with atomic_path(Path(report) / "comparison.md") as tmp:
@@ -225,7 +225,8 @@ def _surrogate_meta(s) -> dict:
     return {"kind": s.task.direction, "arch": s.arch, "model": s.info.get("path"), "step": s.info.get("step")}
 
 
-def predict_file(source, out, *, thickness_nm, model=None, a_angstrom: float | None = None, device: str | None = None) -> dict:
+def predict_file(source, out, *, thickness_nm, model=None, a_angstrom: float | None = None, device: str | None = None,
+                 symmetrise: bool = False) -> dict:
     """Predict bright-field patterns with the forward surrogate and write them (like ``simulate``).
 
     Parameters
@@ -240,6 +241,8 @@ def predict_file(source, out, *, thickness_nm, model=None, a_angstrom: float | N
         Thicknesses [nm].
     model : str or Path, optional
         Forward surrogate file (default: the shipped weights).
+    symmetrise : bool
+        Average over the 8 operations of the square (exactly equivariant, 8× the cost).
     """
     thickness = [float(t) for t in np.atleast_1d(thickness_nm)]
     if not thickness or min(thickness) <= 0:
@@ -252,7 +255,7 @@ def predict_file(source, out, *, thickness_nm, model=None, a_angstrom: float | N
         crystal = read_cif(source)
         a, name = crystal.a, crystal.name
         with torch.no_grad():
-            res = surrogate.from_crystal(crystal, thickness)
+            res = surrogate.from_crystal(crystal, thickness, symmetrise=symmetrise)
     else:
         pages, meta = read_stack(source)
         a = a_angstrom if a_angstrom is not None else meta.get("a_angstrom")
@@ -260,9 +263,9 @@ def predict_file(source, out, *, thickness_nm, model=None, a_angstrom: float | N
             raise ValueError(f"{source}: no lattice parameter in the file's metadata; give --a")
         name = meta.get("crystal", source.stem)
         with torch.no_grad():
-            res = surrogate(torch.as_tensor(pages[0]), thickness, float(a))
+            res = surrogate(torch.as_tensor(pages[0]), thickness, float(a), symmetrise=symmetrise)
     stack = res["intensity"].cpu().numpy()[:, None].astype(np.float32)
-    meta = {"crystal": name, "source": str(source), "a_angstrom": float(a), "thickness_nm": thickness,
+    meta = {"crystal": name, "source": str(source), "a_angstrom": float(a), "thickness_nm": thickness, "symmetrised": symmetrise,
             "reflections": [[0, 0, 0]], "engine": "surrogate", "surrogate": _surrogate_meta(surrogate),
             "units": "fractions of the incident beam (surrogate prediction)"}
     out = Path(out)

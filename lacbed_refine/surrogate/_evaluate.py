@@ -27,7 +27,7 @@ import torch
 from .. import __version__, metrics
 from ..patterns import atomic_path
 from ._models import decode_scale, known_scale, prepare_input
-from ._predict import ForwardSurrogate, InverseSurrogate, generator_predict, load_surrogate
+from ._predict import ForwardSurrogate, InverseSurrogate, _symmetrised, generator_predict, load_surrogate
 from ._trainer import make_loader
 from ._transforms import (
     condition_vector,
@@ -71,7 +71,7 @@ def _natural(item):
 
 
 @torch.no_grad()
-def _eval_batch(model, batch: dict) -> dict:
+def _eval_batch(model, batch: dict, symmetrise: bool = False) -> dict:
     """Flatten structures × thicknesses and predict; returns per-sample tensors."""
     task, dev = model.task, model.device
     pot = batch["potential"].to(dev, torch.float32)
@@ -88,7 +88,10 @@ def _eval_batch(model, batch: dict) -> dict:
     values = {"thickness_nm": thick.reshape(-1), "a_angstrom": a, "potential_scale": known_scale(scale)}
     cond = condition_vector(values, task.condition_names)
     if task.direction == "forward":
-        out = generator_predict(model.generator, model.arch, prepare_input(task, pot), cond)
+        if symmetrise:
+            out = _symmetrised(model, pot, cond)
+        else:
+            out = generator_predict(model.generator, model.arch, prepare_input(task, pot), cond)
         s = decode_scale(out["scale"], "forward")
         extra = {"lo_error": (s["lo"] - p_lo.reshape(-1)).abs(), "hi_error": (s["hi"] - p_hi.reshape(-1)).abs()}
         inp, truth = pot[:, 0], pat_n[:, 0]
@@ -114,7 +117,7 @@ def _aligned(pred: torch.Tensor, truth: torch.Tensor, dihedral: bool) -> torch.T
 
 
 @torch.no_grad()
-def _invariance(model: ForwardSurrogate, dataset, n: int, seed: int) -> dict:
+def _invariance(model: ForwardSurrogate, dataset, n: int, seed: int, symmetrise: bool) -> dict:
     """R between predictions for a structure and for the same structure moved or rotated."""
     g = torch.Generator().manual_seed(seed)
     n = min(n, len(dataset))
@@ -128,7 +131,7 @@ def _invariance(model: ForwardSurrogate, dataset, n: int, seed: int) -> dict:
         size = pot.shape[-1]
 
         def run(p, scale):
-            return model(p[:, 0], t, a, potential_scale=scale)["normalised"][:, 0]
+            return model(p[:, 0], t, a, potential_scale=scale, symmetrise=symmetrise)["normalised"][:, 0]
 
         base = run(pot, s)
         shift = torch.randint(1, size, (1, 2), generator=g)
@@ -143,7 +146,7 @@ def _invariance(model: ForwardSurrogate, dataset, n: int, seed: int) -> dict:
 
 
 def evaluate(model, dataset, *, report_dir=None, split: str = "", batch_size: int = 16, invariance: int = 32,
-             examples: int = 3, device=None, seed: int = 0, name: str | None = None) -> dict:
+             examples: int = 3, device=None, seed: int = 0, name: str | None = None, symmetrise: bool = False) -> dict:
     """Evaluate a surrogate on a dataset and optionally write the report folder.
 
     Parameters
@@ -168,6 +171,8 @@ def evaluate(model, dataset, *, report_dir=None, split: str = "", batch_size: in
         Seed of the random shifts and operations of the invariance measurements.
     name : str, optional
         Label of the model in the report (default: the file name).
+    symmetrise : bool
+        Forward models: average over the square's operations (see :meth:`ForwardSurrogate.forward`).
 
     Returns
     -------
@@ -188,7 +193,7 @@ def evaluate(model, dataset, *, report_dir=None, split: str = "", batch_size: in
     samples, err_sum, keep = [], None, {}
     offset = 0
     for batch in loader:
-        out = _eval_batch(model, batch)
+        out = _eval_batch(model, batch, symmetrise and not inverse)
         pred, truth = out["pred"], out["truth"]
         r = metrics.pearson_r(pred, truth)
         r_shift, _ = metrics.best_shift_r(truth, pred)
@@ -220,6 +225,7 @@ def evaluate(model, dataset, *, report_dir=None, split: str = "", batch_size: in
         "model": {"name": name or model.info.get("path", ""), "kind": model.task.direction, "arch": model.arch,
                   "parameters": model.n_parameters(), "path": model.info.get("path"), "step": model.info.get("step")},
         "split": split,
+        "symmetrised": bool(symmetrise and not inverse),
         "lacbed_refine_version": __version__,
         "n_structures": offset,
         "n_samples": len(samples),
@@ -229,7 +235,7 @@ def evaluate(model, dataset, *, report_dir=None, split: str = "", batch_size: in
         "samples": samples,
     }
     if not inverse and invariance > 0:
-        report["invariance"] = _invariance(model, dataset, invariance, seed)
+        report["invariance"] = _invariance(model, dataset, invariance, seed, symmetrise)
     mean_error = (err_sum / len(samples)).cpu().numpy()
     if report_dir is not None:
         _write_report(Path(report_dir), report, keep, mean_error, examples)
