@@ -30,6 +30,7 @@ from lacbed_refine.surrogate import (
     TrainConfig,
     Trainer,
     VAEConfig,
+    compare_reports,
     config_from_dict,
     evaluate,
     export_weights,
@@ -184,9 +185,10 @@ def test_export_weights_card_and_offline_load(trained, pairs, tmp_path, monkeypa
 
 
 def test_evaluation_report_json_and_figures(trained, pairs, tmp_path):
+    reports = {}
     for direction in ("forward", "inverse"):
         folder = tmp_path / direction
-        rep = evaluate(trained[direction], pairs, report_dir=folder, split="all", invariance=2)
+        rep = reports[direction] = evaluate(trained[direction], pairs, report_dir=folder, split="all", invariance=2)
         on_disk = json.loads((folder / "report.json").read_text())
         assert on_disk["n_samples"] == rep["n_samples"] == 8
         assert set(on_disk["per_thickness"]) == {"50", "100"}
@@ -203,6 +205,17 @@ def test_evaluation_report_json_and_figures(trained, pairs, tmp_path):
         for png in ("examples.png", "per_space_group.png", "thickness.png", "per_thickness.png", "mean_error_map.png"):
             assert (folder / png).read_bytes()[:4] == b"\x89PNG"
         assert np.load(folder / "mean_error_map.npy").shape == (SIZE, SIZE)
+    table = compare_reports(reports).splitlines()
+    assert table[0].startswith("| model | arch | params | R mean") and "R mean @100 nm" in table[0]
+    assert table[2].startswith("| forward | cgan |") and table[3].startswith("| inverse | cgan |")
+
+
+def test_checkpoints_are_written_during_training(pairs, tmp_path, monkeypatch):
+    saved = []
+    monkeypatch.setattr(Trainer, "save", lambda self, path=None: saved.append(self.step))
+    cfg = TrainConfig(batch_size=2, max_steps=3, checkpoint_minutes=1e-9)
+    Trainer(_model("forward"), make_loader(pairs, batch_size=2), cfg, checkpoint=tmp_path / "c.pt", progress=False).fit()
+    assert saved == [1, 2, 3, 3]  # every step (the interval is tiny) and at the end
 
 
 def test_forward_surrogate_is_differentiable_in_theta_and_thickness(trained):

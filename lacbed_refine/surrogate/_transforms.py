@@ -29,7 +29,6 @@ __all__ = [
     "canonical_shift",
     "fourier_shift",
     "align_to",
-    "coordinate_grid",
 ]
 
 #: Reference values of the log-scaled conditioning scalars.
@@ -180,10 +179,3 @@ def align_to(target: torch.Tensor, reference: torch.Tensor, *, dihedral: bool = 
         op, sh = best, shift[best, ar]
     return roll_batch(dihedral_apply(target, op), sh)
 
-
-def coordinate_grid(size: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Pattern-space coordinate channels (k_x, k_y, |k|) at pixel centres, in [-1, 1] units of the
-    half-width, shape (3, size, size) (row = k_y, col = k_x; see :mod:`lacbed_refine.conventions`)."""
-    c = (torch.arange(size, device=device, dtype=dtype) - size / 2 + 0.5) / (size / 2)
-    ky, kx = torch.meshgrid(c, c, indexing="ij")
-    return torch.stack([kx, ky, torch.sqrt(kx * kx + ky * ky)])
