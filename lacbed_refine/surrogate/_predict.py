@@ -253,10 +253,17 @@ def load_surrogate(path, *, device="cpu", ema: bool = True) -> ForwardSurrogate 
     """
     state = load_checkpoint(path, map_location="cpu")
     model = build_model(state["arch"], state["config"])
-    try:
-        model.generator.load_state_dict(_generator_state(state, ema=ema, source=str(path)))
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the model ({str(exc).splitlines()[0]})") from None
+    weights = _generator_state(state, ema=ema, source=str(path))
+    mine = model.generator.state_dict()
+    missing = [k for k in mine if k not in weights]
+    extra = [k for k in weights if k not in mine]
+    wrong = [k for k in mine if k in weights and weights[k].shape != mine[k].shape]
+    if missing or extra or wrong:
+        what = "; ".join(f"{label} {keys[0]}{f' (+{len(keys) - 1})' if len(keys) > 1 else ''}"
+                         for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys)
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes ({what}); "
+                              f"written by lacbed-refine {state.get('version', '?')}, this is {__version__}")
+    model.generator.load_state_dict(weights)
     cls = ForwardSurrogate if state["kind"] == "forward" else InverseSurrogate
     info = {"path": str(path), "step": state.get("step"), "card": state.get("card"), "version": state.get("version")}
     return cls(model.generator, model.task, arch=state["arch"], info=info).to(device).requires_grad_(False)
