@@ -37,7 +37,7 @@ from .geometry import SimulationSettings
 from .parameters import free_parameters
 from .patterns import atomic_path, check_pattern, resample_pattern
 
-__all__ = ["FitConfig", "StageLog", "RefinementResult", "refine", "fit_files", "FIT_DEFAULT_BEAMS"]
+__all__ = ["FitConfig", "StageLog", "RefinementResult", "refine", "fit_files", "seed_felix", "FIT_DEFAULT_BEAMS"]
 
 log = logging.getLogger(__name__)
 
@@ -470,12 +470,15 @@ def fit_files(
     n_beams: int | None = None,
     g_limit: float | None = None,
     progress=None,
+    felix_seed: str | None = None,
 ) -> tuple[RefinementResult, dict]:
     """Read a CIF and a measured pattern, refine, and write the outputs into ``out_dir``.
 
     The simulation grid defaults to the paper preset's geometry (200 kV, 128×128, half-width
     7.266/a Å⁻¹) with a whole pool of :data:`FIT_DEFAULT_BEAMS` beams used at every pixel.
-    Returns the result and the written paths.
+    ``felix_seed`` (FELIX refinement letters, e.g. "BD") also writes ``out_dir/felix/``, a FELIX
+    refinement set seeded from the result (needs the FELIX plugin). Returns the result and the
+    written paths.
     """
     from .crystal import read_cif
     from .patterns import read_pattern
@@ -497,4 +500,24 @@ def fit_files(
     result = refine(crystal, pattern, settings, config=config, pattern_half_width=pattern_half_width, mask=mask,
                     progress=progress)
     result.extra["inputs"] = {"cif": str(cif), "pattern": str(pattern_path), "mask": None if mask_path is None else str(mask_path)}
-    return result, result.write(out_dir)
+    paths = result.write(out_dir)
+    if felix_seed:
+        paths["felix"] = seed_felix(result, Path(out_dir) / "felix", refine=felix_seed)
+    return result, paths
+
+
+def seed_felix(result: RefinementResult, out_dir, *, refine: str = "BD") -> Path:
+    """Write FELIX inputs (and the measured image) that start a FELIX refinement from ``result``,
+    through the FELIX plugin (``pip install -e plugins/felix``)."""
+    from .simulators import PluginError, get_simulator
+
+    sim = get_simulator("felix")
+    if not hasattr(sim, "export_refinement"):
+        raise PluginError("felix", "this version of the plugin cannot write refinement sets")
+    letters = refine
+    if "B" in letters and result.crystal.spacegroup_number != 216:
+        # FELIX moves atoms (mode B) only in F-43m among the cubic groups (felix-spec §5)
+        letters = letters.replace("B", "") or "D"
+    sim.export_refinement(result.crystal, result.measured, out_dir, refine=letters,
+                          settings=replace(result.settings, thicknesses=(result.thickness_nm * NM,)))
+    return Path(out_dir)

@@ -112,6 +112,13 @@ class FelixSimulator:
         ranks = "MPI fix declared" if self.mpi_fixed else "1 MPI rank (FELIX HEAD's multi-rank bug)"
         return True, f"FELIX at {exe}, {ranks}"
 
+    def export_refinement(self, crystal, pattern, out_dir, *, refine: str = "BD", settings=None):
+        """Write a FELIX refinement set seeded from ``crystal`` (the core's ``fit --felix-seed``
+        calls this); see :func:`lacbed_felix.export_refinement`."""
+        from ._export import export_refinement
+
+        return export_refinement(crystal, pattern, out_dir, refine=refine, settings=settings)
+
     def _choose_ranks(self, workers: int) -> int:
         if self.ranks is not None:
             return int(self.ranks)
