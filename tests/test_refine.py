@@ -107,7 +107,7 @@ def test_fit_command_writes_outputs_and_rejects_bad_input(tmp_path):
     crop = tmp_path / "crop.npy"
     np.save(crop, pattern)
     res = runner.invoke(cli, ["fit", str(SPINEL / "MgAl2O4_true.cif"), str(crop), "-o", str(tmp_path / "out"),
-                              "--refine", "thickness", "--beams", "21", "--half-width", str(7.266 / 8.08 / 4), "--felix-seed"])
+                              "--refine", "thickness", "--beams", "41", "--half-width", str(7.266 / 8.08 / 4), "--felix-seed"])  # FELIX needs >= 40 beams
     assert res.exit_code == 0, res.output
     for name in ("refined.cif", "report.json", "fit.png", "felix/felix.inp", "felix/felix.cif", "felix/felix.hkl"):
         assert (tmp_path / "out" / name).stat().st_size > 10
