@@ -82,6 +82,19 @@ def info_command(path, verify):
             sys.exit(1)
 
 
+@dataset_group.command("status")
+@click.argument("output", type=click.Path(dir_okay=False))
+def status_command(output):
+    """Progress of an unfinished build of OUTPUT (from its work folder; safe while it runs)."""
+    from lacbed_refine.dataset import work_status
+
+    s = work_status(output)
+    total = "?" if s["total"] is None else s["total"]
+    click.echo(f"{s['work']}: {s['done']} done, {s['failed']} failed, {'?' if s['pending'] is None else s['pending']} "
+               f"pending of {total}; {s['cpu_seconds']:.2f} CPU s per structure")
+    click.echo("  space group: " + ", ".join(f"{k}: {v}" for k, v in s["per_spacegroup"].items()))
+
+
 @dataset_group.command("synthetic")
 @click.argument("n", type=int)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic structures.")

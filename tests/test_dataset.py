@@ -20,7 +20,7 @@ import torch
 from click.testing import CliRunner
 
 from lacbed_refine.crystal import read_cif, write_cif
-from lacbed_refine.dataset import BuildSpec, LacbedDataset, build_dataset, dataset_hash, read_info
+from lacbed_refine.dataset import BuildSpec, LacbedDataset, build_dataset, dataset_hash, read_info, work_status
 from lacbed_refine.dataset._tasks import Task, cif_tasks, run_task
 from lacbed_refine.synthetic import random_crystal
 from lacbed_refine_cli.main import cli
@@ -132,6 +132,8 @@ def test_sigkill_mid_build_then_resume_gives_the_same_hash(tiny, tmp_path):
     assert not out.exists(), "the build finished before it was killed; the test needs a slower build"
     done = len(list(work.glob("*.npz")))
     assert 1 <= done < 6
+    status = work_status(out)
+    assert status["total"] == 6 and status["done"] == done and status["pending"] == 6 - done
     rerun_cmd = [c if c != "2" else "1" for c in cmd[:-2]]  # --workers 1, no throttle
     rerun = subprocess.run(rerun_cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr

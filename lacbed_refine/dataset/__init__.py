@@ -4,7 +4,8 @@
   (resumable, parallel over processes or a Dask cluster, deterministic content hash);
 - :func:`import_png` reads the ai-diffraction PNG layout into the same layout;
 - :class:`LacbedDataset` serves the file to PyTorch (lazy, DataLoader-worker safe);
-- :func:`read_info` and :func:`dataset_hash` summarise and verify a file.
+- :func:`read_info` and :func:`dataset_hash` summarise and verify a file; :func:`work_status`
+  reports the progress of an unfinished build.
 
 The HDF5 layout is documented in :mod:`lacbed_refine.dataset._layout` and the README.
 """
@@ -14,6 +15,7 @@ from ._layout import FORMAT, FORMAT_VERSION, META_FIELDS, dataset_hash, read_inf
 from ._png import import_png
 from ._tasks import DATASET_BEAMS, BuildSpec
 from ._torch import LacbedDataset
+from ._workdir import work_status
 
 __all__ = [
     "build_dataset",
@@ -23,6 +25,7 @@ __all__ = [
     "import_png",
     "LacbedDataset",
     "read_info",
+    "work_status",
     "dataset_hash",
     "FORMAT",
     "FORMAT_VERSION",

@@ -172,6 +172,7 @@ def build_dataset(
 
     work.open(spec.to_dict())
     try:
+        work.write_tasks(ids)
         finished = work.finished()
         pending = [t for t in tasks if work.status(t.id, finished) is None]
         log.info("%d structures: %d finished in %s, %d to compute", len(tasks), len(tasks) - len(pending),

@@ -23,7 +23,7 @@ import numpy as np
 
 from ._layout import Record, canonical_json
 
-__all__ = ["WorkDir"]
+__all__ = ["WorkDir", "work_status"]
 
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -115,12 +115,16 @@ class WorkDir:
         shutil.rmtree(trash, ignore_errors=True)
 
     # -- shards -------------------------------------------------------------------------------
+    def write_tasks(self, ids: list[str]) -> None:
+        """Record the ids of the current build (for :func:`work_status`)."""
+        _atomic_write_bytes(self.path / "tasks.json", json.dumps(ids).encode())
+
     def finished(self) -> dict[str, str]:
         """Ids → ``"ok"`` or ``"failed"`` for every complete shard (by file name)."""
         out = {}
         for p in self.path.iterdir():
             name = p.name
-            if name.startswith("."):
+            if name.startswith(".") or name in ("spec.json", "tasks.json"):
                 continue
             if name.endswith(".failed.json"):
                 out[name[: -len(".failed.json")]] = "failed"
@@ -160,3 +164,47 @@ class WorkDir:
 def _remove_trash(output: Path) -> None:
     for trash in output.parent.glob(f".{output.name}.work-trash-*"):
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def work_status(output) -> dict:
+    """Progress of an unfinished build of ``output``, read from its work folder (no lock taken).
+
+    Returns
+    -------
+    dict with ``work`` (folder), ``total`` (tasks of the last start, or None), ``done``, ``failed``,
+    ``pending`` (or None), ``per_spacegroup`` ({number: count} of finished structures),
+    ``cpu_seconds`` (mean per finished structure) and ``spec``.
+
+    Raises
+    ------
+    ValueError
+        If there is no work folder (the build finished, or never started).
+    """
+    work = WorkDir(output)
+    if not work.exists():
+        raise ValueError(f"{work.path}: no work folder (the build is finished or was never started)")
+    finished = work.finished()
+    per_sg: dict[int, int] = {}
+    cpu = []
+    for stem, status in finished.items():
+        if status != "ok":
+            continue
+        with np.load(work.path / f"{stem}.npz") as z:
+            meta = json.loads(z["meta"].tobytes().decode())["meta"]
+        per_sg[meta["spacegroup_number"]] = per_sg.get(meta["spacegroup_number"], 0) + 1
+        cpu.append(meta.get("cpu_seconds", float("nan")))
+    tasks_file = work.path / "tasks.json"
+    total = len(json.loads(tasks_file.read_text())) if tasks_file.is_file() else None
+    done = sum(1 for s in finished.values() if s == "ok")
+    failed = sum(1 for s in finished.values() if s == "failed")
+    spec_file = work.path / "spec.json"
+    return {
+        "work": str(work.path),
+        "total": total,
+        "done": done,
+        "failed": failed,
+        "pending": None if total is None else total - done - failed,
+        "per_spacegroup": dict(sorted(per_sg.items())),
+        "cpu_seconds": float(np.mean(cpu)) if cpu else float("nan"),
+        "spec": json.loads(spec_file.read_text()) if spec_file.is_file() else {},
+    }
