@@ -125,7 +125,7 @@ def test_sigkill_mid_build_then_resume_gives_the_same_hash(tiny, tmp_path):
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)  # the main process only: its workers must notice
         proc.wait(timeout=30)
-        assert _group_gone(proc.pid, timeout=20), "worker processes outlived the killed build"
+        assert _group_gone(proc.pid, timeout=60), "worker processes outlived the killed build"  # a worker notices between structures; slow on a loaded machine
     finally:
         if not _group_gone(proc.pid, timeout=0):
             os.killpg(proc.pid, signal.SIGKILL)
