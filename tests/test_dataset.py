@@ -281,3 +281,17 @@ def test_shared_cubic_cifs_are_tasks_with_their_sources(shared_dir):
     assert [t.id for t in tasks] == sorted(t.id for t in tasks)
     status, rec = run_task(tasks[0], TINY)
     assert status == "ok" and rec.pattern.shape == (4, 16, 16) and rec.meta["source"] == index[tasks[0].id]
+
+
+def test_leftovers_of_a_kill_during_assembly_are_cleaned(tiny, tmp_path):
+    """A build killed while writing the file (temporary file left) or while deleting its work folder
+    (renamed trash left) reruns to the same file and leaves nothing behind."""
+    _, reference, cifs = tiny
+    out = tmp_path / "d.h5"
+    build_dataset(out, cifs=[cifs], synthetic=3, seed=4, spec=TINY, keep_work=True, progress=False)
+    out.unlink()  # as if killed before the rename
+    (tmp_path / ".d.h5.tmp-123-abcd").write_bytes(b"half an HDF5 file")
+    (tmp_path / ".d.h5.work-trash-99").mkdir()
+    result = build_dataset(out, cifs=[cifs], synthetic=3, seed=4, spec=TINY, progress=False)
+    assert result.computed == 0 and result.content_hash == reference.content_hash
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]

@@ -27,7 +27,7 @@ from pathlib import Path
 from ..splits import DEFAULT_FRACTIONS, assign_split
 from ._layout import canonical_json, read_info, write_dataset
 from ._tasks import BuildSpec, Task, cif_tasks, run_task, synthetic_tasks
-from ._workdir import WorkDir
+from ._workdir import WorkDir, remove_trash
 
 __all__ = ["build_dataset", "BuildResult"]
 
@@ -161,6 +161,7 @@ def build_dataset(
         "split": {"seed": int(split_seed), "fractions": [float(f) for f in split_fractions], "key": "reduced_formula"},
     }
     work = WorkDir(output)
+    remove_trash(output)  # a work folder half-deleted by a build killed at its very end
     if output.exists() and not work.exists():
         up = _up_to_date(output, settings)
         if up is not None:

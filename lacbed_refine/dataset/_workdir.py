@@ -23,7 +23,7 @@ import numpy as np
 
 from ._layout import Record, canonical_json
 
-__all__ = ["WorkDir", "work_status"]
+__all__ = ["WorkDir", "work_status", "remove_trash"]
 
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -76,7 +76,7 @@ class WorkDir:
         ValueError
             If another build holds the folder, or its shards were made with another spec.
         """
-        _remove_trash(self.output)
+        remove_trash(self.output)
         self.path.mkdir(parents=True, exist_ok=True)
         fh = open(self.path / "lock", "a+")
         try:
@@ -161,7 +161,9 @@ class WorkDir:
         return json.loads((self.path / f"{_stem(ident)}.failed.json").read_text())
 
 
-def _remove_trash(output: Path) -> None:
+def remove_trash(output) -> None:
+    """Delete work folders of ``output`` that a removal left behind (renamed, not yet deleted)."""
+    output = Path(output)
     for trash in output.parent.glob(f".{output.name}.work-trash-*"):
         shutil.rmtree(trash, ignore_errors=True)
 
