@@ -37,17 +37,18 @@ def dataset_group():
 @click.option("--size", type=int, default=None, help="Pattern and potential edge [pixels] (default 128).")
 @click.option("--workers", type=int, default=None, help="Worker processes, one structure each (default: all CPUs).")
 @click.option("--scheduler", default=None, help="Dask distributed scheduler address; its workers compute.")
+@click.option("--engine", default="bloch", show_default=True, help="Simulator: bloch (built-in) or an installed plugin (e.g. felix).")
 @click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the train/validation/test split by formula.")
 @click.option("--overwrite", is_flag=True, help="Replace an output built from other inputs or settings.")
 @click.option("--keep-work", is_flag=True, help="Keep the work folder of per-structure shards after assembly.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @click.option("--throttle", "throttle_s", type=float, default=0.0, hidden=True, help="Pause [s] after each result (tests).")
-def build_command(cifs, synthetic, seed, output, thickness, preset, beams, size, workers, **options):
+def build_command(cifs, synthetic, seed, output, thickness, preset, beams, size, workers, engine, **options):
     """Simulate CIF folders and/or synthetic structures into one HDF5 dataset (resumable)."""
     from lacbed_refine.dataset import BuildSpec, build_dataset
     from lacbed_refine.runtime import available_cpus
 
-    spec = BuildSpec(**{k: v for k, v in dict(preset=preset, thickness_nm=_floats(thickness), n_beams=beams, size=size).items() if v is not None})
+    spec = BuildSpec(**{k: v for k, v in dict(preset=preset, thickness_nm=_floats(thickness), n_beams=beams, size=size, engine=engine).items() if v is not None})
     r = build_dataset(output, cifs=cifs, synthetic=synthetic, seed=seed, spec=spec, workers=workers or available_cpus(), command=_command_line(), **options)
     click.echo(f"{r.output}: {r.n_structures} structures, {r.n_failed} failed, {r.computed} computed in {r.seconds:.0f} s"
                f"{' (up to date)' if r.up_to_date else ''}; {r.content_hash}")

@@ -73,3 +73,19 @@ def test_cli_plugins_and_engine_option(fake_plugins, tmp_path):
     assert np.allclose(np.load(out), 0.5)
     res = CliRunner().invoke(cli, ["simulate", str(EXAMPLE), "-o", str(out), "--engine", "nope"])
     assert res.exit_code == 2 and "not installed" in res.output
+
+
+def test_dataset_build_uses_the_chosen_engine(fake_plugins, tmp_path):
+    import h5py
+
+    from lacbed_refine.dataset import BuildSpec, build_dataset
+
+    cifs = tmp_path / "cifs"
+    cifs.mkdir()
+    (cifs / "SrTiO3.cif").write_text(EXAMPLE.read_text())
+    out = tmp_path / "flat.h5"
+    spec = BuildSpec(size=8, n_beams=9, thickness_nm=(50.0,), engine="flat")
+    build_dataset(out, cifs=[cifs], spec=spec, progress=False)
+    with h5py.File(out) as f:
+        data = f["pattern"][()]
+    assert data.shape[-2:] == (8, 8) and np.allclose(data, 0.5)
