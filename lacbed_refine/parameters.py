@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .crystal import _POS_TOL, Crystal, _shared_position_groups, _wrap_diff
+from .wyckoff import _rref
 
 __all__ = ["FreeParameters", "free_parameters", "allowed_directions", "REFINABLE"]
 
@@ -81,24 +82,6 @@ def _fixed_space(rotations: np.ndarray) -> np.ndarray:
     return result
 
 
-def _rref(m: np.ndarray) -> np.ndarray:
-    """Reduced row echelon form (pivots 1) of a full-rank (K, 3) matrix."""
-    m = m.astype(float).copy()
-    row = 0
-    for col in range(m.shape[1]):
-        if row == len(m):
-            break
-        pivot = row + int(np.argmax(np.abs(m[row:, col])))
-        if abs(m[pivot, col]) < 1e-9:
-            continue
-        m[[row, pivot]] = m[[pivot, row]]
-        m[row] /= m[row, col]
-        for r in range(len(m)):
-            if r != row:
-                m[r] -= m[r, col] * m[row]
-        row += 1
-    m[np.abs(m) < 1e-12] = 0.0
-    return m
 
 
 @dataclass(frozen=True, eq=False)

@@ -70,6 +70,26 @@ class WyckoffPosition:
         return np.mod(self.point + u @ self.directions, 1.0)
 
 
+def _rref(m: np.ndarray) -> np.ndarray:
+    """Reduced row echelon form (pivots 1) of a full-rank (K, 3) matrix."""
+    m = m.astype(float).copy()
+    row = 0
+    for col in range(m.shape[1]):
+        if row == len(m):
+            break
+        pivot = row + int(np.argmax(np.abs(m[row:, col])))
+        if abs(m[pivot, col]) < 1e-9:
+            continue
+        m[[row, pivot]] = m[[pivot, row]]
+        m[row] /= m[row, col]
+        for r in range(len(m)):
+            if r != row:
+                m[r] -= m[r, col] * m[row]
+        row += 1
+    m[np.abs(m) < 1e-12] = 0.0
+    return m
+
+
 def wyckoff_positions(hall: str) -> tuple[WyckoffPosition, ...]:
     """The Wyckoff positions of the space group with Hall symbol ``hall``.
 
@@ -168,20 +188,7 @@ def _integer_null_space(rotations: np.ndarray) -> np.ndarray:
     basis = vt[rank:]
     if len(basis) == 0:
         return np.zeros((0, 3), dtype=np.int64)
-    m = basis.copy()
-    row = 0
-    for col in range(3):
-        if row == len(m):
-            break
-        pivot = row + int(np.argmax(np.abs(m[row:, col])))
-        if abs(m[pivot, col]) < 1e-9:
-            continue
-        m[[row, pivot]] = m[[pivot, row]]
-        m[row] /= m[row, col]
-        for r in range(len(m)):
-            if r != row:
-                m[r] -= m[r, col] * m[row]
-        row += 1
+    m = _rref(basis)
     out = np.rint(m).astype(np.int64)
     if not np.allclose(out, m, atol=1e-9):
         raise ValueError(f"fixed subspace has no integer basis: {m.tolist()}")
