@@ -66,6 +66,7 @@ class WorkDir:
 
     # -- life cycle ---------------------------------------------------------------------------
     def exists(self) -> bool:
+        """Whether the work folder exists."""
         return self.path.is_dir()
 
     def open(self, spec: dict) -> None:
@@ -102,6 +103,7 @@ class WorkDir:
                 stray.unlink()
 
     def close(self) -> None:
+        """Release the lock (the shards stay)."""
         if self._lock_fh is not None:
             fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
             self._lock_fh.close()
@@ -133,9 +135,11 @@ class WorkDir:
         return out
 
     def status(self, ident: str, finished: dict[str, str]) -> str | None:
+        """``"ok"``, ``"failed"`` or None (not finished) for ``ident``, given :meth:`finished`."""
         return finished.get(_stem(ident))
 
     def write_record(self, rec: Record) -> None:
+        """Write a finished structure's shard ``<id>.npz`` atomically."""
         buf = io.BytesIO()
         meta = json.dumps({"meta": rec.meta, "extra": rec.extra}).encode()
         np.savez_compressed(
@@ -148,16 +152,19 @@ class WorkDir:
         _atomic_write_bytes(self.path / f"{_stem(rec.meta['id'])}.npz", buf.getvalue())
 
     def write_failure(self, ident: str, source: str, reason: str) -> None:
+        """Write a skipped structure's shard ``<id>.failed.json`` atomically."""
         data = json.dumps({"id": ident, "source": source, "reason": reason}).encode()
         _atomic_write_bytes(self.path / f"{_stem(ident)}.failed.json", data)
 
     def read_record(self, ident: str) -> Record:
+        """The :class:`Record` in ``<id>.npz``."""
         with np.load(self.path / f"{_stem(ident)}.npz") as z:
             info = json.loads(z["meta"].tobytes().decode())
             return Record(meta=info["meta"], potential=z["potential"], potential_raw=z["potential_raw"],
                           pattern=z["pattern"], extra=info.get("extra", {}))
 
     def read_failure(self, ident: str) -> dict:
+        """``{"id", "source", "reason"}`` of a skipped structure."""
         return json.loads((self.path / f"{_stem(ident)}.failed.json").read_text())
 
 
