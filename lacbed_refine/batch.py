@@ -27,7 +27,7 @@ __all__ = ["read_manifest", "run_batch", "fit_sample"]
 
 log = logging.getLogger(__name__)
 
-_OPTIONAL = ("refine", "fix", "thickness", "half_width", "blur", "beams", "mask")
+_OPTIONAL = ("refine", "fix", "thickness", "half_width", "blur", "beams", "mask", "forward_model", "inverse_model")
 _SUMMARY_FIELDS = ("id", "status", "r", "thickness_nm", "seconds", "cif", "pattern", "error")
 
 
@@ -47,7 +47,7 @@ def read_manifest(path) -> list[dict]:
         for i, row in enumerate(reader, start=1):
             sample = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items() if v not in (None, "")}
             sample.setdefault("id", f"{i:04d}")
-            for key in ("cif", "pattern", "mask"):
+            for key in ("cif", "pattern", "mask", "forward_model", "inverse_model"):
                 if key in sample:
                     p = Path(sample[key])
                     sample[key] = str(p if p.is_absolute() else path.parent / p)
@@ -71,6 +71,8 @@ def fit_sample(sample: dict, out_dir: str) -> dict:
             fix=tuple(x for x in sample.get("fix", "").split(",") if x),
             thickness_nm=float(sample["thickness"]) if "thickness" in sample else None,
             blur_sigma=float(sample.get("blur", 0.0)),
+            forward_model=sample.get("forward_model"),
+            inverse_model=sample.get("inverse_model"),
         )
         result, _ = fit_files(
             sample["cif"], sample["pattern"], folder, config=config,

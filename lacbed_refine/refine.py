@@ -7,8 +7,9 @@ like FELIX's, so the intensity scale and offset of the measurement never matter.
 
 Stages, each logged with its figure of merit and wall time, each switchable:
 1. thickness scan — one eigen-decomposition per pixel gives every thickness, so a fine scan is cheap;
-2. seed from the inverse generator, 3. surrogate gradient search — these need trained surrogate
-   weights (the surrogates issue); without them they are skipped and say so;
+2. seed from the inverse generator, 3. surrogate gradient search (:mod:`.refine_surrogate`) —
+   these need trained surrogate weights (given files or the shipped ones; without any the stage is
+   skipped and says so) and are kept only when the Bloch engine confirms the improvement;
 4. Bloch polish — L-BFGS-B with exact gradients through the engine, first on a half-resolution grid,
    then on the full grid;
 5. final check with the chosen simulator (built-in Bloch engine in float64, or a plugin such as FELIX).
@@ -65,6 +66,13 @@ class FitConfig:
         Gaussian blur of the simulation [pixels] before comparison.
     seed, surrogate, polish : bool
         Stage switches.
+    forward_model, inverse_model : str, optional
+        Surrogate files for the search and the seed; None uses the shipped weights (when there are
+        none, the stage is skipped and says so).
+    surrogate_restarts : int
+        Starts of the surrogate search (the current point, then random ones).
+    device : str
+        Torch device of the surrogates ("cpu", "cuda").
     check : str
         Simulator for the final check ("bloch" or a plugin name).
     max_iter : int
@@ -82,6 +90,10 @@ class FitConfig:
     seed: bool = True
     surrogate: bool = True
     polish: bool = True
+    forward_model: str | None = None
+    inverse_model: str | None = None
+    surrogate_restarts: int = 3
+    device: str = "cpu"
     check: str = "bloch"
     max_iter: int = 40
     fom_noise: float = 2e-5
@@ -275,6 +287,7 @@ def refine(
     pattern_half_width: float | None = None,
     mask: np.ndarray | None = None,
     progress=None,
+    models=None,
 ) -> RefinementResult:
     """Refine ``crystal`` against a measured bright-field ``pattern``.
 
@@ -293,6 +306,9 @@ def refine(
         Pixels to use (True), on the measured pattern's grid.
     progress : callable, optional
         Called with a short message at each stage.
+    models : refine_surrogate.SurrogateModels, optional
+        Loaded surrogates (saves loading them for every sample of a batch); default: those of
+        ``config`` (files, else the shipped weights).
 
     Returns
     -------
@@ -328,9 +344,7 @@ def refine(
         say(f"thickness scan: {t_scan:.1f} nm, 1-r = {1 - r_scan:.5f}")
     t_start = float(x[-1])
     # 2-3. surrogate stages
-    for name, wanted in (("inverse-generator seed", config.seed), ("surrogate search", config.surrogate)):
-        stages.append(StageLog(name, None, 0.0, "switched off" if not wanted else
-                               "skipped: no trained surrogate weights are shipped yet"))
+    x, model_info = _surrogate_stages(problem, params, x, pattern, mask, config, models, stages, say)
     # 4. Bloch polish: half-resolution grid, then full grid
     if config.polish:
         from scipy.optimize import minimize
@@ -404,7 +418,74 @@ def refine(
         simulated=sim.numpy(),
         settings=settings,
         config=config,
+        extra={"surrogates": model_info},
     )
+
+
+def _bloch_fom(problem, x: np.ndarray) -> float:
+    """1 − r of the Bloch simulation at parameters ``x`` on the problem's current grid."""
+    with torch.no_grad():
+        sim = problem.simulate(torch.as_tensor(x[:-1]), torch.tensor(float(x[-1])))[0].to(torch.float64)
+    return 1.0 - float(_pearson(_blur(sim, problem.config.blur_sigma), problem.meas, problem.mask))
+
+
+def _surrogate_stages(problem, params, x, pattern, mask, config, models, stages, say):
+    """Seed from the inverse generator, then the surrogate search; each result is kept only when
+    the Bloch engine finds it fits better than the stage's starting point. Returns the new
+    parameters and a description of the models used (for the report)."""
+    from . import refine_surrogate as rs
+
+    wanted = {"inverse-generator seed": config.seed, "surrogate search": config.surrogate}
+    info: dict = {}
+    if not any(wanted.values()):
+        for name in wanted:
+            stages.append(StageLog(name, None, 0.0, "switched off"))
+        return x, info
+    notes: list[str] = []
+    if models is None:
+        models, notes = rs.load_models(config.forward_model if config.surrogate else None,
+                                       config.inverse_model if config.seed else None, device=config.device)
+    for direction in ("forward", "inverse"):
+        model = getattr(models, direction)
+        if model is not None:
+            card = (model.info or {}).get("card") or {}
+            info[direction] = {"source": getattr(models, f"{direction}_source"), "step": model.info.get("step"),
+                               "version": model.info.get("version"), "data_sha256": card.get("data_sha256")}
+    crystal = params.crystal
+    lo, hi = _bounds(params, x, config)
+    bloch_f = _bloch_fom(problem, x)
+    for name, direction in (("inverse-generator seed", "inverse"), ("surrogate search", "forward")):
+        model = getattr(models, direction)
+        if not wanted[name]:
+            stages.append(StageLog(name, None, 0.0, "switched off"))
+            continue
+        if model is None:
+            stages.append(StageLog(name, None, 0.0, "skipped: " + next(n for n in notes if direction in n)))
+            continue
+        t1 = time.perf_counter()
+        n = model.image_size
+        meas = rs.to_surrogate_grid(pattern, problem.settings.half_width, crystal.a, n)
+        bounds = list(zip((lo - x) / problem.scale, (hi - x) / problem.scale))
+        if direction == "inverse":
+            x_new, f_sur, note = rs.seed_from_inverse(model, params, x, problem.scale, bounds, meas)
+        else:
+            smask = None if mask is None else rs.to_surrogate_grid(mask.astype(float), problem.settings.half_width,
+                                                                   crystal.a, n) > 0.5
+            x_new, f_sur, note = rs.surrogate_search(
+                model, params, x, problem.scale, bounds, meas, smask, refine_thickness="thickness" in config.refine,
+                # σ is given in simulation pixels; the surrogate grid has pixels of another size
+                blur=lambda img: _blur(img, config.blur_sigma * (problem.settings.half_width / problem.settings.size)
+                                       / (rs.surrogate_half_width(crystal.a) / n)),
+                restarts=config.surrogate_restarts)
+        f_new = _bloch_fom(problem, x_new)
+        kept = f_new < bloch_f
+        if kept:
+            x, bloch_f = x_new, f_new
+        verdict = "kept" if kept else "rejected"
+        stages.append(StageLog(name, bloch_f, time.perf_counter() - t1,
+                               f"{note}; Bloch 1-r {f_new:.5f}: {verdict}"))
+        say(f"{name}: {note}; Bloch 1-r {f_new:.5f} ({verdict})")
+    return x, info
 
 
 def _fit_figure(result: RefinementResult, path: Path) -> None:
