@@ -112,3 +112,20 @@ def test_fit_command_writes_outputs_and_rejects_bad_input(tmp_path):
     for name in ("refined.cif", "report.json", "fit.png", "felix/felix.inp", "felix/felix.cif", "felix/felix.hkl"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert list((tmp_path / "out" / "felix").glob("LR_16x16/*.img"))
+
+
+def test_overall_b_stage_moves_every_free_b_together_from_their_mean():
+    from lacbed_refine.refine import _overall_b_map
+
+    kinds = ["b", "xyz", "b", "occ", "b", "thickness"]
+    x0 = np.array([0.2, 0.0, 0.6, 0.9, 1.0, 100.0])
+    scale = np.array([0.5, 0.05, 0.5, 0.2, 0.5, 10.0])
+    zlo, zhi = -np.ones(6), np.ones(6)
+    zlo[4] = zhi[4] = 0.0  # a fixed B stays out of the overall one
+    M, start, bounds = _overall_b_map(kinds, x0, scale, zlo, zhi)
+    assert M.shape == (6, 5)  # xyz, occ, the fixed B, thickness + one overall B
+    x = x0 + (start + M @ np.array([0.0, 0.0, 0.0, 0.0, 0.3])) * scale
+    assert x[0] == pytest.approx(0.4 + 0.15) and x[2] == pytest.approx(0.4 + 0.15)  # mean 0.4, moved together
+    assert x[4] == 1.0 and x[1] == 0.0 and x[3] == 0.9 and x[5] == 100.0
+    assert len(bounds) == 5 and bounds[-1] == (max(zlo[0] - start[0], zlo[2] - start[2]), min(zhi[0] - start[0], zhi[2] - start[2]))
+    assert _overall_b_map(["b", "xyz", "thickness"], x0[:3], scale[:3], zlo[:3], zhi[:3]) is None
