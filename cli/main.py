@@ -85,7 +85,7 @@ def simulate_command(cif, output, thickness, reflections, **options):
 @click.option("--no-seed", is_flag=True, help="Skip the inverse-generator seed.")
 @click.option("--no-surrogate", is_flag=True, help="Skip the surrogate gradient search.")
 @click.option("--no-polish", is_flag=True, help="Skip the Bloch-engine polish.")
-@click.option("--no-overall-b", is_flag=True, help="Polish each B from its start (default: one overall B first, then each).")
+@click.option("--no-b-restart", is_flag=True, help="Skip the polish's restart from one overall B (kept only when it fits better).")
 @click.option("--forward-model", type=click.Path(dir_okay=False), default=None, help="Forward surrogate for the search (default: the shipped weights).")
 @click.option("--inverse-model", type=click.Path(dir_okay=False), default=None, help="Inverse generator for the seed (default: the shipped weights).")
 @click.option("--restarts", type=int, default=3, show_default=True, help="Starts of the surrogate search.")
@@ -93,7 +93,7 @@ def simulate_command(cif, output, thickness, reflections, **options):
 @click.option("--check", default="bloch", show_default=True, help="Simulator for the final check (bloch or a plugin, e.g. felix).")
 @click.option("--max-iter", type=int, default=40, show_default=True, help="L-BFGS-B iterations per polish level.")
 @click.option("--felix-seed", default=None, is_flag=False, flag_value="BD", help="Also write DIR/felix/: a FELIX refinement set seeded from the result (letters, default BD; needs the FELIX plugin).")
-def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, size, no_seed, no_surrogate, no_polish, no_overall_b,
+def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, size, no_seed, no_surrogate, no_polish, no_b_restart,
                 forward_model, inverse_model, restarts, device, check, max_iter, felix_seed):
     """Refine the structure in CIF against the measured bright-field PATTERN."""
     from lacbed_refine.refine import FitConfig, fit_files
@@ -101,7 +101,7 @@ def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_
     config = FitConfig(refine=tuple(x.strip() for x in refine_.split(",") if x.strip()), fix=tuple(x.strip() for x in fix.split(",") if x.strip()),
                        thickness_nm=thickness, blur_sigma=blur, seed=not no_seed, surrogate=not no_surrogate, polish=not no_polish, check=check, max_iter=max_iter,
                        forward_model=forward_model, inverse_model=inverse_model, surrogate_restarts=restarts, device=device,
-                       overall_b_first=not no_overall_b)
+                       b_restart=not no_b_restart)
     result, paths = fit_files(cif, pattern, output, config=config, pattern_half_width=half_width, mask_path=mask_path, kv=kv, size=size, n_beams=beams, progress=click.echo, felix_seed=felix_seed)
     click.echo(f"r = {result.r:.5f}, t = {result.thickness_nm:.2f} ± {result.thickness_sigma_nm:.2f} nm; wrote {paths['cif']}, {paths['report']}, {paths['figure']}")
 

@@ -58,8 +58,9 @@ def read_manifest(path) -> list[dict]:
     return rows
 
 
-def fit_sample(sample: dict, out_dir: str) -> dict:
-    """Refine one manifest row into ``out_dir/<id>``; never raises (errors become the status)."""
+def fit_sample(sample: dict, out_dir: str, threads: int | None = None) -> dict:
+    """Refine one manifest row into ``out_dir/<id>``; never raises (errors become the status).
+    ``threads``: the engine's threads for this sample (None: every CPU this process may use)."""
     from .refine import FitConfig, fit_files
 
     folder = Path(out_dir) / sample["id"]
@@ -73,6 +74,7 @@ def fit_sample(sample: dict, out_dir: str) -> dict:
             blur_sigma=float(sample.get("blur", 0.0)),
             forward_model=sample.get("forward_model"),
             inverse_model=sample.get("inverse_model"),
+            threads=threads,
         )
         result, _ = fit_files(
             sample["cif"], sample["pattern"], folder, config=config,
@@ -153,7 +155,7 @@ def run_batch(manifest, out_dir, *, workers: int = 1, scheduler: str | None = No
             from dask.distributed import Client, as_completed
 
             with Client(scheduler) as client:
-                futures = [client.submit(fit_sample, s, str(out), pure=False) for s in todo]
+                futures = [client.submit(fit_sample, s, str(out), 1, pure=False) for s in todo]
                 for fut in as_completed(futures):
                     record(fut.result())
         elif workers > 1:
@@ -162,7 +164,7 @@ def run_batch(manifest, out_dir, *, workers: int = 1, scheduler: str | None = No
 
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = [pool.submit(fit_sample, s, str(out)) for s in todo]
+                futures = [pool.submit(fit_sample, s, str(out), 1) for s in todo]
                 for fut in as_completed(futures):
                     record(fut.result())
         else:

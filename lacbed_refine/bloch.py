@@ -167,6 +167,7 @@ class _ChunkSpec:
     m: int | None
     strong_rule: str
     hermitian: bool
+    threads: int = 1
 
 
 def _chunk_intensities(spec: _ChunkSpec, s: torch.Tensor) -> torch.Tensor:
@@ -183,7 +184,7 @@ def _chunk_intensities(spec: _ChunkSpec, s: torch.Tensor) -> torch.Tensor:
         sel = _strong_selection(s, spec.u0, spec.m, spec.forced)  # (P, m), forced beams first
         A = off[sel[:, :, None], sel[:, None, :]] + torch.diag_embed(torch.gather(s, 1, sel).to(off.dtype))
         rows = spec.rows_sel
-    psi = propagate(A, spec.thickness, rows, hermitian=spec.hermitian)
+    psi = propagate(A, spec.thickness, rows, hermitian=spec.hermitian, threads=spec.threads)
     return psi.real**2 + psi.imag**2
 
 
@@ -257,8 +258,9 @@ def lacbed_from_ug(
         "felix": FELIX's rule (at least ``strong_beams``, count varies per pixel), emulated by
         decoupling the other beams in the full matrix — for reproducing FELIX, not for speed.
     workers : int
-        Worker processes for the eigen-solves (CPU, no-gradient calls only). Each runs one thread;
-        the pool is created on first use and kept (start-up ~0.1–1 s, paid once per process).
+        Worker processes for the eigen-solves of no-gradient CPU calls (each runs one thread; the
+        pool is created on first use and kept, start-up ~0.1–1 s once per process); for calls that
+        need gradients, Python threads over the pixels instead (forward and backward).
     absorption : float
         Proportional absorption [%]: U' = i (absorption/100) U.
     mean_absorption : bool
@@ -360,10 +362,13 @@ def _lacbed_from_ug(
     rows_fixed = torch.as_tensor(rows_all, device=device)
     rows_sel = torch.as_tensor([int(np.nonzero(forced_np == r)[0][0]) for r in rows_all], device=device)
 
-    spec = _ChunkSpec(off=off, thickness=thickness, rows_fixed=rows_fixed, rows_sel=rows_sel, forced=forced,
-                      u0=u0, m=m, strong_rule=strong_rule, hermitian=absorption == 0.0)
-    starts = list(range(0, len(reps), chunk))
     needs_grad = torch.is_grad_enabled() and (off.requires_grad or thickness.requires_grad)
+    # gradient evaluations stay in this process (the autograd graph lives here): there the
+    # workers become threads over the pixels of each chunk
+    spec = _ChunkSpec(off=off, thickness=thickness, rows_fixed=rows_fixed, rows_sel=rows_sel, forced=forced,
+                      u0=u0, m=m, strong_rule=strong_rule, hermitian=absorption == 0.0,
+                      threads=workers if needs_grad and device.type == "cpu" else 1)
+    starts = list(range(0, len(reps), chunk))
     if workers > 1 and not needs_grad and device.type == "cpu" and len(starts) > 0:
         # whole chunks (matrix build + solve) go to single-thread worker processes; only the
         # excitation errors travel, so inter-process traffic stays small

@@ -37,6 +37,7 @@ from .crystal import Crystal, write_cif
 from .geometry import SimulationSettings
 from .parameters import free_parameters
 from .patterns import atomic_path, check_pattern, resample_pattern
+from .runtime import available_cpus
 
 __all__ = ["FitConfig", "StageLog", "RefinementResult", "refine", "fit_files", "seed_felix", "FIT_DEFAULT_BEAMS"]
 
@@ -71,8 +72,12 @@ class FitConfig:
         none, the stage is skipped and says so).
     surrogate_restarts : int
         Starts of the surrogate search (the current point, then random ones).
-    overall_b_first : bool
-        Start the polish with one overall B for all sites (from their mean), then refine each.
+    threads : int, optional
+        Threads over the pixels in the Bloch engine's gradient evaluations; None uses every CPU
+        this process may run on (a batch with several worker processes sets 1).
+    b_restart : bool
+        After the polish, restart it from one overall B for all sites (their mean), refine that,
+        then each B again, and keep the better optimum (when two or more B are refined).
     device : str
         Torch device of the surrogates ("cpu", "cuda").
     check : str
@@ -95,7 +100,8 @@ class FitConfig:
     forward_model: str | None = None
     inverse_model: str | None = None
     surrogate_restarts: int = 3
-    overall_b_first: bool = True
+    b_restart: bool = True
+    threads: int | None = None
     device: str = "cpu"
     check: str = "bloch"
     max_iter: int = 40
@@ -214,6 +220,7 @@ class _Problem:
         self.kinds = list(params.kinds) + ["thickness"]
         self.scale = np.array([_SCALE[k] for k in self.kinds])
         self.refine_t = "thickness" in config.refine
+        self.threads = config.threads or available_cpus()
         self.set_grid(settings.size, measured, mask)
 
     def set_grid(self, size, measured, mask):
@@ -226,7 +233,7 @@ class _Problem:
         t = torch.atleast_1d(t_nm * NM) if thicknesses is None else thicknesses
         stack, _ = simulate_lacbed(
             self.params.atoms(theta), self.crystal.a, self.grid_settings, centring=self.centring,
-            thickness=t, dtype=dtype,
+            thickness=t, dtype=dtype, workers=self.threads,
         )
         return stack[:, 0]
 
@@ -269,29 +276,36 @@ def _bounds(params, x0, config):
     return lo, hi
 
 
-def _overall_b_map(kinds, x0, scale, zlo, zhi):
-    """The "one overall B first" reduction of the polish, or None when fewer than two B are free.
+def _overall_b_map(kinds, x0, scale, zlo, zhi, z):
+    """The one-overall-B reduction of the polish variables around ``z``, or None when fewer than
+    two B are free.
 
-    Returns ``(M, start, bounds)``: the scaled variables are ``z = M y`` with every free B moved
-    by the one last component of ``y``, ``start`` (added to z before) puts every free B at their
-    mean, and ``bounds`` are y's bounds. Refining one B for all sites first, then each, is the
-    crystallographer's usual order; it also keeps the individual B from settling into one of the
-    false minima where the B of two sites trade against each other (SrTiO₃ Sr/Ti in the
-    ``refine_truth`` benchmark).
+    Returns ``(M, z_base, bounds)``: the scaled variables become ``z_base + M y``, where
+    ``z_base`` is ``z`` with every free B moved to the mean of those B (``x = x0 + z · scale``),
+    the last component of ``y`` moves all of them together and the others move one variable each;
+    ``bounds`` are y's bounds.
     """
-    free = np.asarray(zlo) < np.asarray(zhi)
+    zlo, zhi, z = np.asarray(zlo), np.asarray(zhi), np.asarray(z)
+    free = zlo < zhi
     b = [i for i, k in enumerate(kinds) if k == "b" and free[i]]
     if len(b) < 2:
         return None
-    start = np.zeros(len(kinds))
-    start[b] = (np.mean(x0[b]) - x0[b]) / scale[b]
+    x_b = x0[b] + z[b] * scale[b]
+    z_base = z.copy()
+    z_base[b] = (np.mean(x_b) - x0[b]) / scale[b]
     others = [i for i in range(len(kinds)) if i not in b]
     M = np.zeros((len(kinds), len(others) + 1))
     M[others, np.arange(len(others))] = 1.0
     M[b, -1] = 1.0
-    lo, hi = np.asarray(zlo) - start, np.asarray(zhi) - start
+    lo, hi = zlo - z_base, zhi - z_base
     bounds = [(lo[i], hi[i]) for i in others] + [(max(lo[b]), min(hi[b]))]
-    return M, start, bounds
+    return M, z_base, bounds
+
+
+def _log_minimise(stages, say, name, res, t1, verdict=""):
+    note = f"{res.nit} iterations, {res.nfev} evaluations; {res.message}" + (f"; {verdict}" if verdict else "")
+    stages.append(StageLog(name, float(res.fun), time.perf_counter() - t1, note))
+    say(f"{name}: 1-r = {res.fun:.6f} ({res.nit} it){'; ' + verdict if verdict else ''}")
 
 
 def _hessian(problem, z_opt, x0, eps=1e-3):
@@ -384,33 +398,39 @@ def refine(
             zlo[-1] = zhi[-1] = 0.0
         z = np.zeros_like(x0)
         levels = [size // 2, size] if size > 64 else [size]
-        tied = _overall_b_map(problem.kinds, x0, problem.scale, zlo, zhi) if config.overall_b_first else None
-        runs = ([(levels[0], tied)] if tied is not None else []) + [(level, None) for level in levels]
-        for level, tie in runs:
+        options = {"maxiter": config.max_iter, "ftol": 1e-12, "gtol": 1e-9}
+        bounds = list(zip(zlo, zhi))
+        for level in levels:
             t1 = time.perf_counter()
             meas = pattern if level == size else resample_pattern(pattern, settings.half_width, level, settings.half_width)
             lmask = None if mask is None else (mask if level == size else
                                                resample_pattern(mask.astype(float), settings.half_width, level, settings.half_width) > 0.5)
             problem.set_grid(level, meas, lmask)
-            options = {"maxiter": config.max_iter, "ftol": 1e-12, "gtol": 1e-9}
-            if tie is None:
-                res = minimize(problem.fom_and_grad, z, args=(x0,), jac=True, method="L-BFGS-B",
-                               bounds=list(zip(zlo, zhi)), options=options)
-                z, name = res.x, f"Bloch polish {level}x{level}"
-            else:
-                M, start, ybounds = tie
-                x0 = x0 + start * problem.scale  # every B at the starting mean
-                zlo, zhi = zlo - start, zhi - start
+            res = minimize(problem.fom_and_grad, z, args=(x0,), jac=True, method="L-BFGS-B", bounds=bounds, options=options)
+            z = res.x
+            _log_minimise(stages, say, f"Bloch polish {level}x{level}", res, t1)
+        tie = _overall_b_map(problem.kinds, x0, problem.scale, zlo, zhi, z) if config.b_restart else None
+        if tie is not None:
+            # B of different sites can trade against each other into a false minimum (SrTiO₃'s Sr/Ti
+            # in benchmarks/refine_truth.py): restart from one overall B, then free them again, and
+            # keep whichever optimum fits better
+            t1 = time.perf_counter()
+            M, z_base, y_bounds = tie
 
-                def reduced(y, M=M):
-                    f, g = problem.fom_and_grad(M @ y, x0)
-                    return f, M.T @ g
+            def reduced(y):
+                f, g = problem.fom_and_grad(z_base + M @ y, x0)
+                return f, M.T @ g
 
-                res = minimize(reduced, np.zeros(M.shape[1]), jac=True, method="L-BFGS-B", bounds=ybounds, options=options)
-                z, name = M @ res.x, f"Bloch polish {level}x{level}, one overall B"
-            stages.append(StageLog(name, float(res.fun), time.perf_counter() - t1,
-                                   f"{res.nit} iterations, {res.nfev} evaluations; {res.message}"))
-            say(f"{name}: 1-r = {res.fun:.6f} ({res.nit} it)")
+            res_b = minimize(reduced, np.zeros(M.shape[1]), jac=True, method="L-BFGS-B", bounds=y_bounds, options=options)
+            _log_minimise(stages, say, f"B restart {size}x{size}: one overall B", res_b, t1)
+            t1 = time.perf_counter()
+            res2 = minimize(problem.fom_and_grad, z_base + M @ res_b.x, args=(x0,), jac=True, method="L-BFGS-B",
+                            bounds=bounds, options=options)
+            kept = res2.fun < res.fun
+            _log_minimise(stages, say, f"B restart {size}x{size}: every B", res2, t1,
+                          "kept" if kept else "rejected: the first optimum fits better")
+            if kept:
+                z = res2.x
         x = x0 + z * problem.scale
         problem.set_grid(size, pattern, mask)
         t1 = time.perf_counter()

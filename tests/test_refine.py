@@ -114,7 +114,7 @@ def test_fit_command_writes_outputs_and_rejects_bad_input(tmp_path):
     assert list((tmp_path / "out" / "felix").glob("LR_16x16/*.img"))
 
 
-def test_overall_b_stage_moves_every_free_b_together_from_their_mean():
+def test_b_restart_moves_every_free_b_together_from_their_mean():
     from lacbed_refine.refine import _overall_b_map
 
     kinds = ["b", "xyz", "b", "occ", "b", "thickness"]
@@ -122,10 +122,12 @@ def test_overall_b_stage_moves_every_free_b_together_from_their_mean():
     scale = np.array([0.5, 0.05, 0.5, 0.2, 0.5, 10.0])
     zlo, zhi = -np.ones(6), np.ones(6)
     zlo[4] = zhi[4] = 0.0  # a fixed B stays out of the overall one
-    M, start, bounds = _overall_b_map(kinds, x0, scale, zlo, zhi)
+    z = np.array([0.4, 0.2, 0.0, 0.5, 0.0, -0.3])  # the polish's optimum: B = 0.4 and 0.6
+    M, z_base, bounds = _overall_b_map(kinds, x0, scale, zlo, zhi, z)
     assert M.shape == (6, 5)  # xyz, occ, the fixed B, thickness + one overall B
-    x = x0 + (start + M @ np.array([0.0, 0.0, 0.0, 0.0, 0.3])) * scale
-    assert x[0] == pytest.approx(0.4 + 0.15) and x[2] == pytest.approx(0.4 + 0.15)  # mean 0.4, moved together
-    assert x[4] == 1.0 and x[1] == 0.0 and x[3] == 0.9 and x[5] == 100.0
-    assert len(bounds) == 5 and bounds[-1] == (max(zlo[0] - start[0], zlo[2] - start[2]), min(zhi[0] - start[0], zhi[2] - start[2]))
-    assert _overall_b_map(["b", "xyz", "thickness"], x0[:3], scale[:3], zlo[:3], zhi[:3]) is None
+    x = x0 + (z_base + M @ np.array([0.0, 0.0, 0.0, 0.0, 0.3])) * scale
+    assert x[0] == pytest.approx(0.5 + 0.15) and x[2] == pytest.approx(0.5 + 0.15)  # mean 0.5, moved together
+    assert x[4] == 1.0 and x[1] == pytest.approx(0.01) and x[3] == pytest.approx(1.0) and x[5] == pytest.approx(97.0)
+    lo, hi = zlo - z_base, zhi - z_base
+    assert bounds[-1] == (max(lo[0], lo[2]), min(hi[0], hi[2])) and len(bounds) == 5
+    assert _overall_b_map(["b", "xyz", "thickness"], x0[:3], scale[:3], zlo[:3], zhi[:3], z[:3]) is None
