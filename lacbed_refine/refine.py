@@ -75,6 +75,11 @@ class FitConfig:
     threads : int, optional
         Threads over the pixels in the Bloch engine's gradient evaluations; None uses every CPU
         this process may run on (a batch with several worker processes sets 1).
+    thickness_starts : int
+        Peaks of the thickness scan (and the given start thickness) each given ``screen_iter``
+        polish iterations before the polish goes on from the best; 1 keeps only the scan's best.
+    screen_iter : int
+        L-BFGS-B iterations of that screening.
     b_restart : bool
         After the polish, restart it from one overall B for all sites (their mean), refine that,
         then each B again, and keep the better optimum (when two or more B are refined).
@@ -101,6 +106,8 @@ class FitConfig:
     inverse_model: str | None = None
     surrogate_restarts: int = 3
     b_restart: bool = True
+    thickness_starts: int = 3
+    screen_iter: int = 8
     threads: int | None = None
     device: str = "cpu"
     check: str = "bloch"
@@ -250,7 +257,19 @@ class _Problem:
         return float(f.detach()), g
 
 
-def _thickness_scan(problem, x, config, around: float | None = None) -> tuple[float, float]:
+def _scan_peaks(grid: np.ndarray, rs: np.ndarray, k: int, min_gap_nm: float = 5.0) -> list[float]:
+    """The thicknesses [nm] of the ``k`` highest local maxima of r(t), at least ``min_gap_nm`` apart."""
+    inner = [i for i in range(len(rs)) if (i == 0 or rs[i] >= rs[i - 1]) and (i == len(rs) - 1 or rs[i] >= rs[i + 1])]
+    peaks: list[float] = []
+    for i in sorted(inner, key=lambda i: -rs[i]):
+        if all(abs(grid[i] - p) >= min_gap_nm for p in peaks):
+            peaks.append(float(grid[i]))
+        if len(peaks) == k:
+            break
+    return peaks
+
+
+def _thickness_scan(problem, x, config, around: float | None = None) -> tuple[float, float, list[float]]:
     start, stop, step = config.thickness_scan_nm
     if around is not None:  # a start was given: scan only the window the polish may reach
         start = max(step, around - config.thickness_window_nm)
@@ -260,6 +279,7 @@ def _thickness_scan(problem, x, config, around: float | None = None) -> tuple[fl
     with torch.no_grad():
         sims = problem.simulate(torch.as_tensor(x[:-1]), None, thicknesses=grid * NM)
     rs = torch.stack([_pearson(_blur(s.double(), config.blur_sigma), problem.meas, problem.mask) for s in sims])
+    peaks = _scan_peaks(grid.numpy(), rs.numpy(), config.thickness_starts)
     k = int(torch.argmax(rs))
     t = float(grid[k])
     if 0 < k < len(grid) - 1:  # parabola through the best three points
@@ -267,12 +287,15 @@ def _thickness_scan(problem, x, config, around: float | None = None) -> tuple[fl
         den = y0 - 2 * y1 + y2
         if den < 0:
             t += 0.5 * step * (y0 - y2) / den
-    return t, float(rs[k])
+    return t, float(rs[k]), peaks
 
 
 def _bounds(params, x0, config):
-    lo = np.concatenate([params.lower, [max(1.0, x0[-1] - config.thickness_window_nm)]])
-    hi = np.concatenate([params.upper, [x0[-1] + config.thickness_window_nm]])
+    """Parameter bounds; the thickness stays within the window around the given start thickness
+    (or, without one, around the current value)."""
+    centre = config.thickness_nm if config.thickness_nm is not None else x0[-1]
+    lo = np.concatenate([params.lower, [max(1.0, min(x0[-1], centre) - config.thickness_window_nm)]])
+    hi = np.concatenate([params.upper, [max(x0[-1], centre) + config.thickness_window_nm]])
     return lo, hi
 
 
@@ -300,6 +323,25 @@ def _overall_b_map(kinds, x0, scale, zlo, zhi, z):
     lo, hi = zlo - z_base, zhi - z_base
     bounds = [(lo[i], hi[i]) for i in others] + [(max(lo[b]), min(hi[b]))]
     return M, z_base, bounds
+
+
+def _level_data(pattern, mask, half_width, level, size):
+    """The measured pattern and mask on a ``level``×``level`` grid of the same tilt range."""
+    if level == size:
+        return pattern, mask
+    meas = resample_pattern(pattern, half_width, level, half_width)
+    lmask = None if mask is None else resample_pattern(mask.astype(float), half_width, level, half_width) > 0.5
+    return meas, lmask
+
+
+def _thickness_starts(t_now: float, peaks: list[float], config) -> list[float]:
+    """Thicknesses [nm] to try first: the current one, the other peaks of the scan and the given
+    start, at least 5 nm apart."""
+    out = [t_now]
+    for t in list(peaks) + ([config.thickness_nm] if config.thickness_nm is not None else []):
+        if all(abs(t - u) >= 5.0 for u in out):
+            out.append(float(t))
+    return out
 
 
 def _log_minimise(stages, say, name, res, t1, verdict=""):
@@ -378,8 +420,9 @@ def refine(
     x = np.concatenate([problem.theta0.numpy(), [config.thickness_nm or 100.0]])
     # 1. thickness scan
     t0 = time.perf_counter()
+    t_peaks: list[float] = []
     if config.thickness_nm is None or "thickness" in config.refine:
-        t_scan, r_scan = _thickness_scan(problem, x, config, around=config.thickness_nm)
+        t_scan, r_scan, t_peaks = _thickness_scan(problem, x, config, around=config.thickness_nm)
         if "thickness" in config.refine or config.thickness_nm is None:
             x[-1] = t_scan
         stages.append(StageLog("thickness scan", 1 - r_scan, time.perf_counter() - t0, f"best {t_scan:.1f} nm"))
@@ -400,12 +443,29 @@ def refine(
         levels = [size // 2, size] if size > 64 else [size]
         options = {"maxiter": config.max_iter, "ftol": 1e-12, "gtol": 1e-9}
         bounds = list(zip(zlo, zhi))
+        starts = _thickness_starts(x0[-1], t_peaks, config) if "thickness" in config.refine else []
+        if len(starts) > 1:
+            # a poor start can put the best of the thickness scan on a false peak (CoAs₃ in
+            # benchmarks/refine_truth.py): give each candidate a short polish, go on with the best
+            t1 = time.perf_counter()
+            level = levels[0]
+            problem.set_grid(level, *_level_data(pattern, mask, settings.half_width, level, size))
+            tried = []
+            for t_c in starts:
+                zc = z.copy()
+                zc[-1] = np.clip((t_c - x0[-1]) / problem.scale[-1], zlo[-1], zhi[-1])
+                rc = minimize(problem.fom_and_grad, zc, args=(x0,), jac=True, method="L-BFGS-B", bounds=bounds,
+                              options={**options, "maxiter": config.screen_iter})
+                tried.append((float(rc.fun), t_c, rc.x))
+            best = min(tried, key=lambda c: c[0])
+            z = best[2]
+            note = ", ".join(f"{t_c:.1f} nm: {f:.5f}" for f, t_c, _ in tried)
+            stages.append(StageLog("thickness starts", best[0], time.perf_counter() - t1,
+                                   f"{config.screen_iter} iterations from each ({note}); best {best[1]:.1f} nm"))
+            say(f"thickness starts: {note}; going on from {best[1]:.1f} nm")
         for level in levels:
             t1 = time.perf_counter()
-            meas = pattern if level == size else resample_pattern(pattern, settings.half_width, level, settings.half_width)
-            lmask = None if mask is None else (mask if level == size else
-                                               resample_pattern(mask.astype(float), settings.half_width, level, settings.half_width) > 0.5)
-            problem.set_grid(level, meas, lmask)
+            problem.set_grid(level, *_level_data(pattern, mask, settings.half_width, level, size))
             res = minimize(problem.fom_and_grad, z, args=(x0,), jac=True, method="L-BFGS-B", bounds=bounds, options=options)
             z = res.x
             _log_minimise(stages, say, f"Bloch polish {level}x{level}", res, t1)
