@@ -18,23 +18,27 @@ import torch
 __all__ = ["propagate"]
 
 
-def _divided_difference(lam: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def _divided_difference(lam: torch.Tensor, t: torch.Tensor, real: bool = False) -> torch.Tensor:
     """L[i, j] = (e^{iλ_i t} − e^{iλ_j t}) / (λ_i − λ_j), shape (..., n, n), stable at λ_i = λ_j.
 
     Only n exponentials are taken: the difference quotient is used where |λ_i − λ_j| t/2 is not
     small, and the series i t e^{i(λ_i+λ_j)t/2} (1 − z²/6 + z⁴/120), z = (λ_i − λ_j) t/2, where it is
-    (so that rounding never divides by a vanishing gap).
+    (so that rounding never divides by a vanishing gap). The series is evaluated only at those
+    entries (the diagonal and near-degenerate pairs, a few per row), and with ``real`` (λ real, the
+    Hermitian case) the gaps are real: this function is most of the backward pass's elementwise work.
     """
     e = torch.exp(1j * lam * t)
-    h = torch.exp(0.5j * lam * t)
-    d = lam[..., :, None] - lam[..., None, :]
-    z = 0.5 * d * t
+    lr = lam.real if real else lam
+    d = lr[..., :, None] - lr[..., None, :]
     thr = 1e-2 if lam.real.dtype == torch.float64 else 5e-2
-    small = z.abs() < thr
-    z2 = z * z
-    series = 1j * t * (h[..., :, None] * h[..., None, :]) * (1 - z2 / 6 + z2 * z2 / 120)
-    quotient = (e[..., :, None] - e[..., None, :]) / torch.where(small, torch.ones_like(d), d)
-    return torch.where(small, series, quotient)
+    small = (0.5 * t.real) * d.abs() < thr
+    out = (e[..., :, None] - e[..., None, :]) / torch.where(small, torch.ones_like(d), d)
+    idx = small.nonzero(as_tuple=True)
+    batch, i, j = idx[:-2], idx[-2], idx[-1]
+    li, lj = lam[(*batch, i)], lam[(*batch, j)]
+    z2 = (0.5 * (li - lj) * t) ** 2
+    out[idx] = 1j * t * torch.exp(0.5j * (li + lj) * t) * (1 - z2 / 6 + z2 * z2 / 120)
+    return out
 
 
 def _in_threads(fn, threads: int, *batched, shared=()):
@@ -109,17 +113,20 @@ def _backward(lam, C, c0, grad_psi, Cinv, thickness, rows, hermitian, real_input
     v = torch.einsum("prj,ptr->ptj", crow.conj(), grad_psi)
     grad_A = grad_t = None
     if needs[0]:
-        B = torch.zeros(C.shape[:-2] + C.shape[-1:] * 2, dtype=cdt, device=C.device)
+        B = None
         for k in range(thickness.shape[0]):
-            L = _divided_difference(lam, thickness[k].to(cdt))
-            B = B + L * (c0[..., :, None] * v[..., k, None, :].conj())
-        if hermitian:
-            Q = Cc @ B @ Cc.mH
+            L = _divided_difference(lam, thickness[k].to(cdt), real=hermitian)
+            term = L * (c0[..., :, None] * v[..., k, None, :].conj())
+            B = term if B is None else B + term
+        if hermitian and real_input and not C.is_complex():
+            # real symmetric A, real C: Re(C B Cᵀ)ᴴ = C Re(B)ᵀ Cᵀ, two real products instead of
+            # two complex ones (a quarter of the work)
+            grad_A = C @ B.real.mT.to(C.dtype) @ C.mT
         else:
-            Q = Cc @ B @ Cinv
-        grad_A = Q.mH
-        if real_input:
-            grad_A = grad_A.real
+            Q = Cc @ B @ (Cc.mH if hermitian else Cinv)
+            grad_A = Q.mH
+            if real_input:
+                grad_A = grad_A.real
     if needs[1]:
         dphase = 1j * lam[..., None, :] * torch.exp(1j * lam[..., None, :] * thickness[:, None].to(cdt))
         dpsi = torch.einsum("prj,ptj->ptr", crow, dphase * c0[..., None, :])
