@@ -245,21 +245,22 @@ def _compute_all(pending, spec, store, *, workers, scheduler, total, progress) -
         return _run_pool(pending, spec, store, workers, bar)
 
 
-def _init_worker() -> None:
-    """Worker set-up: one torch thread, and exit when the parent build dies (even by SIGKILL),
-    instead of lingering as an orphan."""
+def _init_worker(parent: int) -> None:
+    """Worker set-up: one torch thread, and exit when the parent build (pid ``parent``) dies, even
+    by SIGKILL, instead of lingering as an orphan. The parent's pid is passed in rather than read
+    here: on a loaded machine a worker can reach this point after the parent was already killed,
+    and would then take its new parent (init) for the build."""
     import threading
 
     import torch
 
     torch.set_num_threads(1)
-    parent = os.getppid()
 
     def watch():
         while True:
-            time.sleep(1.0)
             if os.getppid() != parent:
                 os._exit(1)
+            time.sleep(1.0)
 
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
@@ -293,7 +294,7 @@ def _run_pool_inner(pending, spec, store, workers, bar) -> int:
     done = 0
     ctx = mp.get_context("spawn")
     while queue:
-        pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
+        pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),))
         inflight: dict[cf.Future, Task] = {}
         broken = False
         try:
