@@ -441,7 +441,7 @@ def refine(
             zlo[-1] = zhi[-1] = 0.0
         z = np.zeros_like(x0)
         levels = [size // 2, size] if size > 64 else [size]
-        options = {"maxiter": config.max_iter, "ftol": 1e-12, "gtol": 1e-9}
+        options = {"maxiter": config.max_iter, "ftol": 1e-12, "gtol": 1e-9, "maxls": 10}  # float32 noise ends line searches; fail those fast
         bounds = list(zip(zlo, zhi))
         starts = _thickness_starts(x0[-1], t_peaks, config) if "thickness" in config.refine else []
         if len(starts) > 1:
