@@ -588,12 +588,17 @@ def _surrogate_stages(problem, params, x, pattern, mask, config, models, stages,
         t1 = time.perf_counter()
         n = model.image_size
         meas = rs.to_surrogate_grid(pattern, problem.settings.half_width, crystal.a, n)
+        covered = rs.surrogate_coverage(problem.settings.half_width, crystal.a, n)
         bounds = list(zip((lo - x) / problem.scale, (hi - x) / problem.scale))
         if direction == "inverse":
+            if covered.mean() < 0.9:
+                stages.append(StageLog(name, None, 0.0, f"skipped: the pattern covers {100 * covered.mean():.0f} % of the "
+                                                        "generator's tilt range (it needs the whole pattern)"))
+                continue
             x_new, f_sur, note = rs.seed_from_inverse(model, params, x, problem.scale, bounds, meas)
         else:
-            smask = None if mask is None else rs.to_surrogate_grid(mask.astype(float), problem.settings.half_width,
-                                                                   crystal.a, n) > 0.5
+            smask = covered if mask is None else covered & (rs.to_surrogate_grid(
+                mask.astype(float), problem.settings.half_width, crystal.a, n) > 0.5)
             x_new, f_sur, note = rs.surrogate_search(
                 model, params, x, problem.scale, bounds, meas, smask, refine_thickness="thickness" in config.refine,
                 # σ is given in simulation pixels; the surrogate grid has pixels of another size

@@ -28,7 +28,7 @@ from scipy.optimize import minimize
 from .patterns import resample_pattern
 from .potential import projected_potential
 
-__all__ = ["SurrogateModels", "load_models", "surrogate_half_width", "to_surrogate_grid", "seed_from_inverse", "surrogate_search"]
+__all__ = ["SurrogateModels", "load_models", "surrogate_half_width", "surrogate_coverage", "to_surrogate_grid", "seed_from_inverse", "surrogate_search"]
 
 #: Tilt half-width of the surrogates' training data times a [Å⁻¹·Å] (the paper preset).
 _PAPER_HALF_WIDTH_TIMES_A = 7.266
@@ -78,6 +78,15 @@ def surrogate_half_width(a: float) -> float:
 def to_surrogate_grid(image: np.ndarray, half_width: float, a: float, size: int) -> np.ndarray:
     """Resample a pattern (or mask, as float) from its tilt grid onto the surrogates' grid."""
     return resample_pattern(np.asarray(image, dtype=float), half_width, size, surrogate_half_width(a))
+
+
+def surrogate_coverage(half_width: float, a: float, size: int) -> np.ndarray:
+    """Pixels of the surrogates' grid (bool, shape (size, size)) inside a measured tilt range of
+    ±``half_width`` [Å⁻¹]: outside it a resampled pattern only repeats its edge."""
+    from .geometry import tilt_grid
+
+    kx, ky = tilt_grid(size, surrogate_half_width(a))
+    return (np.abs(kx) <= half_width) & (np.abs(ky) <= half_width)
 
 
 def _pearson(sim: torch.Tensor, meas: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -152,3 +152,12 @@ def test_fit_runs_the_surrogate_stages_and_the_guard_keeps_the_fit_from_getting_
     res = CliRunner().invoke(cli, ["fit", str(start), str(tmp_path / "m.npy"), "-o", str(tmp_path / "bad"),
                                    "--forward-model", str(tiny_models["inverse"])])
     assert res.exit_code != 0 and "inverse.pt" in res.output and "forward" in res.output
+
+
+def test_surrogate_coverage_marks_the_measured_tilt_range():
+    from lacbed_refine.refine_surrogate import surrogate_coverage
+
+    a = 8.08
+    assert surrogate_coverage(surrogate_half_width(a), a, 32).all()
+    half = surrogate_coverage(surrogate_half_width(a) / 2, a, 32)
+    assert half.sum() == 16 * 16 and half[8:24, 8:24].all()  # the central half of each axis
