@@ -146,6 +146,7 @@ def test_train_resume_and_evaluate_on_a_dataset_file(tmp_path):
     assert res.exit_code == 0, res.output
     second = load_checkpoint(model)
     assert second["step"] == 2 * first["step"] and second["config"]["train"]["seed"] == 3
+    assert (tmp_path / "fwd.curves.png").stat().st_size > 0  # learning curves of both runs together
     vae = tmp_path / "vae.pt"
     res = _invoke("train", "forward", *common, "--arch", "vae", "--epochs", 1, "-o", vae)
     assert res.exit_code == 0, res.output
@@ -158,7 +159,7 @@ def test_train_resume_and_evaluate_on_a_dataset_file(tmp_path):
     for name in ("fwd", "vae"):
         rep = json.loads((report / name / "report.json").read_text())
         assert rep["split"] == "test" and rep["n_samples"] == 2 * rep["n_structures"]
-        assert (report / name / "examples.png").is_file()
+        assert (report / name / "examples.png").is_file() and (report / name / "learning_curves.png").is_file()
     res = _invoke("train", "inverse", "--data", data, "--epochs", 1, "--resume", "-o", model)
     assert res.exit_code == 2 and "cannot resume" in res.output
     res = _invoke("train", "forward", "--data", data, "-o", tmp_path / "never.pt")

@@ -113,7 +113,11 @@ def train_file(direction: str, data, out, *, arch: str | None = None, epochs: in
         "threads": torch.get_num_threads(),
     }
     log.info("training %s %s on %d structures (%s)", direction, model.arch, len(train_set), data)
-    return train(model, train_set, cfg, val_set=val_set, checkpoint=out, resume=resume, metadata=metadata, progress=progress)
+    result = train(model, train_set, cfg, val_set=val_set, checkpoint=out, resume=resume, metadata=metadata, progress=progress)
+    from ._evaluate import plot_history
+
+    result["curves"] = plot_history(load_checkpoint(out).get("history", []), out.with_suffix(".curves.png"))
+    return result
 
 
 def _read_config(path) -> dict:
@@ -144,6 +148,10 @@ def evaluate_files(models, data, *, split: str = "test", report=None, batch_size
             folder = Path(report) / label if len(models) > 1 else Path(report)
         reports[label] = evaluate(path, dataset, report_dir=folder, split=split, batch_size=batch_size,
                                   device=device, invariance=invariance, name=label, symmetrise=symmetrise)
+        if folder is not None:  # a training checkpoint carries its history; exported weights do not
+            from ._evaluate import plot_history
+
+            plot_history(load_checkpoint(path).get("history", []), folder / "learning_curves.png")
     if report is not None and len(models) > 1:
         table = compare_reports(reports)
         with atomic_path(Path(report) / "comparison.md") as tmp:

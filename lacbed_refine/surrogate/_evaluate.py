@@ -411,3 +411,33 @@ def _fig_per_thickness(path, report):
     fig.suptitle(f"{report['model']['name']} ({report['model']['kind']} {report['model']['arch']}), split {report['split'] or '-'}", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_history(history: list[dict], path) -> Path | None:
+    """Learning curves of a training history (a checkpoint's ``history``): the training figure of
+    merit 1 − r (or, for a VAE, its total loss) against training time, and the validation R of each
+    epoch on a second axis. Returns the PNG's path, or None when the history is empty."""
+    steps = [h for h in history if "time_s" in h]
+    val = [h for h in history if "val_R" in h]
+    if not steps:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    key = "1-r" if "1-r" in steps[0] else next(k for k in steps[0] if k not in ("step", "epoch", "time_s"))
+    hours = np.array([h["time_s"] for h in steps]) / 3600
+    ax.plot(hours, [h[key] for h in steps], lw=0.8, color="tab:blue", label=f"train {key}")
+    ax.set_xlabel("training time [h]")
+    ax.set_ylabel(f"train {key}", color="tab:blue")
+    if val:
+        # validation entries carry the step, not the time: place them at the time of that step
+        step_t = {h["step"]: h["time_s"] for h in steps}
+        known = sorted(step_t)
+        xs = [step_t[min(known, key=lambda s, v=v: abs(s - v["step"]))] / 3600 for v in val]
+        ax2 = ax.twinx()
+        ax2.plot(xs, [v["val_R"] for v in val], "o-", color="tab:red", ms=3, label="validation R")
+        ax2.set_ylabel("validation R", color="tab:red")
+    ax.set_title(f"learning curves ({steps[-1]['step']} steps, {steps[-1].get('epoch', 0):.1f} epochs)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    _save(fig, path)
+    return path
