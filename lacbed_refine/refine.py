@@ -430,83 +430,9 @@ def refine(
     t_start = float(x[-1])
     # 2-3. surrogate stages
     x, model_info = _surrogate_stages(problem, params, x, pattern, mask, config, models, stages, say)
-    # 4. Bloch polish: half-resolution grid, then full grid
+    # 4. Bloch polish: thickness candidates, half-resolution grid, then full grid, B restart
     if config.polish:
-        from scipy.optimize import minimize
-
-        lo, hi = _bounds(params, x, config)
-        x0 = x.copy()
-        zlo, zhi = (lo - x0) / problem.scale, (hi - x0) / problem.scale
-        if "thickness" not in config.refine:
-            zlo[-1] = zhi[-1] = 0.0
-        z = np.zeros_like(x0)
-        levels = [size // 2, size] if size > 64 else [size]
-        options = {"maxiter": config.max_iter, "ftol": 1e-12, "gtol": 1e-9, "maxls": 10}  # float32 noise ends line searches; fail those fast
-        bounds = list(zip(zlo, zhi))
-        starts = _thickness_starts(x0[-1], t_peaks, config) if "thickness" in config.refine else []
-        if len(starts) > 1:
-            # a poor start can put the best of the thickness scan on a false peak (CoAs₃ in
-            # benchmarks/refine_truth.py): give each candidate a short polish, go on with the best
-            t1 = time.perf_counter()
-            level = levels[0]
-            problem.set_grid(level, *_level_data(pattern, mask, settings.half_width, level, size))
-            tried = []
-            for t_c in starts:
-                zc = z.copy()
-                zc[-1] = np.clip((t_c - x0[-1]) / problem.scale[-1], zlo[-1], zhi[-1])
-                rc = minimize(problem.fom_and_grad, zc, args=(x0,), jac=True, method="L-BFGS-B", bounds=bounds,
-                              options={**options, "maxiter": config.screen_iter})
-                tried.append((float(rc.fun), t_c, rc.x))
-            best = min(tried, key=lambda c: c[0])
-            z = best[2]
-            note = ", ".join(f"{t_c:.1f} nm: {f:.5f}" for f, t_c, _ in tried)
-            stages.append(StageLog("thickness starts", best[0], time.perf_counter() - t1,
-                                   f"{config.screen_iter} iterations from each ({note}); best {best[1]:.1f} nm"))
-            say(f"thickness starts: {note}; going on from {best[1]:.1f} nm")
-        for level in levels:
-            t1 = time.perf_counter()
-            problem.set_grid(level, *_level_data(pattern, mask, settings.half_width, level, size))
-            res = minimize(problem.fom_and_grad, z, args=(x0,), jac=True, method="L-BFGS-B", bounds=bounds, options=options)
-            z = res.x
-            _log_minimise(stages, say, f"Bloch polish {level}x{level}", res, t1)
-        tie = _overall_b_map(problem.kinds, x0, problem.scale, zlo, zhi, z) if config.b_restart else None
-        if tie is not None:
-            # B of different sites can trade against each other into a false minimum (SrTiO₃'s Sr/Ti
-            # in benchmarks/refine_truth.py): restart from one overall B, then free them again, and
-            # keep whichever optimum fits better
-            t1 = time.perf_counter()
-            M, z_base, y_bounds = tie
-
-            def reduced(y):
-                f, g = problem.fom_and_grad(z_base + M @ y, x0)
-                return f, M.T @ g
-
-            res_b = minimize(reduced, np.zeros(M.shape[1]), jac=True, method="L-BFGS-B", bounds=y_bounds, options=options)
-            _log_minimise(stages, say, f"B restart {size}x{size}: one overall B", res_b, t1)
-            t1 = time.perf_counter()
-            res2 = minimize(problem.fom_and_grad, z_base + M @ res_b.x, args=(x0,), jac=True, method="L-BFGS-B",
-                            bounds=bounds, options=options)
-            kept = res2.fun < res.fun
-            _log_minimise(stages, say, f"B restart {size}x{size}: every B", res2, t1,
-                          "kept" if kept else "rejected: the first optimum fits better")
-            if kept:
-                z = res2.x
-        x = x0 + z * problem.scale
-        problem.set_grid(size, pattern, mask)
-        t1 = time.perf_counter()
-        try:
-            H = _hessian(problem, z, x0)
-            free = np.array([zl < zh for zl, zh in zip(zlo, zhi)])
-            cov = np.zeros_like(H)
-            w, v = np.linalg.eigh(H[np.ix_(free, free)])
-            # directions of zero or negative curvature (noise, bounds) are unconstrained: give them
-            # the largest variance the positive curvature allows rather than a negative one
-            w = np.clip(w, max(w.max(), 0.0) * 1e-9 + 1e-300, None)
-            cov[np.ix_(free, free)] = 2 * config.fom_noise * (v / w) @ v.T
-            sigma = np.sqrt(np.clip(np.diag(cov), 0, None)) * problem.scale
-        except np.linalg.LinAlgError:
-            sigma = np.full(len(x), np.nan)
-        stages.append(StageLog("uncertainties", None, time.perf_counter() - t1, "finite-difference Hessian"))
+        x, sigma = _bloch_polish(problem, params, x, pattern, mask, settings, config, t_peaks, stages, say)
     else:
         sigma = np.full(len(x), np.nan)
     # 5. final check
@@ -543,6 +469,90 @@ def refine(
         config=config,
         extra={"surrogates": model_info},
     )
+
+
+def _bloch_polish(problem, params, x, pattern, mask, settings, config, t_peaks, stages, say):
+    """The Bloch polish (stage 4) from parameters ``x`` = [θ, thickness_nm]: a short polish from
+    each candidate thickness, L-BFGS-B with exact gradients on a half-resolution grid then the full
+    one, the one-overall-B restart, and the uncertainties from the finite-difference Hessian.
+    Returns the refined parameters and their σ (same order and units)."""
+    from scipy.optimize import minimize
+
+    size = settings.size
+    lo, hi = _bounds(params, x, config)
+    x0 = x.copy()
+    zlo, zhi = (lo - x0) / problem.scale, (hi - x0) / problem.scale
+    if "thickness" not in config.refine:
+        zlo[-1] = zhi[-1] = 0.0
+    z = np.zeros_like(x0)
+    levels = [size // 2, size] if size > 64 else [size]
+    options = {"maxiter": config.max_iter, "ftol": 1e-12, "gtol": 1e-9, "maxls": 10}  # float32 noise ends line searches; fail those fast
+    bounds = list(zip(zlo, zhi))
+    starts = _thickness_starts(x0[-1], t_peaks, config) if "thickness" in config.refine else []
+    if len(starts) > 1:
+        # a poor start can put the best of the thickness scan on a false peak (CoAs₃ in
+        # benchmarks/refine_truth.py): give each candidate a short polish, go on with the best
+        t1 = time.perf_counter()
+        level = levels[0]
+        problem.set_grid(level, *_level_data(pattern, mask, settings.half_width, level, size))
+        tried = []
+        for t_c in starts:
+            zc = z.copy()
+            zc[-1] = np.clip((t_c - x0[-1]) / problem.scale[-1], zlo[-1], zhi[-1])
+            rc = minimize(problem.fom_and_grad, zc, args=(x0,), jac=True, method="L-BFGS-B", bounds=bounds,
+                          options={**options, "maxiter": config.screen_iter})
+            tried.append((float(rc.fun), t_c, rc.x))
+        best = min(tried, key=lambda c: c[0])
+        z = best[2]
+        note = ", ".join(f"{t_c:.1f} nm: {f:.5f}" for f, t_c, _ in tried)
+        stages.append(StageLog("thickness starts", best[0], time.perf_counter() - t1,
+                               f"{config.screen_iter} iterations from each ({note}); best {best[1]:.1f} nm"))
+        say(f"thickness starts: {note}; going on from {best[1]:.1f} nm")
+    for level in levels:
+        t1 = time.perf_counter()
+        problem.set_grid(level, *_level_data(pattern, mask, settings.half_width, level, size))
+        res = minimize(problem.fom_and_grad, z, args=(x0,), jac=True, method="L-BFGS-B", bounds=bounds, options=options)
+        z = res.x
+        _log_minimise(stages, say, f"Bloch polish {level}x{level}", res, t1)
+    tie = _overall_b_map(problem.kinds, x0, problem.scale, zlo, zhi, z) if config.b_restart else None
+    if tie is not None:
+        # B of different sites can trade against each other into a false minimum (SrTiO₃'s Sr/Ti
+        # in benchmarks/refine_truth.py): restart from one overall B, then free them again, and
+        # keep whichever optimum fits better
+        t1 = time.perf_counter()
+        M, z_base, y_bounds = tie
+
+        def reduced(y):
+            f, g = problem.fom_and_grad(z_base + M @ y, x0)
+            return f, M.T @ g
+
+        res_b = minimize(reduced, np.zeros(M.shape[1]), jac=True, method="L-BFGS-B", bounds=y_bounds, options=options)
+        _log_minimise(stages, say, f"B restart {size}x{size}: one overall B", res_b, t1)
+        t1 = time.perf_counter()
+        res2 = minimize(problem.fom_and_grad, z_base + M @ res_b.x, args=(x0,), jac=True, method="L-BFGS-B",
+                        bounds=bounds, options=options)
+        kept = res2.fun < res.fun
+        _log_minimise(stages, say, f"B restart {size}x{size}: every B", res2, t1,
+                      "kept" if kept else "rejected: the first optimum fits better")
+        if kept:
+            z = res2.x
+    x = x0 + z * problem.scale
+    problem.set_grid(size, pattern, mask)
+    t1 = time.perf_counter()
+    try:
+        H = _hessian(problem, z, x0)
+        free = np.array([zl < zh for zl, zh in zip(zlo, zhi)])
+        cov = np.zeros_like(H)
+        w, v = np.linalg.eigh(H[np.ix_(free, free)])
+        # directions of zero or negative curvature (noise, bounds) are unconstrained: give them
+        # the largest variance the positive curvature allows rather than a negative one
+        w = np.clip(w, max(w.max(), 0.0) * 1e-9 + 1e-300, None)
+        cov[np.ix_(free, free)] = 2 * config.fom_noise * (v / w) @ v.T
+        sigma = np.sqrt(np.clip(np.diag(cov), 0, None)) * problem.scale
+    except np.linalg.LinAlgError:
+        sigma = np.full(len(x), np.nan)
+    stages.append(StageLog("uncertainties", None, time.perf_counter() - t1, "finite-difference Hessian"))
+    return x, sigma
 
 
 def _bloch_fom(problem, x: np.ndarray) -> float:
