@@ -83,6 +83,20 @@ def info_command(path, verify):
             sys.exit(1)
 
 
+@dataset_group.command("subset")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Small dataset file to write.")
+@click.option("--split", default="test", show_default=True, help="Split to take the structures from.")
+@click.option("-n", "count", type=int, default=4, show_default=True, help="Number of structures (the first in file order).")
+@click.option("--source", default=None, help="Only structures of this source (e.g. a real collection).")
+def subset_command(path, output, split, count, source):
+    """Write a few structures of PATH's SPLIT as a small file of the same layout (fixed samples)."""
+    from lacbed_refine.dataset import subset_dataset
+
+    digest = subset_dataset(path, output, split=split, n=count, source=source)
+    click.echo(f"{output}: {digest}")
+
+
 @dataset_group.command("status")
 @click.argument("output", type=click.Path(dir_okay=False))
 def status_command(output):

@@ -14,14 +14,17 @@ import torch
 from click.testing import CliRunner
 
 from lacbed_refine.runtime import single_thread
+from lacbed_refine.dataset import read_info
 from lacbed_refine.surrogate import (
     CGAN,
     DiscriminatorConfig,
     GeneratorConfig,
     TaskConfig,
     TrainConfig,
+    export_weights,
     load_checkpoint,
     pairs_from_crystals,
+    score_sample,
     train,
 )
 from lacbed_refine.surrogate import _predict
@@ -160,7 +163,28 @@ def test_train_resume_and_evaluate_on_a_dataset_file(tmp_path):
         rep = json.loads((report / name / "report.json").read_text())
         assert rep["split"] == "test" and rep["n_samples"] == 2 * rep["n_structures"]
         assert (report / name / "examples.png").is_file() and (report / name / "learning_curves.png").is_file()
+    # a fixed sample of the test split, and weights exported with their score on it
+    sample = tmp_path / "sample.h5"
+    res = _invoke("dataset", "subset", data, "-o", sample, "--split", "test", "-n", 1)
+    assert res.exit_code == 0, res.output
+    card = export_weights(model, tmp_path / "shipped" / "forward.pt", sample=sample)
+    assert card["sample"]["n_samples"] == 2 and card["sample"]["content_hash"] == read_info(sample)["content_hash"]
+    assert score_sample(tmp_path / "shipped" / "forward.pt", sample)["mean"] == pytest.approx(card["sample"]["mean"], abs=1e-6)
     res = _invoke("train", "inverse", "--data", data, "--epochs", 1, "--resume", "-o", model)
     assert res.exit_code == 2 and "cannot resume" in res.output
     res = _invoke("train", "forward", "--data", data, "-o", tmp_path / "never.pt")
     assert res.exit_code == 2 and "--epochs" in res.output
+
+
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+def test_shipped_weights_reproduce_their_card(direction):
+    """The weights shipped in the package score on their fixed sample (tests/data) what their card
+    says. Skips while no weights are shipped (the surrogates are trained on the issue-3 dataset)."""
+    path = _predict.WEIGHTS_DIR / f"{direction}.pt"
+    if not path.is_file():
+        pytest.skip(f"no shipped {direction} weights yet ({path})")
+    card = _predict.read_card(path)
+    sample = Path(__file__).parent / "data" / card["sample"]["file"]
+    assert sample.is_file(), f"the card's sample {sample} is missing"
+    assert read_info(sample)["content_hash"] == card["sample"]["content_hash"]
+    assert score_sample(path, sample)["mean"] == pytest.approx(card["sample"]["mean"], abs=1e-4)

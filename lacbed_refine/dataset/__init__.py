@@ -4,6 +4,7 @@
   (resumable, parallel over processes or a Dask cluster, deterministic content hash);
 - :func:`import_png` reads the ai-diffraction PNG layout into the same layout;
 - :class:`LacbedDataset` serves the file to PyTorch (lazy, DataLoader-worker safe);
+- :func:`subset_dataset` writes a few structures of a split as a small file of the same layout;
 - :func:`read_info` and :func:`dataset_hash` summarise and verify a file; :func:`work_status`
   reports the progress of an unfinished build.
 
@@ -13,6 +14,7 @@ The HDF5 layout is documented in :mod:`lacbed_refine.dataset._layout` and the RE
 from ._build import BuildResult, build_dataset
 from ._layout import FORMAT, FORMAT_VERSION, META_FIELDS, dataset_hash, read_info
 from ._png import import_png
+from ._subset import subset_dataset
 from ._tasks import DATASET_BEAMS, BuildSpec
 from ._torch import LacbedDataset
 from ._workdir import work_status
@@ -23,6 +25,7 @@ __all__ = [
     "BuildSpec",
     "DATASET_BEAMS",
     "import_png",
+    "subset_dataset",
     "LacbedDataset",
     "read_info",
     "work_status",

@@ -39,6 +39,7 @@ from ._predict import (
     load_pretrained,
     load_surrogate,
     read_card,
+    score_sample,
 )
 from ._trainer import CheckpointError, Trainer, build_model, load_checkpoint, make_loader
 
@@ -73,6 +74,7 @@ __all__ = [
     "make_loader",
     "open_dataset",
     "pairs_from_crystals",
+    "score_sample",
     "predict_file",
     "read_card",
     "read_stack",

@@ -38,6 +38,7 @@ __all__ = [
     "WEIGHTS_DIR",
     "generator_predict",
     "file_sha256",
+    "score_sample",
 ]
 
 #: Folder of the shipped weights (package data).
@@ -315,7 +316,7 @@ def read_card(path) -> dict:
         raise ValueError(f"{card}: not a JSON model card ({exc})") from None
 
 
-def export_weights(checkpoint, out, *, report=None, half: bool = False, extra: dict | None = None) -> dict:
+def export_weights(checkpoint, out, *, report=None, half: bool = False, extra: dict | None = None, sample=None) -> dict:
     """Write the inference-only weights of a training checkpoint and its card.
 
     The weights file keeps the EMA generator only (a few MB) in the checkpoint format, so
@@ -335,6 +336,10 @@ def export_weights(checkpoint, out, *, report=None, half: bool = False, extra: d
         Store the weights as float16 (half the size; loaded back as float32).
     extra : dict, optional
         More card fields.
+    sample : str or Path, optional
+        A small dataset file (``lacbed-refine dataset subset``) on which the *exported* weights are
+        scored; the card records its hash and the scores, so a test can check that the shipped
+        file reproduces them.
 
     Returns
     -------
@@ -371,6 +376,20 @@ def export_weights(checkpoint, out, *, report=None, half: bool = False, extra: d
     out = Path(out)
     save_checkpoint(out, slim)
     card["size_bytes"] = out.stat().st_size
+    if sample is not None:
+        card["sample"] = score_sample(out, sample)
     with atomic_path(out.with_suffix(".card.json")) as tmp:
         tmp.write_text(json.dumps(card, indent=2))
     return card
+
+
+def score_sample(model, sample) -> dict:
+    """Mean and median R (origin-insensitive for the inverse) of ``model`` on every pattern of the
+    small dataset file ``sample``, with the file's name and content hash."""
+    from ..dataset import LacbedDataset, read_info
+    from ._evaluate import evaluate
+
+    rep = evaluate(model, LacbedDataset(sample), split="all", invariance=0)
+    key = "R_shift" if rep["model"]["kind"] == "inverse" else "R"
+    return {"file": Path(sample).name, "content_hash": read_info(sample)["content_hash"], "metric": key,
+            "n_samples": rep["n_samples"], "mean": rep["summary"][key]["mean"], "median": rep["summary"][key]["median"]}
