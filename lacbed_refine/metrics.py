@@ -17,6 +17,7 @@ import torch
 
 __all__ = [
     "pearson_r",
+    "masked_pearson_r",
     "zmcc",
     "lmse",
     "error_map",
@@ -45,6 +46,16 @@ def pearson_r(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     num = (a * b).sum(dim=(-2, -1))
     den = torch.sqrt((a * a).sum(dim=(-2, -1)) * (b * b).sum(dim=(-2, -1)))
     return num / den.clamp_min(torch.finfo(a.dtype).tiny)
+
+
+def masked_pearson_r(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Pearson r of two images over the pixels where ``mask`` (bool, same shape) is True, or over
+    all pixels; a scalar (the refinement's figure of merit is 1 − r)."""
+    if mask is not None:
+        a, b = a[mask], b[mask]
+    a = a - a.mean()
+    b = b - b.mean()
+    return (a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum()).clamp_min(torch.finfo(a.dtype).tiny)
 
 
 def zmcc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from .bloch import simulate_lacbed
 from .conventions import NM
 from .crystal import Crystal, write_cif
 from .geometry import SimulationSettings
+from .metrics import masked_pearson_r
 from .parameters import free_parameters
 from .patterns import atomic_path, check_pattern, resample_pattern
 from .runtime import available_cpus
@@ -209,14 +210,6 @@ def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     return y[0, 0]
 
 
-def _pearson(sim: torch.Tensor, meas: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is not None:
-        sim, meas = sim[mask], meas[mask]
-    a = sim - sim.mean()
-    b = meas - meas.mean()
-    return (a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum()).clamp_min(1e-300)
-
-
 class _Problem:
     """θ (scaled) → figure of merit, with exact gradients from the Bloch engine."""
 
@@ -248,7 +241,7 @@ class _Problem:
         x = torch.as_tensor(x0 + z * self.scale, dtype=torch.float64).requires_grad_()
         theta, t_nm = x[:-1], x[-1]
         sim = self.simulate(theta, t_nm)[0].to(torch.float64)
-        r = _pearson(_blur(sim, self.config.blur_sigma), self.meas, self.mask)
+        r = masked_pearson_r(_blur(sim, self.config.blur_sigma), self.meas, self.mask)
         f = 1.0 - r
         (g,) = torch.autograd.grad(f, x)
         g = g.numpy() * self.scale
@@ -278,7 +271,7 @@ def _thickness_scan(problem, x, config, around: float | None = None) -> tuple[fl
     grid = torch.arange(start, stop + 0.5 * step, step, dtype=torch.float64)
     with torch.no_grad():
         sims = problem.simulate(torch.as_tensor(x[:-1]), None, thicknesses=grid * NM)
-    rs = torch.stack([_pearson(_blur(s.double(), config.blur_sigma), problem.meas, problem.mask) for s in sims])
+    rs = torch.stack([masked_pearson_r(_blur(s.double(), config.blur_sigma), problem.meas, problem.mask) for s in sims])
     peaks = _scan_peaks(grid.numpy(), rs.numpy(), config.thickness_starts)
     k = int(torch.argmax(rs))
     t = float(grid[k])
@@ -448,7 +441,7 @@ def refine(
         stack = get_simulator(config.check).simulate(refined_crystal, replace(settings, thicknesses=(x[-1] * NM,)))
         sim = torch.as_tensor(stack[0, 0], dtype=torch.float64)
     sim = _blur(sim.to(torch.float64), config.blur_sigma)
-    r = float(_pearson(sim, problem.meas, problem.mask))
+    r = float(masked_pearson_r(sim, problem.meas, problem.mask))
     stages.append(StageLog(f"final check ({config.check})", 1 - r, time.perf_counter() - t1))
     say(f"final check ({config.check}): r = {r:.6f}")
     return RefinementResult(
@@ -559,7 +552,7 @@ def _bloch_fom(problem, x: np.ndarray) -> float:
     """1 − r of the Bloch simulation at parameters ``x`` on the problem's current grid."""
     with torch.no_grad():
         sim = problem.simulate(torch.as_tensor(x[:-1]), torch.tensor(float(x[-1])))[0].to(torch.float64)
-    return 1.0 - float(_pearson(_blur(sim, problem.config.blur_sigma), problem.meas, problem.mask))
+    return 1.0 - float(masked_pearson_r(_blur(sim, problem.config.blur_sigma), problem.meas, problem.mask))
 
 
 def _surrogate_stages(problem, params, x, pattern, mask, config, models, stages, say):

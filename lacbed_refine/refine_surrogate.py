@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
+from .metrics import masked_pearson_r
 from .patterns import resample_pattern
 from .potential import projected_potential
 
@@ -89,14 +90,6 @@ def surrogate_coverage(half_width: float, a: float, size: int) -> np.ndarray:
     return (np.abs(kx) <= half_width) & (np.abs(ky) <= half_width)
 
 
-def _pearson(sim: torch.Tensor, meas: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is not None:
-        sim, meas = sim[mask], meas[mask]
-    a = sim - sim.mean()
-    b = meas - meas.mean()
-    return (a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum()).clamp_min(1e-30)
-
-
 def _lbfgsb(fun, z0, bounds, max_iter):
     """scipy L-BFGS-B on a torch objective of the scaled variables (float64 numpy in and out)."""
 
@@ -152,7 +145,7 @@ def seed_from_inverse(inverse, params, x0: np.ndarray, scale: np.ndarray, bounds
 
     def fom(z):
         rho = projected_potential(params.atoms(theta0 + z[:-1] * theta_scale), crystal.a, centring=centring, size=size)
-        return 1.0 - _pearson(rho, target, None)
+        return 1.0 - masked_pearson_r(rho, target, None)
 
     z0 = np.zeros(len(x0))
     seed_bounds = list(bounds[:-1]) + [(0.0, 0.0)]
@@ -195,7 +188,7 @@ def surrogate_search(forward, params, x0: np.ndarray, scale: np.ndarray, bounds,
         # the min-max normalised output: r ignores scale and offset, and it does not lean on the
         # generator's intensity-range head
         pred = forward.from_theta(params, x[:-1], x[-1:].float())["normalised"][0].to(torch.float64)
-        return 1.0 - _pearson(blur(pred), meas, m)
+        return 1.0 - masked_pearson_r(blur(pred), meas, m)
 
     bounds = list(bounds) if refine_thickness else list(bounds[:-1]) + [(0.0, 0.0)]
     lo = np.array([b[0] for b in bounds])

@@ -12,6 +12,7 @@ from lacbed_refine.metrics import (
     best_shift_r,
     error_map,
     lmse,
+    masked_pearson_r,
     minmax,
     pearson_r,
     zmcc,
@@ -35,6 +36,18 @@ def test_pearson_zmcc_lmse_match_numpy(images):
     assert pearson_r(a, 3 * a + 1).allclose(torch.ones(3, dtype=torch.float64))
     m = minmax(a * 5 - 2)
     assert m.amin().item() == 0 and m.amax().item() == 1
+
+
+def test_masked_pearson_uses_only_the_masked_pixels(images):
+    a, b = images[0][0], images[1][0]
+    mask = torch.zeros(16, 16, dtype=torch.bool)
+    mask[3:11, 2:14] = True
+    r = np.corrcoef(a[mask].numpy(), b[mask].numpy())[0, 1]
+    assert masked_pearson_r(a, b, mask).item() == pytest.approx(r, abs=1e-12)
+    assert masked_pearson_r(a, b).item() == pytest.approx(pearson_r(a, b).item(), abs=1e-12)
+    c = b.clone()
+    c[~mask] = 1e6  # what lies outside the mask never matters
+    assert masked_pearson_r(a, c, mask).item() == pytest.approx(r, abs=1e-12)
 
 
 def test_best_shift_recovers_a_known_circular_shift(images):
