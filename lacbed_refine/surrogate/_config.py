@@ -105,6 +105,9 @@ class GeneratorConfig:
         How the coarse image is brought to full resolution before the enhancer's detail is added.
     cond_hidden : int
         Width of the conditioning MLP that produces the FiLM scales and shifts.
+    physics_prior : int
+        Forward models only: reflections in the two-beam bright-field prior computed from the input
+        potential (:func:`~._prior.two_beam_prior`) and fed to the local enhancer; 0 disables.
     """
 
     channels: tuple[int, ...] = (32, 64, 128)
@@ -116,12 +119,15 @@ class GeneratorConfig:
     output_basis: int = 8
     upsample: str = "bilinear"
     cond_hidden: int = 64
+    physics_prior: int = 0
 
     def __post_init__(self):
         if len(self.channels) != 3 or min(self.channels) < 1:
             raise ValueError(f"channels must be 3 positive widths (1/4, 1/8, 1/16 of the edge), got {self.channels!r}")
         if self.upsample not in ("bilinear", "nearest"):
             raise ValueError(f"upsample must be 'bilinear' or 'nearest', got {self.upsample!r}")
+        if self.physics_prior < 0:
+            raise ValueError(f"physics_prior must be >= 0 reflections, got {self.physics_prior!r}")
         if self.output_basis < 0:
             raise ValueError(f"output_basis must be >= 0, got {self.output_basis!r}")
         if self.enhancer_convs < 1:

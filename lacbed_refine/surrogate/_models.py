@@ -180,7 +180,8 @@ class CGAN(SurrogateModel):
         n_cond = len(task.condition_names)
         forward = task.direction == "forward"
         self.generator = CoarseToFineGenerator(generator, image_size=task.image_size, n_cond=n_cond,
-                                               input_is_pattern=not forward, n_scale=2 if forward else 1)
+                                               input_is_pattern=not forward, n_scale=2 if forward else 1,
+                                               cond_names=task.condition_names)
         self.discriminator = MultiscaleDiscriminator(discriminator, n_cond=n_cond)
 
     def configs(self) -> dict:

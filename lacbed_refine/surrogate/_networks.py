@@ -37,7 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import metrics
 from ._config import DiscriminatorConfig, GeneratorConfig, VAEConfig
+from ._prior import two_beam_prior
+from ._transforms import COND_REFERENCE
 
 __all__ = ["CoarseToFineGenerator", "MultiscaleDiscriminator", "PatchDiscriminator", "ConvVAE"]
 
@@ -184,14 +187,20 @@ class _LocalEnhancer(nn.Module):
     learned position embedding is added to the features first."""
 
     def __init__(self, in_channels: int, channels: int, hidden: int, *, side: int, convs: int, periodic: bool,
-                 positional: bool, basis: int = 0):
+                 positional: bool, basis: int = 0, prior: bool = False):
         super().__init__()
         self.position = nn.Parameter(torch.zeros(1, in_channels, side, side)) if positional else None
         # learned full-resolution images, mixed per pixel by smooth coefficient maps: a pattern's
         # Bragg lines sit at the same pixels for every crystal (the tilt range scales as 1/a)
         self.n_basis = basis if positional else 0
         self.basis = nn.Parameter(0.01 * torch.randn(1, basis, 4 * side, 4 * side)) if self.n_basis else None
-        self.conv1 = _conv3(in_channels, channels, periodic=periodic)
+        # a full-resolution prior image enters as its 4×4 blocks (16 channels), both into the
+        # features and, through a zero-initialised 1×1 map, straight into the output blocks
+        self.prior_skip = nn.Conv2d(16, 16, 1) if prior else None
+        if prior:
+            nn.init.zeros_(self.prior_skip.weight)
+            nn.init.zeros_(self.prior_skip.bias)
+        self.conv1 = _conv3(in_channels + (16 if prior else 0), channels, periodic=periodic)
         self.norm1 = _NormFiLM(channels, hidden)
         self.convs = nn.ModuleList(_conv3(channels, channels, periodic=periodic) for _ in range(convs - 1))
         self.norms = nn.ModuleList(_NormFiLM(channels, hidden) for _ in range(convs - 1))
@@ -201,18 +210,25 @@ class _LocalEnhancer(nn.Module):
         nn.init.zeros_(self.to_image.bias)
         self.upsample = "nearest"
 
-    def forward(self, feats: torch.Tensor, coarse: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    def forward(self, feats: torch.Tensor, coarse: torch.Tensor, e: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
         if self.position is not None:
             feats = feats + self.position
+        if self.prior_skip is not None:
+            prior_blocks = F.pixel_unshuffle(2 * prior - 1, 4)
+            feats = torch.cat([feats, prior_blocks], dim=1)
         x = self.norm1(self.conv1(feats), e)
         for conv, norm in zip(self.convs, self.norms):
             x = x + norm(conv(x), e)
         out = self.to_image(x)
         blocks = out[:, :16]  # (B, 16, n/4, n/4)
+        if self.prior_skip is not None:
+            blocks = blocks + self.prior_skip(prior_blocks)
         if self.basis is not None:
             # Σ_c coef_c · basis_c with one coefficient per 4×4 block, in space-to-depth form so that
             # nothing but the final shuffle touches full resolution
-            blocks = blocks.contiguous()
+            # (a copy, never .contiguous(): at batch 1 the slice is already contiguous and would alias
+            # ``out``, whose coefficients the backward pass still needs)
+            blocks = blocks.clone(memory_format=torch.contiguous_format)
             basis = F.pixel_unshuffle(self.basis, 4)[0].view(self.n_basis, 16, *blocks.shape[-2:])
             for c in range(self.n_basis):
                 blocks.addcmul_(out[:, 16 + c:17 + c], basis[c])
@@ -234,6 +250,9 @@ class CoarseToFineGenerator(nn.Module):
         True for the inverse map (pattern in, potential out), False for the forward map.
     n_scale : int
         Outputs of the scalar head (2 for a pattern's intensity range, 1 for a potential's scale).
+    cond_names : sequence of str, optional
+        Names of the conditioning scalars (keys of ``COND_REFERENCE``), needed by the physics
+        prior, which decodes thickness, cell edge and potential scale from them.
 
     Notes
     -----
@@ -242,9 +261,16 @@ class CoarseToFineGenerator(nn.Module):
     prediction, not clamped —, ``coarse`` (B, 1, n/2, n/2) and ``scale`` (B, n_scale).
     """
 
-    def __init__(self, cfg: GeneratorConfig, *, image_size: int, n_cond: int, input_is_pattern: bool, n_scale: int):
+    def __init__(self, cfg: GeneratorConfig, *, image_size: int, n_cond: int, input_is_pattern: bool, n_scale: int,
+                 cond_names=None):
         super().__init__()
         self.input_is_pattern = input_is_pattern
+        self.prior_reflections = 0 if input_is_pattern else cfg.physics_prior
+        if self.prior_reflections:
+            need = {"thickness_nm", "a_angstrom", "potential_scale"}
+            if cond_names is None or not need <= set(cond_names):
+                raise ValueError(f"the physics prior needs the conditioning scalars {sorted(need)}, got {cond_names!r}")
+        self.cond_names = tuple(cond_names or ())
         hidden = cfg.cond_hidden
         self.embed = _CondEmbed(n_cond, hidden)
         out_periodic = input_is_pattern  # the output is a potential exactly when the input is a pattern
@@ -252,7 +278,7 @@ class CoarseToFineGenerator(nn.Module):
                                                  in_periodic=not input_is_pattern, out_periodic=out_periodic)
         self.local_enhancer = _LocalEnhancer(cfg.channels[0], cfg.enhancer_channels, hidden, side=image_size // 4,
                                              convs=cfg.enhancer_convs, periodic=out_periodic, positional=not out_periodic,
-                                             basis=cfg.output_basis)
+                                             basis=cfg.output_basis, prior=bool(self.prior_reflections))
         self.local_enhancer.upsample = cfg.upsample
         self.scale_head = nn.Sequential(nn.Linear(cfg.channels[-1] + hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_scale))
 
@@ -260,9 +286,18 @@ class CoarseToFineGenerator(nn.Module):
         e = self.embed(cond)
         feats, coarse, pooled = self.global_generator(2 * x - 1, e)
         coarse = (coarse + 1) / 2
-        image = self.local_enhancer(feats, coarse, e)
+        prior = self.physics_prior(x, cond) if self.prior_reflections else None
+        image = self.local_enhancer(feats, coarse, e, prior)
         scale = self.scale_head(torch.cat([pooled, e], dim=1))
         return {"image": image, "coarse": coarse, "scale": scale}
+
+
+    def physics_prior(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The min–max normalised two-beam prior (B, 1, n, n) of input potentials ``x`` under the
+        conditioning ``cond`` (log-scaled, see :func:`~._transforms.condition_vector`)."""
+        v = {name: COND_REFERENCE[name] * torch.exp(cond[:, i]) for i, name in enumerate(self.cond_names)}
+        prior = two_beam_prior(x, v["potential_scale"], v["a_angstrom"], v["thickness_nm"], n_reflections=self.prior_reflections)
+        return metrics.minmax(prior)
 
 
 class PatchDiscriminator(nn.Module):

@@ -1,0 +1,110 @@
+"""Physics prior of the forward surrogate: the two-beam bright-field pattern of a projected potential.
+
+The [001] projected potential image holds exactly the ZOLZ Fourier coefficients V_g (h k 0) that a
+ZOLZ Bloch-wave calculation needs, so the positions, widths and thickness fringes of the Bragg lines
+in the bright-field disc can be drawn without any learning: in the two-beam approximation each
+reflection g removes
+
+    I_g = (λ U_g)² / s_eff² · sin²(π t s_eff),    s_eff² = s_g² + (λ U_g)²,
+
+from the direct beam (Hirsch et al., *Electron Microscopy of Thin Crystals*, ch. 8; ξ_g = 1/(λ|U_g|)),
+with s_g = −(2 k·g + g²)/(2K) the excitation error at incident tilt k (1/d units, K = 1/λ). The
+prior is Π_g (1 − I_g) over the reflections with the widest lines. It is exactly invariant to
+origin shifts of the potential (it uses |U_g| only), cheap, and differentiable in the potential; the
+network learns what it misses (many-beam interaction near the zone axis).
+
+Conventions are those of :mod:`lacbed_refine.conventions` and :mod:`lacbed_refine.potential`: the
+potential image ``[row, col] = [y, x]`` spans one cell, so its 2-D FFT at ``[k, h]`` is V_(h k 0)
+· n²; pattern pixel ``(r, c)`` sits at tilt ``((c − N + ½)Δ, (r − N + ½)Δ)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..conventions import electron_wavelength, relativistic_gamma
+from ..potential import _VOLT_ANGSTROM2
+
+__all__ = ["two_beam_prior", "PRIOR_VOLTAGE_V", "HALF_WIDTH_CELLS"]
+
+#: Accelerating voltage of the paper preset [V], which the surrogates are trained on.
+PRIOR_VOLTAGE_V = 200e3
+#: Tilt half-width of the paper preset in units of a* (half-width = 7.266/a Å⁻¹).
+HALF_WIDTH_CELLS = 7.266
+
+
+def two_beam_prior(potential: torch.Tensor, potential_scale_v: torch.Tensor, a_angstrom: torch.Tensor,
+                   thickness_nm: torch.Tensor, *, size: int | None = None, n_reflections: int = 48,
+                   voltage_v: float = PRIOR_VOLTAGE_V, half_width_cells: float = HALF_WIDTH_CELLS) -> torch.Tensor:
+    """Two-beam bright-field intensities of the strongest-line reflections, multiplied.
+
+    Parameters
+    ----------
+    potential : Tensor, shape (B, 1, n, n)
+        Projected potential of one cell, min–max normalised (any offset: only g ≠ 0 enters).
+    potential_scale_v : Tensor, shape (B,)
+        Its raw span max − min [V].
+    a_angstrom : Tensor, shape (B,)
+        Cubic cell edge [Å].
+    thickness_nm : Tensor, shape (B,)
+        Specimen thickness [nm].
+    size : int, optional
+        Pattern edge [pixels] (default n).
+    n_reflections : int
+        Reflections kept per structure, those with the widest Bragg lines (largest |U_g|/|g|).
+    voltage_v : float
+        Accelerating voltage [V].
+    half_width_cells : float
+        Tilt half-width in units of a* (the pattern spans ± half_width_cells / a Å⁻¹).
+
+    Returns
+    -------
+    Tensor, shape (B, 1, size, size), bright-field fraction of the incident beam in [0, 1].
+    """
+    b, _, n, _ = potential.shape
+    size = size or n
+    dev, dt = potential.device, torch.float32
+    lam = electron_wavelength(voltage_v)
+    # U_g [Å⁻²] = γ/π · V_g / (h²/(2π m₀ e)); V_g = scale · FFT(normalised)/n²
+    spec = torch.fft.fft2(potential[:, 0].to(dt)) / (n * n)
+    u_abs = spec.abs() * (potential_scale_v.to(dt).reshape(-1, 1, 1) * relativistic_gamma(voltage_v) / (math.pi * _VOLT_ANGSTROM2))
+    freq = torch.fft.fftfreq(n, d=1.0 / n, device=dev)
+    kk, hh = torch.meshgrid(freq, freq, indexing="ij")  # rows carry k, columns h
+    g_cells = torch.sqrt(hh * hh + kk * kk)
+    # a line sits at |k| = |g|/2: reflections whose lines can cross the square (corners included)
+    reachable = (g_cells > 0) & (g_cells <= 2 * math.sqrt(2) * half_width_cells)
+    width = torch.where(reachable, u_abs / g_cells.clamp_min(1), torch.zeros_like(u_abs))
+    m = min(n_reflections, int(reachable.sum()))
+    idx = width.flatten(1).topk(m, dim=1).indices  # (B, m); no gradient flows into the choice
+    u = u_abs.flatten(1).gather(1, idx)  # (B, m) [Å⁻²]
+    a = a_angstrom.to(dev, dt).reshape(-1, 1)
+    gx = hh.flatten()[idx] / a  # (B, m) [Å⁻¹]
+    gy = kk.flatten()[idx] / a
+    half = size // 2
+    axis = (torch.arange(size, device=dev, dtype=dt) - half + 0.5) * (half_width_cells / half)  # tilt × a
+    # s_g = −(2 k·g + g²) λ/2 [Å⁻¹], separable: a column term plus a row term for every g
+    scale_s = (0.5 * lam) / (a * a)  # (B, 1); k·a and g·a are in units of a*
+    gxa, gya = gx * a, gy * a  # (B, m) [a*]
+    col = -(2 * axis[None, :, None] * gxa[:, None, :] + (gxa * gxa + gya * gya)[:, None, :]) * scale_s[:, :, None]
+    # the reflections come in Friedel pairs (|U_-g| = |U_g|), so the prior is centrosymmetric in
+    # tilt: compute the top half of the rows and rotate it by 180° for the bottom half
+    row = -(2 * axis[None, :half, None] * gya[:, None, :]) * scale_s[:, :, None]  # (B, size/2, m)
+    s = row[:, :, None, :] + col[:, None, :, :]  # (B, size/2, size, m)
+    inv_xi2 = ((lam * u) ** 2)[:, None, None, :]  # (B, 1, 1, m)
+    t = (thickness_nm.to(dev, dt) * 10.0).reshape(-1, 1, 1, 1)  # Å
+    if potential.requires_grad and torch.is_grad_enabled():
+        s_eff2 = s * s + inv_xi2
+        i_g = inv_xi2 / s_eff2 * torch.sin(math.pi * t * torch.sqrt(s_eff2)) ** 2
+        return _centrosymmetric(torch.prod(1 - i_g, dim=-1))
+    # the same in place, for training and inference without gradients
+    s_eff2 = s.square_().add_(inv_xi2)
+    i_g = torch.div(inv_xi2, s_eff2)
+    i_g.mul_(s_eff2.sqrt_().mul_(math.pi * t).sin_().square_())
+    return _centrosymmetric(torch.prod(i_g.neg_().add_(1), dim=-1))
+
+
+def _centrosymmetric(top: torch.Tensor) -> torch.Tensor:
+    """(B, n/2, n) top half → (B, 1, n, n) image with I(−k) = I(k) (pixel centres are symmetric)."""
+    return torch.cat([top, top.flip(-2, -1)], dim=-2).unsqueeze(1)
