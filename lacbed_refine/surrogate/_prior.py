@@ -87,22 +87,25 @@ def two_beam_prior(potential: torch.Tensor, potential_scale_v: torch.Tensor, a_a
     # s_g = −(2 k·g + g²) λ/2 [Å⁻¹], separable: a column term plus a row term for every g
     scale_s = (0.5 * lam) / (a * a)  # (B, 1); k·a and g·a are in units of a*
     gxa, gya = gx * a, gy * a  # (B, m) [a*]
-    col = -(2 * axis[None, :, None] * gxa[:, None, :] + (gxa * gxa + gya * gya)[:, None, :]) * scale_s[:, :, None]
+    # reflections lead and pixels trail in every (B, m, rows, cols) array, so per-reflection
+    # factors broadcast over contiguous memory (several times faster on a CPU than the reverse)
+    col = -(2 * axis[None, None, :] * gxa[:, :, None] + (gxa * gxa + gya * gya)[:, :, None]) * scale_s[:, :, None]
     # the reflections come in Friedel pairs (|U_-g| = |U_g|), so the prior is centrosymmetric in
     # tilt: compute the top half of the rows and rotate it by 180° for the bottom half
-    row = -(2 * axis[None, :half, None] * gya[:, None, :]) * scale_s[:, :, None]  # (B, size/2, m)
-    s = row[:, :, None, :] + col[:, None, :, :]  # (B, size/2, size, m)
-    inv_xi2 = ((lam * u) ** 2)[:, None, None, :]  # (B, 1, 1, m)
+    row = -(2 * axis[None, None, :half] * gya[:, :, None]) * scale_s[:, :, None]  # (B, m, size/2)
+    s = row[..., None] + col[:, :, None, :]  # (B, m, size/2, size) [Å⁻¹]
+    inv_xi2 = ((lam * u) ** 2)[:, :, None, None]  # (B, m, 1, 1) [Å⁻²]
     t = (thickness_nm.to(dev, dt) * 10.0).reshape(-1, 1, 1, 1)  # Å
     if potential.requires_grad and torch.is_grad_enabled():
         s_eff2 = s * s + inv_xi2
         i_g = inv_xi2 / s_eff2 * torch.sin(math.pi * t * torch.sqrt(s_eff2)) ** 2
-        return _centrosymmetric(torch.prod(1 - i_g, dim=-1))
-    # the same in place, for training and inference without gradients
+        return _centrosymmetric(torch.prod(1 - i_g, dim=1))
+    # the same in place, for training and inference without gradients (a multiply and a
+    # reciprocal instead of a broadcast division)
     s_eff2 = s.square_().add_(inv_xi2)
-    i_g = torch.div(inv_xi2, s_eff2)
+    i_g = torch.mul(s_eff2, 1 / inv_xi2).reciprocal_()
     i_g.mul_(s_eff2.sqrt_().mul_(math.pi * t).sin_().square_())
-    return _centrosymmetric(torch.prod(i_g.neg_().add_(1), dim=-1))
+    return _centrosymmetric(torch.prod(i_g.neg_().add_(1), dim=1))
 
 
 def _centrosymmetric(top: torch.Tensor) -> torch.Tensor:
