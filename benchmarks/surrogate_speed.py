@@ -34,7 +34,7 @@ import torch
 from lacbed_refine.crystal import read_cif
 from lacbed_refine.potential import projected_potential
 from lacbed_refine.simulation import settings_for, simulate_crystal
-from lacbed_refine.surrogate import CGAN, VAE, ForwardSurrogate, InverseSurrogate, TaskConfig, load_surrogate
+from lacbed_refine.surrogate import CGAN, VAE, ForwardSurrogate, GeneratorConfig, InverseSurrogate, TaskConfig, load_surrogate
 
 log = logging.getLogger("surrogate_speed")
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +135,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--forward", type=Path, default=None, help="trained forward surrogate file (default: untrained default cGAN)")
     p.add_argument("--inverse", type=Path, default=None, help="trained inverse surrogate file (default: untrained default cGAN)")
+    p.add_argument("--physics-prior", type=int, default=48,
+                   help="reflections of the untrained forward cGAN's two-beam prior (default 48, the training recipe; 0: none)")
     p.add_argument("--vae", action="store_true", help="also time the VAE baseline")
     p.add_argument("--jit", action="store_true", help="also time a frozen TorchScript trace")
     p.add_argument("--beams", type=int, default=200, help="engine beam pool, all used at every pixel (dataset rule)")
@@ -146,7 +148,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
 
     def default(direction, arch="cgan"):
-        model = CGAN(TaskConfig(direction=direction)) if arch == "cgan" else VAE(TaskConfig(direction=direction))
+        gen = GeneratorConfig(physics_prior=args.physics_prior if direction == "forward" else 0)
+        model = CGAN(TaskConfig(direction=direction), generator=gen) if arch == "cgan" else VAE(TaskConfig(direction=direction))
         cls = ForwardSurrogate if direction == "forward" else InverseSurrogate
         return cls(model.generator, model.task, arch=arch)
 
