@@ -54,7 +54,9 @@ from lacbed_refine.surrogate._transforms import (
 ROOT = Path(__file__).resolve().parents[1]
 CIFS = [ROOT / "examples" / "SrTiO3.cif"] + [ROOT / "tests" / "data" / "felix" / m / "felix.cif" for m in ("GaAs", "MgO", "MgAl2O4")]
 SIZE = 32
-TINY_G = GeneratorConfig(channels=(8, 16, 16), mixer_blocks=1, res_blocks=1, token_hidden=8, enhancer_channels=8, cond_hidden=8)
+# the forward models carry the two-beam prior of the training recipe (the inverse ones ignore it)
+TINY_G = GeneratorConfig(channels=(8, 16, 16), mixer_blocks=1, res_blocks=1, token_hidden=8, enhancer_channels=8, cond_hidden=8,
+                         physics_prior=6)
 TINY_D = DiscriminatorConfig(ndf=8, n_layers=2)
 TINY_V = VAEConfig(channels=(4, 8))
 

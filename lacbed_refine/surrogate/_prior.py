@@ -53,7 +53,8 @@ def two_beam_prior(potential: torch.Tensor, potential_scale_v: torch.Tensor, a_a
     size : int, optional
         Pattern edge [pixels] (default n).
     n_reflections : int
-        Reflections kept per structure, those with the widest Bragg lines (largest |U_g|/|g|).
+        Reflections kept per structure, those with the widest Bragg lines (largest |U_g|/|g|), at
+        most: a set of symmetry-equivalent ones that the cut would split is left out whole.
     voltage_v : float
         Accelerating voltage [V].
     half_width_cells : float
@@ -76,9 +77,14 @@ def two_beam_prior(potential: torch.Tensor, potential_scale_v: torch.Tensor, a_a
     # a line sits at |k| = |g|/2: reflections whose lines can cross the square (corners included)
     reachable = (g_cells > 0) & (g_cells <= 2 * math.sqrt(2) * half_width_cells)
     width = torch.where(reachable, u_abs / g_cells.clamp_min(1), torch.zeros_like(u_abs))
-    m = min(n_reflections, int(reachable.sum()))
-    idx = width.flatten(1).topk(m, dim=1).indices  # (B, m); no gradient flows into the choice
-    u = u_abs.flatten(1).gather(1, idx)  # (B, m) [Å⁻²]
+    m = min(n_reflections, int(reachable.sum()) - 1)
+    # no gradient flows into the choice. Symmetry-equivalent reflections have equal widths up to
+    # rounding, so a set straddling the cut is dropped whole (kept, it would be split by rounding
+    # noise, which breaks the exact origin invariance and the pattern's symmetry)
+    top = width.detach().flatten(1).topk(m + 1, dim=1)
+    idx = top.indices[:, :m]  # (B, m)
+    whole = top.values[:, :m] > top.values[:, m:] * (1 + 1e-3)
+    u = u_abs.flatten(1).gather(1, idx) * whole  # (B, m) [Å⁻²]; 0 for dropped reflections
     a = a_angstrom.to(dev, dt).reshape(-1, 1)
     gx = hh.flatten()[idx] / a  # (B, m) [Å⁻¹]
     gy = kk.flatten()[idx] / a
@@ -94,7 +100,8 @@ def two_beam_prior(potential: torch.Tensor, potential_scale_v: torch.Tensor, a_a
     # tilt: compute the top half of the rows and rotate it by 180° for the bottom half
     row = -(2 * axis[None, None, :half] * gya[:, :, None]) * scale_s[:, :, None]  # (B, m, size/2)
     s = row[..., None] + col[:, :, None, :]  # (B, m, size/2, size) [Å⁻¹]
-    inv_xi2 = ((lam * u) ** 2)[:, :, None, None]  # (B, m, 1, 1) [Å⁻²]
+    # floored: a dropped or extinct reflection then removes nothing instead of making 0/0
+    inv_xi2 = ((lam * u) ** 2).clamp_min(1e-12)[:, :, None, None]  # (B, m, 1, 1) [Å⁻²]
     t = (thickness_nm.to(dev, dt) * 10.0).reshape(-1, 1, 1, 1)  # Å
     if potential.requires_grad and torch.is_grad_enabled():
         s_eff2 = s * s + inv_xi2
