@@ -135,8 +135,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--forward", type=Path, default=None, help="trained forward surrogate file (default: untrained default cGAN)")
     p.add_argument("--inverse", type=Path, default=None, help="trained inverse surrogate file (default: untrained default cGAN)")
-    p.add_argument("--physics-prior", type=int, default=48,
-                   help="reflections of the untrained forward cGAN's two-beam prior (default 48, the training recipe; 0: none)")
+    p.add_argument("--physics-prior", type=int, default=0,
+                   help="reflections of the untrained forward cGAN's two-beam prior (default 0, as the training recipe)")
     p.add_argument("--vae", action="store_true", help="also time the VAE baseline")
     p.add_argument("--jit", action="store_true", help="also time a frozen TorchScript trace")
     p.add_argument("--beams", type=int, default=200, help="engine beam pool, all used at every pixel (dataset rule)")

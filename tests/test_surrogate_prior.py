@@ -16,34 +16,41 @@ A = 5.0  # Å
 N = 64  # pixels
 
 
+def _orbit(h: int, k: int) -> list[tuple[int, int]]:
+    """The reflections (±h, ±k): a cubic [001] projection always has 2mm."""
+    return sorted({(sh * h, sk * k) for sh in (1, -1) for sk in (1, -1)})
+
+
 def _cosine_potential(h: int, k: int, v_g: float) -> torch.Tensor:
-    """V(x, y) = 2 v_g cos 2π(h x + k y) [V] on the N×N cell grid, [row, col] = [y, x]."""
+    """V = Σ v_g exp(2πi g·r) over g in the 2mm orbit of (h, k) [V] on the N×N cell grid,
+    [row, col] = [y, x]."""
     y, x = torch.meshgrid(torch.arange(N) / N, torch.arange(N) / N, indexing="ij")
-    return 2 * v_g * torch.cos(2 * math.pi * (h * x + k * y)).double()
+    return sum(v_g * torch.cos(2 * math.pi * (gh * x + gk * y)) for gh, gk in _orbit(h, k)).double()
 
 
 @pytest.mark.parametrize("hk", [(2, 0), (1, 2)])
-def test_prior_is_the_bloch_engine_for_one_weak_reflection_pair(hk):
-    """A potential with only ±g: away from the zone centre the three-beam (0, g, −g) Bloch pattern
-    is two-beam, so the prior must reproduce the engine's lines, widths and fringes."""
+def test_prior_is_the_bloch_engine_for_weak_reflections(hk):
+    """A potential with only the (±h, ±k) orbit: its lines are well apart, so away from crossings
+    the many-beam Bloch pattern is a product of two-beam dips, which is what the prior draws."""
     h, k = hk
-    v_g = 1.5  # V: weak, so the ±g lines are well apart compared with their widths
+    v_g = 1.5  # V: weak, so the lines are narrow compared with their spacing
     pot = _cosine_potential(h, k, v_g)
     norm, lo, hi = normalise(pot)
     t_nm = 120.0
+    orbit = _orbit(h, k)
     prior = two_beam_prior(norm[None, None].float(), (hi - lo)[None].float(), torch.tensor([A]), torch.tensor([t_nm]),
-                           size=N, n_reflections=2)[0, 0]
+                           size=N, n_reflections=len(orbit))[0, 0]
 
     u = relativistic_gamma(PRIOR_VOLTAGE_V) / math.pi * v_g / _VOLT_ANGSTROM2  # Å⁻² (real, centrosymmetric)
-    pool = beam_pool(np.array([[0, 0, 0], [h, k, 0], [-h, -k, 0]]))
-    g_norm = np.abs(pool.diffs[:, :2]).sum(axis=1)
-    u_diffs = torch.tensor([u if n == abs(h) + abs(k) else 0.0 for n in g_norm], dtype=torch.complex128)
+    pool = beam_pool(np.array([[0, 0, 0]] + [[gh, gk, 0] for gh, gk in orbit]))
+    u_diffs = torch.tensor([u if (int(d[0]), int(d[1])) in orbit else 0.0 for d in pool.diffs], dtype=torch.complex128)
     bloch, _ = lacbed_from_ug(pool, u_diffs, A, torch.tensor([t_nm * 10.0]), voltage=PRIOR_VOLTAGE_V, size=N,
                               half_width=7.266 / A, dtype=torch.float64)
     r = metrics.pearson_r(prior.double(), bloch[0, 0])
     assert r > 0.99, r
-    # the absolute intensity too, not just the shape
-    assert torch.allclose(prior.double(), bloch[0, 0], atol=0.03)
+    # the absolute intensity too, not just the shape, except where lines cross (many-beam there)
+    err = (prior.double() - bloch[0, 0]).abs()
+    assert (err < 0.02).double().mean() > 0.95 and err.median() < 1e-3
 
 
 def test_prior_is_blind_to_the_origin_and_turns_with_the_crystal():

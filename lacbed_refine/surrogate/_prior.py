@@ -71,6 +71,11 @@ def two_beam_prior(potential: torch.Tensor, potential_scale_v: torch.Tensor, a_a
     # U_g [Å⁻²] = γ/π · V_g / (h²/(2π m₀ e)); V_g = scale · FFT(normalised)/n²
     spec = torch.fft.fft2(potential[:, 0].to(dt)) / (n * n)
     u_abs = spec.abs() * (potential_scale_v.to(dt).reshape(-1, 1, 1) * relativistic_gamma(voltage_v) / (math.pi * _VOLT_ANGSTROM2))
+    # average over (±h, ±k): every cubic [001] projection has 2mm with mirrors on the axes, so this
+    # changes nothing for a cubic crystal (but rounding), and it makes the prior exactly mirror
+    # symmetric, so that one quadrant of it is computed
+    u_abs = 0.5 * (u_abs + _negate(u_abs, -1))
+    u_abs = 0.5 * (u_abs + _negate(u_abs, -2))
     freq = torch.fft.fftfreq(n, d=1.0 / n, device=dev)
     kk, hh = torch.meshgrid(freq, freq, indexing="ij")  # rows carry k, columns h
     g_cells = torch.sqrt(hh * hh + kk * kk)
@@ -95,26 +100,32 @@ def two_beam_prior(potential: torch.Tensor, potential_scale_v: torch.Tensor, a_a
     gxa, gya = gx * a, gy * a  # (B, m) [a*]
     # reflections lead and pixels trail in every (B, m, rows, cols) array, so per-reflection
     # factors broadcast over contiguous memory (several times faster on a CPU than the reverse)
-    col = -(2 * axis[None, None, :] * gxa[:, :, None] + (gxa * gxa + gya * gya)[:, :, None]) * scale_s[:, :, None]
-    # the reflections come in Friedel pairs (|U_-g| = |U_g|), so the prior is centrosymmetric in
-    # tilt: compute the top half of the rows and rotate it by 180° for the bottom half
+    # only the top-left quadrant (the prior is mirror symmetric in both axes, see above)
+    col = -(2 * axis[None, None, :half] * gxa[:, :, None] + (gxa * gxa + gya * gya)[:, :, None]) * scale_s[:, :, None]
     row = -(2 * axis[None, None, :half] * gya[:, :, None]) * scale_s[:, :, None]  # (B, m, size/2)
-    s = row[..., None] + col[:, :, None, :]  # (B, m, size/2, size) [Å⁻¹]
+    s = row[..., None] + col[:, :, None, :]  # (B, m, size/2, size/2) [Å⁻¹]
     # floored: a dropped or extinct reflection then removes nothing instead of making 0/0
     inv_xi2 = ((lam * u) ** 2).clamp_min(1e-12)[:, :, None, None]  # (B, m, 1, 1) [Å⁻²]
     t = (thickness_nm.to(dev, dt) * 10.0).reshape(-1, 1, 1, 1)  # Å
     if potential.requires_grad and torch.is_grad_enabled():
         s_eff2 = s * s + inv_xi2
         i_g = inv_xi2 / s_eff2 * torch.sin(math.pi * t * torch.sqrt(s_eff2)) ** 2
-        return _centrosymmetric(torch.prod(1 - i_g, dim=1))
+        return _unfold_quadrant(torch.prod(1 - i_g, dim=1))
     # the same in place, for training and inference without gradients (a multiply and a
     # reciprocal instead of a broadcast division)
     s_eff2 = s.square_().add_(inv_xi2)
     i_g = torch.mul(s_eff2, 1 / inv_xi2).reciprocal_()
     i_g.mul_(s_eff2.sqrt_().mul_(math.pi * t).sin_().square_())
-    return _centrosymmetric(torch.prod(i_g.neg_().add_(1), dim=1))
+    return _unfold_quadrant(torch.prod(i_g.neg_().add_(1), dim=1))
 
 
-def _centrosymmetric(top: torch.Tensor) -> torch.Tensor:
-    """(B, n/2, n) top half → (B, 1, n, n) image with I(−k) = I(k) (pixel centres are symmetric)."""
-    return torch.cat([top, top.flip(-2, -1)], dim=-2).unsqueeze(1)
+def _negate(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` at the negated FFT frequency along ``dim``: index j → (−j) mod n."""
+    return torch.roll(torch.flip(x, [dim]), 1, dim)
+
+
+def _unfold_quadrant(q: torch.Tensor) -> torch.Tensor:
+    """(B, n/2, n/2) top-left quadrant → (B, 1, n, n) image mirrored in both axes (pixel centres
+    are symmetric about the pattern centre)."""
+    top = torch.cat([q, q.flip(-1)], dim=-1)
+    return torch.cat([top, top.flip(-2)], dim=-2).unsqueeze(1)
