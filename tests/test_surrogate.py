@@ -312,3 +312,15 @@ def test_config_errors_name_the_setting():
     with pytest.raises(ValueError, match="unknown generator setting"):
         config_from_dict("generator", {"chanels": [1, 2, 3]})
     assert config_from_dict("generator", {"channels": [8, 16, 32]}).channels == (8, 16, 32)
+
+
+def test_in_memory_split_serves_the_same_items_and_respects_its_limit(pairs):
+    from lacbed_refine.surrogate._data import in_memory
+
+    cached = in_memory(pairs)
+    assert cached is not pairs and len(cached) == len(pairs)
+    for i in range(len(pairs)):
+        for key, value in pairs[i].items():
+            got = cached[i][key]
+            assert torch.equal(got, value) if isinstance(value, torch.Tensor) else got == value
+    assert in_memory(pairs, limit_bytes=1000) is pairs  # too big: read lazily

@@ -14,7 +14,7 @@ import torch
 
 from ..patterns import STACK_SUFFIXES, atomic_path, write_preview, write_stack
 from ._config import ARCHITECTURES, DIRECTIONS, TrainConfig, config_from_dict
-from ._data import open_dataset
+from ._data import in_memory, open_dataset
 from ._evaluate import compare_reports, evaluate
 from ._predict import ForwardSurrogate, file_sha256, load_pretrained, load_surrogate
 from ._trainer import Trainer, build_model, load_checkpoint, make_loader
@@ -79,9 +79,9 @@ def train_file(direction: str, data, out, *, arch: str | None = None, epochs: in
             raise ValueError(f"threads must be >= 1, got {threads!r}")
         torch.set_num_threads(threads)
     out = Path(out)
-    train_set = open_dataset(data, "train")
+    train_set = in_memory(open_dataset(data, "train"))
     try:
-        val_set = open_dataset(data, "validation")
+        val_set = in_memory(open_dataset(data, "validation"))
     except (ValueError, KeyError):
         val_set = None
     size = _image_size(train_set)

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ..potential import normalise, projected_potential
 
-__all__ = ["PairsDataset", "pairs_from_crystals", "open_dataset"]
+__all__ = ["PairsDataset", "pairs_from_crystals", "open_dataset", "in_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -161,3 +161,33 @@ class _Annotated(Dataset):
 
 def _text(x) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
+
+
+#: Largest split [bytes] that :func:`in_memory` holds in RAM.
+IN_MEMORY_LIMIT = 4 * 2**30
+
+
+def in_memory(dataset, *, limit_bytes: int = IN_MEMORY_LIMIT):
+    """``dataset`` with every item read once into memory, when its images fit in ``limit_bytes``;
+    otherwise ``dataset`` itself. Training revisits each item every epoch, and decompressing it
+    from the HDF5 file each time costs ~2 ms per structure (~8 % of a CPU training step)."""
+    n = len(dataset)
+    if n == 0:
+        return dataset
+    first = dataset[0]
+    per_item = sum(v.numel() * v.element_size() for v in first.values() if isinstance(v, torch.Tensor))
+    if n * per_item > limit_bytes:
+        log.info("dataset of %d items (%.1f GB) read lazily: above the in-memory limit", n, n * per_item / 1e9)
+        return dataset
+    return _Cached([first] + [dataset[i] for i in range(1, n)])
+
+
+class _Cached(Dataset):
+    def __init__(self, items: list):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
