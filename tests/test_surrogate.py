@@ -324,3 +324,16 @@ def test_in_memory_split_serves_the_same_items_and_respects_its_limit(pairs):
             got = cached[i][key]
             assert torch.equal(got, value) if isinstance(value, torch.Tensor) else got == value
     assert in_memory(pairs, limit_bytes=1000) is pairs  # too big: read lazily
+
+
+def test_default_generator_backpropagates_a_single_pattern():
+    """The refinement's surrogate search differentiates one potential at one thickness (batch 1);
+    the output basis once summed in place into a tensor backward still needed."""
+    from lacbed_refine.surrogate._networks import CoarseToFineGenerator
+
+    cfg = GeneratorConfig(channels=(8, 16, 16), token_hidden=8, enhancer_channels=8, cond_hidden=8)
+    assert cfg.output_basis > 0
+    g = CoarseToFineGenerator(cfg, image_size=32, n_cond=3, input_is_pattern=False, n_scale=2)
+    x = torch.rand(1, 1, 32, 32, requires_grad=True)
+    g(x, torch.zeros(1, 3))["image"].sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
