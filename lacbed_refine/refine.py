@@ -38,7 +38,7 @@ from .geometry import SimulationSettings
 from .metrics import masked_pearson_r
 from .parameters import free_parameters
 from .patterns import atomic_path, check_pattern, resample_pattern
-from .runtime import available_cpus
+from .runtime import available_cpus, single_thread
 
 __all__ = ["FitConfig", "StageLog", "RefinementResult", "refine", "fit_files", "seed_felix", "FIT_DEFAULT_BEAMS"]
 
@@ -422,7 +422,11 @@ def refine(
         say(f"thickness scan: {t_scan:.1f} nm, 1-r = {1 - r_scan:.5f}")
     t_start = float(x[-1])
     # 2-3. surrogate stages
-    x, model_info = _surrogate_stages(problem, params, x, pattern, mask, config, models, stages, say)
+    # one torch thread, as for the engine's solves (runtime.py): the surrogates' batch-1 passes are
+    # latency-bound, and with two threads on a busy machine a 3×3 convolution's forward and backward
+    # took 97 ms instead of 1 ms (the spinel example's surrogate search: 361 s against 9.6 s)
+    with single_thread():
+        x, model_info = _surrogate_stages(problem, params, x, pattern, mask, config, models, stages, say)
     # 4. Bloch polish: thickness candidates, half-resolution grid, then full grid, B restart
     if config.polish:
         x, sigma = _bloch_polish(problem, params, x, pattern, mask, settings, config, t_peaks, stages, say)
