@@ -107,6 +107,12 @@ def test_rerun_is_up_to_date_and_other_inputs_need_overwrite(tiny, tmp_path):
     assert r3.n_structures == 5 and r3.content_hash != result.content_hash
 
 
+def _shards(work):
+    """Finished shards in a work folder; a worker killed mid-write leaves a hidden ``.tmp-*.npz``,
+    which pathlib's glob would also match but which is not a finished structure."""
+    return [p for p in work.glob("*.npz") if not p.name.startswith(".")]
+
+
 def test_sigkill_mid_build_then_resume_gives_the_same_hash(tiny, tmp_path):
     """Kill the CLI (SIGKILL, 2 worker processes) after some structures finished; the same command
     (here with 1 worker) completes the file, whose content hash equals that of an uninterrupted
@@ -121,7 +127,7 @@ def test_sigkill_mid_build_then_resume_gives_the_same_hash(tiny, tmp_path):
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not (work.is_dir() and any(work.glob("*.npz"))):
+        while time.monotonic() < deadline and not (work.is_dir() and _shards(work)):
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)  # the main process only: its workers must notice
         proc.wait(timeout=30)
@@ -131,7 +137,7 @@ def test_sigkill_mid_build_then_resume_gives_the_same_hash(tiny, tmp_path):
         if _group_members(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
     assert not out.exists(), "the build finished before it was killed; the test needs a slower build"
-    done = len(list(work.glob("*.npz")))
+    done = len(_shards(work))
     assert 1 <= done < 6
     status = work_status(out)
     assert status["total"] == 6 and status["done"] == done and status["pending"] == 6 - done
