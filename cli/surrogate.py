@@ -42,6 +42,8 @@ def train_command(direction, data, output, **options):
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="HDF5 dataset.")
 @click.option("--split", default="test", show_default=True, help="Split to evaluate on.")
+@click.option("--source", type=click.Choice(["all", "real", "synthetic"]), default="all", show_default=True,
+              help="Score only the split's real (or synthetic) structures.")
 @click.option("--report", type=click.Path(file_okay=False), default=None, help="Folder for report.json and the figures.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--device", default=None, help="torch device (default cpu).")

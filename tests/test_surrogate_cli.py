@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import tifffile
@@ -163,6 +164,23 @@ def test_train_resume_and_evaluate_on_a_dataset_file(tmp_path):
         rep = json.loads((report / name / "report.json").read_text())
         assert rep["split"] == "test" and rep["n_samples"] == 2 * rep["n_structures"]
         assert (report / name / "examples.png").is_file() and (report / name / "learning_curves.png").is_file()
+    # --source scores only the split's real (or synthetic) structures: they add up to the whole split
+    with h5py.File(data, "r") as f:
+        split = f["meta/split"].asstr()[()]
+        real = (split == "test") & (f["meta/source"].asstr()[()] != "synthetic")
+    counts = {}
+    for source in ("real", "synthetic"):
+        res = _invoke("evaluate", model, "--data", data, "--source", source, "--report", tmp_path / source)
+        if res.exit_code != 0:  # a source with no test structures is a clear error, not an empty report
+            assert "split is empty of" in res.output and "\n" not in res.output.strip()
+            counts[source] = 0
+            continue
+        rep = json.loads((tmp_path / source / "report.json").read_text())
+        assert rep["source"] == source
+        counts[source] = rep["n_structures"]
+    total = json.loads((report / "fwd" / "report.json").read_text())["n_structures"]
+    assert counts == {"real": int(real.sum()), "synthetic": int((split == "test").sum() - real.sum())}
+    assert counts["real"] + counts["synthetic"] == total
     # a fixed sample of the test split, and weights exported with their score on it
     sample = tmp_path / "sample.h5"
     res = _invoke("dataset", "subset", data, "-o", sample, "--split", "test", "-n", 1)

@@ -133,13 +133,14 @@ def _read_config(path) -> dict:
 
 
 def evaluate_files(models, data, *, split: str = "test", report=None, batch_size: int = 16, device: str | None = None,
-                   invariance: int = 32, symmetrise: bool = False) -> dict[str, dict]:
-    """Evaluate one or more model files on a split of ``data``; with several models, each gets a
-    sub-folder of ``report`` and ``comparison.md`` / ``comparison.json`` compare them."""
+                   invariance: int = 32, symmetrise: bool = False, source: str | None = None) -> dict[str, dict]:
+    """Evaluate one or more model files on a split of ``data`` (only its ``source`` structures,
+    "real" or "synthetic", when given); with several models, each gets a sub-folder of ``report``
+    and ``comparison.md`` / ``comparison.json`` compare them."""
     models = [Path(m) for m in models]
     if not models:
         raise ValueError("give at least one model file")
-    dataset = open_dataset(data, split)
+    dataset = open_dataset(data, split, source)
     reports = {}
     labels = _labels(models)
     for label, path in zip(labels, models):
@@ -147,7 +148,8 @@ def evaluate_files(models, data, *, split: str = "test", report=None, batch_size
         if report is not None:
             folder = Path(report) / label if len(models) > 1 else Path(report)
         reports[label] = evaluate(path, dataset, report_dir=folder, split=split, batch_size=batch_size,
-                                  device=device, invariance=invariance, name=label, symmetrise=symmetrise)
+                                  device=device, invariance=invariance, name=label, symmetrise=symmetrise,
+                                  source=source or "all")
         if folder is not None:  # a training checkpoint carries its history; exported weights do not
             from ._evaluate import plot_history
 

@@ -110,10 +110,11 @@ def pairs_from_crystals(crystals, *, thickness_nm=(50.0, 100.0, 150.0, 200.0), s
                         torch.tensor(scale), names=names, space_groups=groups)
 
 
-def open_dataset(path, split: str):
+def open_dataset(path, split: str, source: str | None = None):
     """The ``split`` of the HDF5 dataset at ``path`` (:mod:`lacbed_refine.dataset`) as a torch
     Dataset of the item dicts above, every thickness per item, with ``name`` (the structure id) and
-    ``space_group`` from the file's metadata.
+    ``space_group`` from the file's metadata; ``source`` ("real" or "synthetic") keeps only those
+    structures (None or "all": every one).
 
     Raises
     ------
@@ -131,9 +132,10 @@ def open_dataset(path, split: str):
     except ImportError:
         raise ValueError(f"{path}: reading datasets needs lacbed_refine.dataset, which this installation lacks") from None
     split = {"val": "validation", "valid": "validation"}.get(split, split)
-    base = LacbedDataset(path, split=split, thickness="all")
+    source = None if source in (None, "all") else source
+    base = LacbedDataset(path, split=split, thickness="all", source=source)
     if len(base) == 0:
-        raise ValueError(f"{path}: the {split!r} split is empty")
+        raise ValueError(f"{path}: the {split!r} split is empty" + (f" of {source} structures" if source else ""))
     return _Annotated(base, path)
 
 

@@ -146,7 +146,8 @@ def _invariance(model: ForwardSurrogate, dataset, n: int, seed: int, symmetrise:
 
 
 def evaluate(model, dataset, *, report_dir=None, split: str = "", batch_size: int = 16, invariance: int = 32,
-             examples: int = 3, device=None, seed: int = 0, name: str | None = None, symmetrise: bool = False) -> dict:
+             examples: int = 3, device=None, seed: int = 0, name: str | None = None, symmetrise: bool = False,
+             source: str = "all") -> dict:
     """Evaluate a surrogate on a dataset and optionally write the report folder.
 
     Parameters
@@ -159,6 +160,8 @@ def evaluate(model, dataset, *, report_dir=None, split: str = "", batch_size: in
         Folder for ``report.json``, the PNG figures and ``mean_error_map.npy``.
     split : str
         Name of the split, recorded in the report.
+    source : str
+        Which structures of the split ``dataset`` holds ("real", "synthetic" or "all"), recorded.
     batch_size : int
         Structures per forward pass.
     invariance : int
@@ -225,6 +228,7 @@ def evaluate(model, dataset, *, report_dir=None, split: str = "", batch_size: in
         "model": {"name": name or model.info.get("path", ""), "kind": model.task.direction, "arch": model.arch,
                   "parameters": model.n_parameters(), "path": model.info.get("path"), "step": model.info.get("step")},
         "split": split,
+        "source": source,
         "symmetrised": bool(symmetrise and not inverse),
         "lacbed_refine_version": __version__,
         "n_structures": offset,
@@ -408,7 +412,8 @@ def _fig_per_thickness(path, report):
         ax.set_xticklabels(keys)
         ax.set_xlabel("thickness [nm]")
         ax.set_ylabel("R" if field == "R" else "ℓMSE")
-    fig.suptitle(f"{report['model']['name']} ({report['model']['kind']} {report['model']['arch']}), split {report['split'] or '-'}", fontsize=9)
+    fig.suptitle(f"{report['model']['name']} ({report['model']['kind']} {report['model']['arch']}), split {report['split'] or '-'}"
+                 f"{'' if report.get('source', 'all') == 'all' else ' (' + report['source'] + ')'}", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
 

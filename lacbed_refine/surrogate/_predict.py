@@ -367,7 +367,7 @@ def export_weights(checkpoint, out, *, report=None, half: bool = False, extra: d
     }
     if report is not None:
         rep = json.loads(Path(report).read_text())
-        card["metrics"] = {"split": rep.get("split"), "summary": rep.get("summary"),
+        card["metrics"] = {"split": rep.get("split"), "source": rep.get("source", "all"), "summary": rep.get("summary"),
                            "per_thickness": rep.get("per_thickness"), "invariance": rep.get("invariance")}
     card.update(extra or {})
     slim = {k: state[k] for k in ("format", "format_version", "kind", "arch", "config", "step", "wall_time_s")}
