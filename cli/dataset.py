@@ -88,7 +88,7 @@ def info_command(path, verify):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Small dataset file to write.")
 @click.option("--split", default="test", show_default=True, help="Split to take the structures from.")
 @click.option("-n", "count", type=int, default=4, show_default=True, help="Number of structures (the first in file order).")
-@click.option("--source", default=None, help="Only structures of this source (e.g. a real collection).")
+@click.option("--source", default=None, help="Only these structures: real, synthetic or a collection name (e.g. amcsd).")
 def subset_command(path, output, split, count, source):
     """Write a few structures of PATH's SPLIT as a small file of the same layout (fixed samples)."""
     from lacbed_refine.dataset import subset_dataset

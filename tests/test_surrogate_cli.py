@@ -188,6 +188,16 @@ def test_train_resume_and_evaluate_on_a_dataset_file(tmp_path):
     card = export_weights(model, tmp_path / "shipped" / "forward.pt", sample=sample)
     assert card["sample"]["n_samples"] == 2 and card["sample"]["content_hash"] == read_info(sample)["content_hash"]
     assert score_sample(tmp_path / "shipped" / "forward.pt", sample)["mean"] == pytest.approx(card["sample"]["mean"], abs=1e-6)
+    for source, count in counts.items():  # subset --source selects as evaluate --source does
+        out = tmp_path / f"{source}.h5"
+        res = _invoke("dataset", "subset", data, "-o", out, "--split", "test", "-n", 10_000, "--source", source)
+        if count == 0:
+            assert res.exit_code == 2 and "no structures" in res.output
+            continue
+        assert res.exit_code == 0, res.output
+        with h5py.File(out, "r") as f:
+            kinds = f["meta/source"].asstr()[()]
+        assert len(kinds) == count and all((k == "synthetic") == (source == "synthetic") for k in kinds)
     res = _invoke("train", "inverse", "--data", data, "--epochs", 1, "--resume", "-o", model)
     assert res.exit_code == 2 and "cannot resume" in res.output
     res = _invoke("train", "forward", "--data", data, "-o", tmp_path / "never.pt")

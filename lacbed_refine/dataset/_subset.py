@@ -10,9 +10,18 @@ from ._layout import META_FIELDS, Record, _read_column, read_info, write_dataset
 __all__ = ["subset_dataset"]
 
 
+def _matches(source: str, wanted: str | None) -> bool:
+    if wanted in (None, "all"):
+        return True
+    if wanted == "real":
+        return source != "synthetic"
+    return source == wanted
+
+
 def subset_dataset(src, out, *, split: str = "test", n: int = 4, source: str | None = None) -> str:
     """Write the first ``n`` structures (in file order) of ``split`` of ``src`` — only those whose
-    ``source`` is ``source`` when given, e.g. the real ones — to ``out``; returns the content hash.
+    source matches ``source`` when given — "real" (every collection but the synthetic one),
+    "synthetic", or a collection name such as "amcsd" — to ``out``; returns the content hash.
 
     The subset keeps the source's settings (plus ``subset_of``: the source's content hash, split
     and count) and split labels, so it scores a model exactly as the full split does.
@@ -22,7 +31,7 @@ def subset_dataset(src, out, *, split: str = "test", n: int = 4, source: str | N
     info = read_info(src)
     with h5py.File(src, "r") as f:
         meta = {k: _read_column(f["meta"], k, kind) for k, kind in META_FIELDS.items()}
-        rows = [i for i, s in enumerate(meta["split"]) if s == split and (source is None or meta["source"][i] == source)][:n]
+        rows = [i for i, s in enumerate(meta["split"]) if s == split and _matches(meta["source"][i], source)][:n]
         if not rows:
             raise ValueError(f"{src}: no structures in split {split!r}" + (f" from source {source!r}" if source else ""))
         records = [Record(meta={k: meta[k][i] for k in META_FIELDS}, potential=f["potential"][i],

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..dataset import read_info
 from ..patterns import STACK_SUFFIXES, atomic_path, write_preview, write_stack
 from ._config import ARCHITECTURES, DIRECTIONS, TrainConfig, config_from_dict
 from ._data import in_memory, open_dataset
@@ -106,7 +107,8 @@ def train_file(direction: str, data, out, *, arch: str | None = None, epochs: in
     cfg = config_from_dict("train", train_values)
     model = model.to(device or "cpu")
     metadata = {
-        "data": {"path": str(Path(data).resolve()), "sha256": file_sha256(data), "n_train": len(train_set),
+        "data": {"path": str(Path(data).resolve()), "sha256": file_sha256(data),
+                 "content_hash": read_info(data).get("content_hash"), "n_train": len(train_set),
                  "n_validation": len(val_set) if val_set is not None else 0},
         "command": " ".join(shlex.quote(a) for a in sys.argv) if sys.argv and "lacbed" in Path(sys.argv[0]).name else "",
         "device": str(device or "cpu"),

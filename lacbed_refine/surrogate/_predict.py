@@ -295,6 +295,16 @@ def load_pretrained(direction: str = "forward", *, device="cpu") -> ForwardSurro
     return load_surrogate(path, device=device)
 
 
+def _data_record(data: dict) -> dict:
+    """The training data's record, with the dataset's content hash added when the checkpoint
+    predates it and the file is still where training read it."""
+    if "content_hash" not in data and data.get("path") and Path(data["path"]).is_file():
+        from ..dataset import read_info
+
+        data = {**data, "content_hash": read_info(data["path"]).get("content_hash")}
+    return data
+
+
 def file_sha256(path, *, chunk: int = 1 << 22) -> str:
     """Hex SHA-256 of a file."""
     h = hashlib.sha256()
@@ -357,7 +367,7 @@ def export_weights(checkpoint, out, *, report=None, half: bool = False, extra: d
         "lacbed_refine_version": __version__,
         "parameters": int(sum(v.numel() for v in weights.values() if v.is_floating_point())),
         "dtype": "float16" if half else "float32",
-        "data": meta.get("data", {}),
+        "data": _data_record(meta.get("data", {})),
         "command": meta.get("command", ""),
         "training": {"steps": state.get("step"), "wall_time_s": state.get("wall_time_s"),
                      "config": state["config"].get("train", {}), "device": meta.get("device", ""),
