@@ -286,6 +286,17 @@ def write_dataset(
     return digest
 
 
+def source_mask(sources, wanted: str | None) -> np.ndarray:
+    """Which rows of ``sources`` (the ``meta/source`` column) are ``wanted``: None or "all" every
+    row, "real" every collection but the synthetic one, else rows of that source name."""
+    sources = np.asarray(sources, dtype=str)
+    if wanted in (None, "all"):
+        return np.ones(len(sources), dtype=bool)
+    if wanted == "real":
+        return sources != "synthetic"
+    return sources == wanted
+
+
 def _write_column(group, name: str, kind: str, values: list) -> None:
     import h5py
 

@@ -5,17 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._layout import META_FIELDS, Record, _read_column, read_info, write_dataset
+from ._layout import META_FIELDS, Record, _read_column, read_info, source_mask, write_dataset
 
 __all__ = ["subset_dataset"]
-
-
-def _matches(source: str, wanted: str | None) -> bool:
-    if wanted in (None, "all"):
-        return True
-    if wanted == "real":
-        return source != "synthetic"
-    return source == wanted
 
 
 def subset_dataset(src, out, *, split: str = "test", n: int = 4, source: str | None = None) -> str:
@@ -31,7 +23,8 @@ def subset_dataset(src, out, *, split: str = "test", n: int = 4, source: str | N
     info = read_info(src)
     with h5py.File(src, "r") as f:
         meta = {k: _read_column(f["meta"], k, kind) for k, kind in META_FIELDS.items()}
-        rows = [i for i, s in enumerate(meta["split"]) if s == split and _matches(meta["source"][i], source)][:n]
+        wanted = source_mask(meta["source"], source)
+        rows = [i for i, s in enumerate(meta["split"]) if s == split and wanted[i]][:n]
         if not rows:
             raise ValueError(f"{src}: no structures in split {split!r}" + (f" from source {source!r}" if source else ""))
         records = [Record(meta={k: meta[k][i] for k in META_FIELDS}, potential=f["potential"][i],

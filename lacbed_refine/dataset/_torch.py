@@ -11,7 +11,7 @@ import os
 import numpy as np
 import torch
 
-from ._layout import FORMAT
+from ._layout import FORMAT, source_mask
 
 __all__ = ["LacbedDataset"]
 
@@ -69,7 +69,7 @@ class LacbedDataset(torch.utils.data.Dataset):
         if source is not None:
             if source not in ("real", "synthetic"):
                 raise ValueError(f"source must be 'real' or 'synthetic', got {source!r}")
-            keep &= (sources == "synthetic") == (source == "synthetic")
+            keep &= source_mask(sources, source)
         self.rows = np.nonzero(keep)[0]
         if thickness is None or (isinstance(thickness, str) and thickness == "all"):
             self._t = thickness
