@@ -18,6 +18,8 @@ import numpy as np
 
 __all__ = [
     "atomic_path",
+    "check_new_output",
+    "check_writable_folder",
     "write_stack",
     "write_preview",
     "STACK_SUFFIXES",
@@ -138,6 +140,48 @@ def resample_pattern(data: np.ndarray, half_width: float, size: int, sim_half_wi
     return map_coordinates(data, [row, col], order=1, mode="nearest")
 
 
+def check_new_output(path, *, overwrite: bool = False, option: str = "-o", inputs=()) -> Path:
+    """Check, before any work, that ``path`` may be written: not one of ``inputs``, not an existing
+    file unless ``overwrite``, and its folder creatable and writable.
+
+    Raises
+    ------
+    ValueError
+        One line naming ``option`` and the path.
+    """
+    path = Path(path)
+    for src in inputs:
+        if src is not None and Path(src).exists() and path.exists() and path.resolve() == Path(src).resolve():
+            raise ValueError(f"{option} {path}: is the input file; write to another path")
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a folder, a file path is needed")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{option} {path}: exists; pass --overwrite to replace it")
+    check_writable_folder(path.parent, option=option)
+    return path
+
+
+def check_writable_folder(folder, *, option: str = "-o") -> Path:
+    """Create ``folder`` if needed and check that files can be created in it (before any work)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{option} {folder}: cannot write there ({exc.strerror or exc})") from None
+    return folder
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds,
@@ -148,6 +192,8 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates 0600; give the file the mode any new file of the user's gets
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

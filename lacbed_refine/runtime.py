@@ -15,7 +15,7 @@ import os
 
 import torch
 
-__all__ = ["single_thread", "available_cpus"]
+__all__ = ["single_thread", "available_cpus", "resolve_device", "check_workers"]
 
 
 def available_cpus() -> int:
@@ -38,3 +38,45 @@ def single_thread():
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+def resolve_device(device, *, option: str = "--device") -> torch.device:
+    """The torch device named by ``device`` ("cpu", "cuda", "cuda:1", ...), checked before any work.
+
+    Raises
+    ------
+    ValueError
+        One line naming ``option`` and the value: an unknown device name, or a CUDA device on a
+        machine (or torch build) without one.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{option} {device!r}: not a torch device (use cpu, or cuda where a GPU is present)") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(f"{option} {device!r}: only cpu and cuda are supported")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{option} {device!r}: no CUDA GPU is available to this torch build; use --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{option} {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return dev
+
+
+def check_workers(workers, *, option: str = "--workers") -> int:
+    """A worker-process count: at least 1; more than the CPUs this process may use is capped there
+    (extra single-thread workers on the same cores only add overhead) with a warning."""
+    import logging
+
+    try:
+        n = int(workers)
+    except (TypeError, ValueError):
+        raise ValueError(f"{option} {workers!r}: not an integer") from None
+    if n != workers or n < 1:
+        raise ValueError(f"{option} {workers!r}: must be a whole number >= 1")
+    cpus = available_cpus()
+    if n > cpus:
+        logging.getLogger(__name__).warning("%s %d: capped at the %d CPUs available", option, n, cpus)
+        n = cpus
+    return n
