@@ -406,6 +406,45 @@ def _lacbed_from_ug(
     return full, info
 
 
+def engine_chunk(n_pool: int, n_matrix: int, *, chunk: int = 1024) -> int:
+    """Pixels per batched eigen-solve that fit in this machine's memory, checked before any
+    allocation.
+
+    Parameters
+    ----------
+    n_pool : int
+        Beams in the pool (its difference tables take ≈ 32 n_pool² bytes).
+    n_matrix : int
+        Beams in each pixel's structure matrix (the pool, or the strong beams per pixel).
+    chunk : int
+        Preferred pixels per solve.
+
+    Raises
+    ------
+    ValueError
+        A pool of more than :data:`~lacbed_refine.geometry.MAX_BEAMS` beams, or one whose tables and
+        a single pixel's matrices would not fit in memory (with the estimate in GiB).
+    """
+    import os
+
+    from .geometry import MAX_BEAMS
+
+    if n_pool > MAX_BEAMS:
+        raise ValueError(f"beam pool of {n_pool} beams (--beams/--g-limit): more than {MAX_BEAMS}; "
+                         "lower --g-limit or --beams")
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return chunk
+    tables = n_pool ** 2 * 32
+    # each pixel: its complex structure matrix, eigenvectors and their inverse (≈ 3 × 16 n² bytes)
+    per_pixel = n_matrix ** 2 * 48
+    if tables + per_pixel > 0.8 * total:
+        raise ValueError(f"beam pool of {n_pool} beams needs about {(tables + per_pixel) / 2 ** 30:.0f} GiB, "
+                         f"more than this machine's {total / 2 ** 30:.0f} GiB; use fewer beams")
+    return int(max(1, min(chunk, (0.5 * total - tables) // per_pixel)))
+
+
 def simulate_lacbed(
     atoms: dict,
     a: float,
@@ -451,6 +490,8 @@ def simulate_lacbed(
         if settings.n_beams is None and settings.g_limit is None:
             raise ValueError("settings need n_beams or g_limit (or pass beams=)")
         beams = zolz_beams(a, centring, g_limit=settings.g_limit, n_beams=settings.n_beams)
+    n_matrix = settings.strong_beams if settings.strong_beams and settings.strong_rule == "count" else len(beams)
+    chunk = engine_chunk(len(beams), min(n_matrix, len(beams)))
     pool = beam_pool(beams)
     frac = torch.as_tensor(atoms["frac"], dtype=torch.float64, device=device)
     occ = torch.as_tensor(atoms["occupancy"], dtype=torch.float64, device=device)
@@ -482,6 +523,7 @@ def simulate_lacbed(
         strong_rule=settings.strong_rule,
         dtype=dtype,
         use_symmetry=use_symmetry,
+        chunk=chunk,
         progress=progress,
         workers=workers,
     )

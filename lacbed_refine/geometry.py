@@ -18,6 +18,9 @@ __all__ = [
     "SimulationSettings",
     "paper_preset",
     "paper_pool_size",
+    "check_settings",
+    "MAX_SIZE",
+    "MAX_BEAMS",
     "PAPER_THICKNESSES_NM",
 ]
 
@@ -173,6 +176,78 @@ class SimulationSettings:
     reflections: tuple[tuple[int, int, int], ...] = ((0, 0, 0),)
     mean_absorption: bool = True
     strong_rule: str = "count"
+
+    def __post_init__(self):
+        check_settings(self)
+
+
+#: Bounds of the settings an electron crystallographer can mean (outside: a typo or a unit slip).
+VOLTAGE_RANGE_V = (10e3, 3e6)
+#: Largest pattern edge [pixels]: 1024² pixels already take tens of minutes per thickness scan.
+MAX_SIZE = 1024
+#: Largest beam pool: the per-pixel structure matrix of 5000 beams is 400 MB; FELIX runs use a few hundred.
+MAX_BEAMS = 5000
+#: Largest specimen thickness [Å] (5 µm): far beyond what transmits at any voltage here.
+MAX_THICKNESS_A = 5e4
+#: Largest incident-beam tilt [rad]: the engine's small-tilt geometry (and LACBED) stops well before.
+MAX_TILT_RAD = 0.25
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def check_settings(s: "SimulationSettings") -> None:
+    """Check every field of simulation settings; raises ValueError naming the option and value.
+
+    Called on construction, so the CLI, the library and batch rows are all checked before any work.
+    """
+    from .conventions import NM, electron_wavelength
+
+    if not _finite(s.voltage) or not VOLTAGE_RANGE_V[0] <= s.voltage <= VOLTAGE_RANGE_V[1]:
+        raise ValueError(f"--kv {float(s.voltage) / 1e3:g}: the accelerating voltage must be "
+                         f"{VOLTAGE_RANGE_V[0] / 1e3:g}–{VOLTAGE_RANGE_V[1] / 1e3:g} kV")
+    if isinstance(s.size, bool) or not isinstance(s.size, (int, np.integer)) or s.size < 4 or s.size % 2:
+        raise ValueError(f"--size {s.size!r}: the pattern edge must be an even number of pixels >= 4")
+    if s.size > MAX_SIZE:
+        raise ValueError(f"--size {s.size}: larger than {MAX_SIZE} pixels ({s.size ** 2:,} pixels to solve); "
+                         f"simulate at most {MAX_SIZE} and resample")
+    if not _finite(s.half_width) or not s.half_width > 0:
+        raise ValueError(f"--half-width {s.half_width!r}: the tilt half-width must be a positive number of Å⁻¹")
+    tilt = s.half_width * electron_wavelength(s.voltage)
+    if tilt > MAX_TILT_RAD:
+        raise ValueError(f"--half-width {s.half_width:g} Å⁻¹: a tilt of {1e3 * tilt:.0f} mrad at "
+                         f"{s.voltage / 1e3:g} kV; at most {1e3 * MAX_TILT_RAD:.0f} mrad is supported")
+    t = tuple(s.thicknesses)
+    if not t:
+        raise ValueError("--thickness: no thickness given")
+    for x in t:
+        if not _finite(x) or x < 0 or x > MAX_THICKNESS_A:
+            raise ValueError(f"--thickness {x / NM if _finite(x) else x} nm: thicknesses must be finite, "
+                             f"0–{MAX_THICKNESS_A / NM:g} nm")
+    if s.n_beams is not None:
+        if isinstance(s.n_beams, bool) or not isinstance(s.n_beams, (int, np.integer)) or s.n_beams < 2:
+            raise ValueError(f"--beams {s.n_beams!r}: the beam pool needs at least 2 beams (000 and more)")
+        if s.n_beams > MAX_BEAMS:
+            raise ValueError(f"--beams {s.n_beams}: more than {MAX_BEAMS} beams (the structure matrix alone "
+                             f"would take {s.n_beams ** 2 * 16 / 2 ** 30:.1f} GiB per pixel)")
+    if s.g_limit is not None and (not _finite(s.g_limit) or not s.g_limit > 0):
+        raise ValueError(f"--g-limit {s.g_limit!r}: must be a positive number of Å⁻¹")
+    if s.strong_beams is not None and (isinstance(s.strong_beams, bool) or not isinstance(s.strong_beams, (int, np.integer))
+                                       or s.strong_beams < 2):
+        raise ValueError(f"--strong-beams {s.strong_beams!r}: at least 2 beams per pixel")
+    if not _finite(s.absorption) or not 0 <= s.absorption <= 100:
+        raise ValueError(f"--absorption {s.absorption!r}: proportional absorption must be 0–100 %")
+    if s.form_factors not in ("kirkland", "peng"):
+        raise ValueError(f"--form-factors {s.form_factors!r}: use kirkland or peng")
+    if s.strong_rule not in ("count", "felix"):
+        raise ValueError(f"--strong-rule {s.strong_rule!r}: use count or felix")
+    for r in s.reflections:
+        if len(tuple(r)) != 3 or not all(isinstance(i, (int, np.integer)) for i in r):
+            raise ValueError(f"--reflections: {r!r} is not three integers h k l")
 
 
 def paper_preset(a: float, **overrides) -> SimulationSettings:
