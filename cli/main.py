@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 
 import click
@@ -58,6 +59,7 @@ def cli(verbose):
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes for the eigen-solves (one thread each).")
 @click.option("--engine", default="bloch", show_default=True, help="Simulator: bloch (built-in) or an installed plugin (see `lacbed-refine plugins`).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def simulate_command(cif, output, thickness, reflections, **options):
     """Simulate LACBED patterns of CIF along [001] (Bloch-wave engine by default)."""
     from lacbed_refine.simulation import parse_reflections, simulate_file
@@ -93,8 +95,9 @@ def simulate_command(cif, output, thickness, reflections, **options):
 @click.option("--check", default="bloch", show_default=True, help="Simulator for the final check (bloch or a plugin, e.g. felix).")
 @click.option("--max-iter", type=int, default=40, show_default=True, help="L-BFGS-B iterations per polish level.")
 @click.option("--felix-seed", default=None, is_flag=False, flag_value="BD", help="Also write DIR/felix/: a FELIX refinement set seeded from the result (letters, default BD; needs the FELIX plugin).")
+@click.option("--overwrite", is_flag=True, help="Replace a result already in the output folder.")
 def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, size, no_seed, no_surrogate, no_polish, no_b_restart,
-                forward_model, inverse_model, restarts, device, check, max_iter, felix_seed):
+                forward_model, inverse_model, restarts, device, check, max_iter, felix_seed, overwrite):
     """Refine the structure in CIF against the measured bright-field PATTERN."""
     from lacbed_refine.refine import FitConfig, fit_files
 
@@ -102,8 +105,14 @@ def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_
                        thickness_nm=thickness, blur_sigma=blur, seed=not no_seed, surrogate=not no_surrogate, polish=not no_polish, check=check, max_iter=max_iter,
                        forward_model=forward_model, inverse_model=inverse_model, surrogate_restarts=restarts, device=device,
                        b_restart=not no_b_restart)
-    result, paths = fit_files(cif, pattern, output, config=config, pattern_half_width=half_width, mask_path=mask_path, kv=kv, size=size, n_beams=beams, progress=click.echo, felix_seed=felix_seed)
-    click.echo(f"r = {result.r:.5f}, t = {result.thickness_nm:.2f} ± {result.thickness_sigma_nm:.2f} nm; wrote {paths['cif']}, {paths['report']}, {paths['figure']}")
+    result, paths = fit_files(cif, pattern, output, config=config, pattern_half_width=half_width, mask_path=mask_path, kv=kv, size=size, n_beams=beams,
+                              progress=click.echo, felix_seed=felix_seed, overwrite=overwrite)
+    sigma = f" ± {result.thickness_sigma_nm:.2f}" if math.isfinite(result.thickness_sigma_nm) else " (no uncertainty)"
+    click.echo(f"r = {result.r:.5f}, t = {result.thickness_nm:.2f}{sigma} nm; wrote {paths['cif']}, {paths['report']}, {paths['figure']}")
+    if "check_failed" in result.extra:
+        click.echo(f"lacbed-refine: error: final check with {check} failed ({result.extra['check_failed']}); "
+                   f"the refined result was written, checked with the built-in engine", err=True)
+        sys.exit(1)
 
 
 @cli.command("batch")
@@ -117,6 +126,9 @@ def batch_command(manifest, output, workers, scheduler):
 
     res = run_batch(manifest, output, workers=workers, scheduler=scheduler)
     click.echo(f"{res['done']} done, {res['failed']} failed, {res['skipped']} already finished, of {res['total']}; {res['summary']}")
+    if res["failed"]:
+        click.echo(f"lacbed-refine: {res['failed']} of {res['total']} samples failed (see error.txt in their folders)", err=True)
+        sys.exit(1)
 
 
 @cli.command("plugins")
@@ -137,11 +149,12 @@ def plugins_command():
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .tif, .npy or .h5 (a .png preview is written beside it).")
 @click.option("--size", type=int, default=128, show_default=True, help="Image edge [pixels]; the unit cell spans the image.")
 @click.option("--form-factors", type=click.Choice(["kirkland", "peng"]), default="kirkland", show_default=True)
-def potential_command(cif, output, size, form_factors):
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def potential_command(cif, output, size, form_factors, overwrite):
     """Write the [001] projected potential of CIF (raw [V] and normalised)."""
     from lacbed_refine.simulation import potential_file
 
-    result = potential_file(cif, output, size=size, form_factors=form_factors)
+    result = potential_file(cif, output, size=size, form_factors=form_factors, overwrite=overwrite)
     click.echo(f"{result['output']}; preview {result['preview']}")
 
 

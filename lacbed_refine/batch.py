@@ -4,9 +4,15 @@ Manifest: a CSV with a header row; columns ``cif`` and ``pattern`` (paths relati
 folder or absolute), optional ``id`` (default: row number) and optional per-sample options
 ``refine``, ``fix``, ``thickness`` [nm], ``half_width`` [Å⁻¹], ``blur`` [pixels], ``beams``, ``mask``.
 
+Ids name folders inside ``DIR``: letters, digits, ``.``, ``_`` and ``-`` only, not starting with a
+dot (so never a path such as ``../x`` or ``/tmp/x``); a manifest with any other id is rejected whole,
+before any sample runs.
+
 Each sample writes ``DIR/<id>/`` (``refined.cif``, ``report.json``, ``fit.png``, all atomic); a sample
-is finished when its ``report.json`` exists, so a rerun skips it and a SIGKILL never loses a finished
-sample. A failing sample writes ``DIR/<id>/error.txt`` and the others go on. ``DIR/summary.csv`` (one
+is finished when its ``report.json`` exists and records the same inputs (SHA-256 of the CIF, pattern
+and mask files, and the row's options), so a rerun skips it and a SIGKILL never loses a finished
+sample. A row whose inputs changed since its result is fitted again; its old report is kept as
+``report.previous.json``. A failing sample writes ``DIR/<id>/error.txt`` and the others go on. ``DIR/summary.csv`` (one
 row per sample: status, r, thickness, wall time, error) is rewritten atomically after every sample.
 Parallelism: a local process pool (``workers``) or a Dask distributed cluster (``scheduler``).
 """
@@ -14,14 +20,17 @@ Parallelism: a local process pool (``workers``) or a Dask distributed cluster (`
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
+import re
 import time
 import traceback
 from pathlib import Path
 
-from .patterns import atomic_path
+from .patterns import atomic_path, check_writable_folder
+from .runtime import check_workers
 
 __all__ = ["read_manifest", "run_batch", "fit_sample"]
 
@@ -36,26 +45,65 @@ def read_manifest(path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such manifest")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or not {"cif", "pattern"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: the manifest needs a header with columns 'cif' and 'pattern'")
-        unknown = set(reader.fieldnames) - {"id", "cif", "pattern", *_OPTIONAL}
-        if unknown:
-            raise ValueError(f"{path}: unknown manifest columns {sorted(unknown)}")
-        rows = []
-        for i, row in enumerate(reader, start=1):
-            sample = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items() if v not in (None, "")}
-            sample.setdefault("id", f"{i:04d}")
-            for key in ("cif", "pattern", "mask", "forward_model", "inverse_model"):
-                if key in sample:
-                    p = Path(sample[key])
-                    sample[key] = str(p if p.is_absolute() else path.parent / p)
-            rows.append(sample)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); save the manifest as UTF-8 CSV") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+    try:
+        return _parse_manifest(path, text)
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a valid CSV manifest ({exc})") from None
+
+
+_ID = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,127}")
+
+
+def _parse_manifest(path: Path, text: str) -> list[dict]:
+    if "\x00" in text:
+        raise ValueError(f"{path}: not a text file (NUL bytes)")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or not {"cif", "pattern"} <= set(reader.fieldnames):
+        raise ValueError(f"{path}: the manifest needs a header with columns 'cif' and 'pattern'")
+    unknown = set(reader.fieldnames) - {"id", "cif", "pattern", *_OPTIONAL}
+    if unknown:
+        raise ValueError(f"{path}: unknown manifest columns {sorted(unknown)}")
+    rows = []
+    for i, row in enumerate(reader, start=1):
+        if None in row:
+            raise ValueError(f"{path}: row {i} has more fields than the header")
+        sample = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items() if v not in (None, "")}
+        sample.setdefault("id", f"{i:04d}")
+        if not _ID.fullmatch(sample["id"]):
+            raise ValueError(f"{path}: row {i}: id {sample['id']!r} must be a plain folder name (letters, digits, "
+                             "'.', '_', '-'; not starting with '.'), as results go to OUTPUT/<id>/")
+        for key in ("cif", "pattern"):
+            if key not in sample:
+                raise ValueError(f"{path}: row {i} ({sample['id']}) has no {key}")
+        for key in ("cif", "pattern", "mask", "forward_model", "inverse_model"):
+            if key in sample:
+                p = Path(sample[key])
+                sample[key] = str(p if p.is_absolute() else path.parent / p)
+        rows.append(sample)
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: sample ids are not unique")
     return rows
+
+
+def _fingerprint(sample: dict) -> dict:
+    """What a finished result depends on: the row's options and the SHA-256 of its input files."""
+    out = {}
+    for key, value in sorted(sample.items()):
+        if key in ("cif", "pattern", "mask", "forward_model", "inverse_model"):
+            try:
+                out[key] = hashlib.sha256(Path(value).read_bytes()).hexdigest()
+            except OSError:
+                out[key] = None
+        elif key != "id":
+            out[key] = value
+    return out
 
 
 def fit_sample(sample: dict, out_dir: str, threads: int | None = None) -> dict:
@@ -70,16 +118,21 @@ def fit_sample(sample: dict, out_dir: str, threads: int | None = None) -> dict:
         config = FitConfig(
             refine=tuple(x for x in sample.get("refine", "xyz,b,occ,thickness").split(",") if x),
             fix=tuple(x for x in sample.get("fix", "").split(",") if x),
-            thickness_nm=float(sample["thickness"]) if "thickness" in sample else None,
-            blur_sigma=float(sample.get("blur", 0.0)),
+            thickness_nm=_number(sample, "thickness", float),
+            blur_sigma=_number(sample, "blur", float) or 0.0,
             forward_model=sample.get("forward_model"),
             inverse_model=sample.get("inverse_model"),
             threads=threads,
         )
+        fingerprint = _fingerprint(sample)
+        old = folder / "report.json"
+        if old.exists():  # a stale result of other inputs: keep it aside, never silently lose it
+            old.replace(folder / "report.previous.json")
         result, _ = fit_files(
             sample["cif"], sample["pattern"], folder, config=config,
-            pattern_half_width=float(sample["half_width"]) if "half_width" in sample else None,
-            mask_path=sample.get("mask"), n_beams=int(sample["beams"]) if "beams" in sample else None,
+            pattern_half_width=_number(sample, "half_width", float), mask_path=sample.get("mask"),
+            n_beams=_number(sample, "beams", int), overwrite=True,
+            extra={"batch_inputs": fingerprint},
         )
         status.update(status="done", r=result.r, thickness_nm=result.thickness_nm)
     except Exception as exc:  # a failing sample is recorded, whatever went wrong, and the batch goes on
@@ -92,13 +145,26 @@ def fit_sample(sample: dict, out_dir: str, threads: int | None = None) -> dict:
     return status
 
 
+def _number(sample: dict, key: str, kind):
+    """A numeric manifest field, or None when absent; ValueError naming the column and value."""
+    if key not in sample:
+        return None
+    try:
+        return kind(sample[key])
+    except ValueError:
+        raise ValueError(f"manifest column {key}: {sample[key]!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+
 def _finished(sample: dict, out_dir: Path) -> dict | None:
     report = out_dir / sample["id"] / "report.json"
     if not report.is_file():
         return None
     try:
         data = json.loads(report.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if data.get("batch_inputs") != _fingerprint(sample):
+        log.warning("%s: inputs changed since its result was written; fitting it again", sample["id"])
         return None
     thickness = next((p["refined"] for p in data.get("parameters", []) if p["name"] == "thickness_nm"), None)
     return {"id": sample["id"], "status": "done", "r": data.get("r"), "thickness_nm": thickness,
@@ -125,8 +191,8 @@ def run_batch(manifest, out_dir, *, workers: int = 1, scheduler: str | None = No
     ``tcp://host:8786``) a Dask distributed cluster instead.
     """
     samples = read_manifest(manifest)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    workers = check_workers(workers)
+    out = check_writable_folder(out_dir, option="-o")
     order = [s["id"] for s in samples]
     statuses = {}
     todo = []

@@ -115,6 +115,62 @@ class FitConfig:
     max_iter: int = 40
     fom_noise: float = 2e-5
 
+    def __post_init__(self):
+        check_fit_config(self)
+
+
+#: Largest Gaussian blur of the simulation [pixels] that still leaves a pattern to compare.
+MAX_BLUR_PX = 20.0
+
+
+def _count(value, option: str, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{option} {value!r}: must be a whole number >= {low}")
+
+
+def _real(value, option: str, low: float, high: float, unit: str = "") -> None:
+    try:
+        ok = math.isfinite(float(value)) and low <= float(value) <= high
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{option} {value!r}: must be a number in {low:g}–{high:g}{unit}")
+
+
+def check_fit_config(c: "FitConfig") -> None:
+    """Check refinement options before any work; raises ValueError naming the option and value."""
+    from .geometry import MAX_THICKNESS_A
+    from .runtime import resolve_device
+
+    if isinstance(c.refine, str):
+        raise ValueError(f"--refine {c.refine!r}: give a tuple of kinds, e.g. ('xyz', 'b')")
+    unknown = sorted(set(c.refine) - {"xyz", "b", "occ", "thickness"})
+    if unknown:
+        raise ValueError(f"--refine {','.join(c.refine)}: unknown kind(s) {unknown}; use any of xyz,b,occ,thickness")
+    if isinstance(c.fix, str):
+        raise ValueError(f"--fix {c.fix!r}: give a tuple of site labels")
+    t_max = MAX_THICKNESS_A / NM
+    if c.thickness_nm is not None:
+        _real(c.thickness_nm, "--thickness", 1.0, t_max, " nm")
+    start, stop, step = c.thickness_scan_nm
+    _real(start, "thickness scan start", 0.0, t_max, " nm")
+    _real(stop, "thickness scan stop", start, t_max, " nm")
+    _real(step, "thickness scan step", 1e-3, max(stop - start, 1e-3), " nm")
+    if (stop - start) / step > 1e5:
+        raise ValueError(f"thickness scan {c.thickness_scan_nm}: more than 100000 thicknesses")
+    _real(c.thickness_window_nm, "thickness window", 0.0, t_max, " nm")
+    _real(c.blur_sigma, "--blur", 0.0, MAX_BLUR_PX, " pixels")
+    _count(c.surrogate_restarts, "--restarts")
+    _count(c.thickness_starts, "thickness starts")
+    _count(c.screen_iter, "screening iterations")
+    _count(c.max_iter, "--max-iter")
+    if c.threads is not None:
+        _count(c.threads, "threads")
+    _real(c.fom_noise, "figure-of-merit noise", 1e-12, 1.0)
+    if not isinstance(c.check, str) or not c.check:
+        raise ValueError(f"--check {c.check!r}: name a simulator (bloch, or a plugin such as felix)")
+    resolve_device(c.device)
+
 
 @dataclass
 class StageLog:
@@ -183,6 +239,8 @@ class RefinementResult:
         out.mkdir(parents=True, exist_ok=True)
         unc = {}
         for name, sig in zip(self.names, self.sigma):
+            if not math.isfinite(sig):  # not computed (no polish): write the value without one
+                continue
             label, kind = name.rsplit(".", 1)
             if kind == "B":
                 unc[(label, "b_iso")] = sig
@@ -191,9 +249,39 @@ class RefinementResult:
         paths = {"cif": out / "refined.cif", "report": out / "report.json", "figure": out / "fit.png"}
         write_cif(self.crystal, paths["cif"], uncertainties=unc)
         with atomic_path(paths["report"]) as tmp:
-            tmp.write_text(json.dumps(self.report(), indent=2, default=float))
+            tmp.write_text(json.dumps(_json_safe(self.report()), indent=2, default=float, allow_nan=False))
         _fit_figure(self, paths["figure"])
         return paths
+
+
+#: Fewest pixels a mask may leave: a correlation over fewer says nothing about a structure.
+MIN_MASK_PIXELS = 64
+
+
+def check_mask(mask: np.ndarray, pattern: np.ndarray, *, name: str = "--mask") -> np.ndarray:
+    """Check a pixel mask (True = use) against its pattern: same shape, at least
+    :data:`MIN_MASK_PIXELS` pixels used, and the pattern not constant over them."""
+    mask = np.asarray(mask)
+    if mask.shape != np.shape(pattern):
+        raise ValueError(f"{name}: mask shape {mask.shape} differs from the pattern's {np.shape(pattern)}")
+    mask = mask.astype(bool)
+    n = int(mask.sum())
+    if n < MIN_MASK_PIXELS:
+        raise ValueError(f"{name}: uses {n} of {mask.size} pixels; at least {MIN_MASK_PIXELS} are needed")
+    if np.ptp(np.asarray(pattern)[mask]) == 0:
+        raise ValueError(f"{name}: the pattern is constant over the {n} pixels the mask uses")
+    return mask
+
+
+def _json_safe(value):
+    """NaN and infinities become None (JSON has no NaN): an uncertainty that could not be computed."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+        return None
+    return value
 
 
 # ------------------------------------------------------------------------------------------------
@@ -338,9 +426,10 @@ def _thickness_starts(t_now: float, peaks: list[float], config) -> list[float]:
 
 
 def _log_minimise(stages, say, name, res, t1, verdict=""):
-    note = f"{res.nit} iterations, {res.nfev} evaluations; {res.message}" + (f"; {verdict}" if verdict else "")
+    nit = getattr(res, "nit", 0)  # scipy leaves it out when no variable is free
+    note = f"{nit} iterations, {res.nfev} evaluations; {res.message}" + (f"; {verdict}" if verdict else "")
     stages.append(StageLog(name, float(res.fun), time.perf_counter() - t1, note))
-    say(f"{name}: 1-r = {res.fun:.6f} ({res.nit} it){'; ' + verdict if verdict else ''}")
+    say(f"{name}: 1-r = {res.fun:.6f} ({nit} it){'; ' + verdict if verdict else ''}")
 
 
 def _hessian(problem, z_opt, x0, eps=1e-3):
@@ -391,9 +480,6 @@ def refine(
     -------
     RefinementResult
     """
-    unknown = set(config.refine) - {"xyz", "b", "occ", "thickness"}
-    if unknown:
-        raise ValueError(f"refine must name xyz, b, occ or thickness; got {sorted(unknown)}")
     pattern = check_pattern(pattern)
     size = settings.size
     if pattern.shape != (size, size) or pattern_half_width not in (None, settings.half_width):
@@ -401,14 +487,17 @@ def refine(
         pattern = resample_pattern(pattern, hw, size, settings.half_width)
         if mask is not None:
             mask = resample_pattern(mask.astype(float), hw, size, settings.half_width) > 0.5
+    if mask is not None:
+        check_mask(mask, pattern)
     kinds = tuple(k for k in config.refine if k != "thickness")
-    params = free_parameters(crystal, refine=kinds or ("b",), fix=config.fix)
-    if not kinds:  # thickness only: keep the parameter vector but freeze it
-        params = replace(params, lower=params.initial().numpy(), upper=params.initial().numpy())
+    params = free_parameters(crystal, refine=kinds, fix=config.fix)
+    say = progress or (lambda msg: log.info(msg))
+    if kinds and not len(params):
+        say(f"note: --refine {','.join(config.refine)} frees no parameter of {crystal.name} "
+            f"(fixed sites or no free coordinates); only the thickness can move")
     centring = crystal.spacegroup_symbol[0]
     problem = _Problem(crystal, settings, params, pattern, mask, config, centring)
     stages: list[StageLog] = []
-    say = progress or (lambda msg: log.info(msg))
 
     x = np.concatenate([problem.theta0.numpy(), [config.thickness_nm or 100.0]])
     # 1. thickness scan
@@ -428,26 +517,43 @@ def refine(
     with single_thread():
         x, model_info = _surrogate_stages(problem, params, x, pattern, mask, config, models, stages, say)
     # 4. Bloch polish: thickness candidates, half-resolution grid, then full grid, B restart
-    if config.polish:
+    if config.polish and (len(params) or "thickness" in config.refine):
         x, sigma = _bloch_polish(problem, params, x, pattern, mask, settings, config, t_peaks, stages, say)
     else:
+        # no polish, so no curvature: the uncertainties are unknown, not zero
+        why = "switched off" if not config.polish else "nothing free to refine"
+        stages.append(StageLog("Bloch polish", None, 0.0, why))
+        say(f"Bloch polish: {why}; no uncertainties")
         sigma = np.full(len(x), np.nan)
     # 5. final check
     t1 = time.perf_counter()
     theta = torch.as_tensor(x[:-1])
     refined_crystal = params.to_crystal(theta)
+    check_error = None
     if config.check == "bloch":
         with torch.no_grad():
             sim = problem.simulate(theta, torch.tensor(x[-1]), dtype=torch.float64)[0]
     else:
         from .simulators import get_simulator
 
-        stack = get_simulator(config.check).simulate(refined_crystal, replace(settings, thicknesses=(x[-1] * NM,)))
-        sim = torch.as_tensor(stack[0, 0], dtype=torch.float64)
+        try:
+            stack = get_simulator(config.check).simulate(refined_crystal, replace(settings, thicknesses=(x[-1] * NM,)))
+            sim = torch.as_tensor(np.asarray(stack)[0, 0], dtype=torch.float64)
+            if not torch.isfinite(sim).all():
+                raise FloatingPointError(f"{config.check} returned non-finite intensities")
+        except Exception as exc:  # a plugin's failure, whatever its type: keep the refinement
+            # the refined structure is still good; check it with the built-in engine instead and
+            # report the failure rather than lose the whole refinement
+            check_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            say(f"final check ({config.check}) failed: {check_error}; checking with the built-in engine")
+            with torch.no_grad():
+                sim = problem.simulate(theta, torch.tensor(x[-1]), dtype=torch.float64)[0]
     sim = _blur(sim.to(torch.float64), config.blur_sigma)
     r = float(masked_pearson_r(sim, problem.meas, problem.mask))
-    stages.append(StageLog(f"final check ({config.check})", 1 - r, time.perf_counter() - t1))
-    say(f"final check ({config.check}): r = {r:.6f}")
+    checked_with = config.check if check_error is None else "bloch"
+    stages.append(StageLog(f"final check ({checked_with})", 1 - r, time.perf_counter() - t1,
+                           "" if check_error is None else f"{config.check} failed: {check_error}"))
+    say(f"final check ({checked_with}): r = {r:.6f}")
     return RefinementResult(
         crystal_start=crystal,
         crystal=refined_crystal,
@@ -464,7 +570,7 @@ def refine(
         simulated=sim.numpy(),
         settings=settings,
         config=config,
-        extra={"surrogates": model_info},
+        extra={"surrogates": model_info, **({"check_failed": check_error} if check_error else {})},
     )
 
 
@@ -687,26 +793,42 @@ def fit_files(
     g_limit: float | None = None,
     progress=None,
     felix_seed: str | None = None,
+    overwrite: bool = False,
+    extra: dict | None = None,
 ) -> tuple[RefinementResult, dict]:
     """Read a CIF and a measured pattern, refine, and write the outputs into ``out_dir``.
 
     The simulation grid defaults to the paper preset's geometry (200 kV, 128×128, half-width
     7.266/a Å⁻¹) with a whole pool of :data:`FIT_DEFAULT_BEAMS` beams used at every pixel.
     ``felix_seed`` (FELIX refinement letters, e.g. "BD") also writes ``out_dir/felix/``, a FELIX
-    refinement set seeded from the result (needs the FELIX plugin). Returns the result and the
-    written paths.
+    refinement set seeded from the result (needs the FELIX plugin). The output folder, the check
+    simulator and every input are checked before any work; an existing result in ``out_dir`` is
+    replaced only with ``overwrite``. Returns the result and the written paths.
     """
     from .crystal import read_cif
-    from .patterns import read_pattern
+    from .patterns import check_writable_folder, read_pattern
     from .simulation import settings_for
 
+    # everything that can be wrong with the inputs and outputs is found before the work starts
+    out = Path(out_dir)
+    check_writable_folder(out, option="-o")
+    existing = [n for n in ("refined.cif", "report.json", "fit.png") if (out / n).exists()]
+    if existing and not overwrite:
+        raise ValueError(f"-o {out}: holds a result already ({', '.join(existing)}); pass --overwrite to replace it")
+    check_simulator(config.check)
+    if felix_seed:
+        from .simulators import PluginError, get_simulator
+
+        try:  # writing a FELIX set needs the plugin, not FELIX itself
+            get_simulator("felix")
+        except PluginError as exc:
+            raise ValueError(f"--felix-seed: {exc}") from None
     crystal = read_cif(cif)
     pattern = read_pattern(pattern_path)
     mask = None
     if mask_path is not None:
-        mask = read_pattern(mask_path) > 0 if Path(mask_path).suffix.lower() != ".npy" else np.load(mask_path) > 0
-        if mask.shape != pattern.shape:
-            raise ValueError(f"{mask_path}: mask shape {mask.shape} differs from the pattern's {pattern.shape}")
+        mask = read_pattern(mask_path, allow_constant=True) if Path(mask_path).suffix.lower() != ".npy" else np.load(mask_path, allow_pickle=False)
+        mask = check_mask(np.asarray(mask) > 0, pattern, name=f"--mask {mask_path}")
     if n_beams is None and g_limit is None:
         n_beams = FIT_DEFAULT_BEAMS
     if half_width is None:  # simulate the tilt range that was measured
@@ -716,10 +838,25 @@ def fit_files(
     result = refine(crystal, pattern, settings, config=config, pattern_half_width=pattern_half_width, mask=mask,
                     progress=progress)
     result.extra["inputs"] = {"cif": str(cif), "pattern": str(pattern_path), "mask": None if mask_path is None else str(mask_path)}
+    result.extra.update(extra or {})
     paths = result.write(out_dir)
     if felix_seed:
         paths["felix"] = seed_felix(result, Path(out_dir) / "felix", refine=felix_seed)
     return result, paths
+
+
+def check_simulator(name: str, *, option: str = "--check") -> None:
+    """Check that simulator ``name`` is installed and ready to run (before a long refinement)."""
+    from .simulators import PluginError, get_simulator
+
+    if name == "bloch":
+        return
+    try:
+        ok, why = get_simulator(name).available()
+    except PluginError as exc:
+        raise ValueError(f"{option} {name!r}: {exc}") from None
+    if not ok:
+        raise ValueError(f"{option} {name!r}: not ready ({why})")
 
 
 def seed_felix(result: RefinementResult, out_dir, *, refine: str = "BD") -> Path:

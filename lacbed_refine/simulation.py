@@ -18,10 +18,11 @@ from .bloch import EngineInfo, simulate_lacbed
 from .conventions import NM
 from .crystal import Crystal, read_cif
 from .geometry import SimulationSettings, paper_preset
-from .patterns import write_preview, write_stack
+from .patterns import STACK_SUFFIXES, check_new_output, write_preview, write_stack
+from .runtime import check_workers, resolve_device
 from .potential import normalise, projected_potential
 
-__all__ = ["settings_for", "simulate_crystal", "simulate_file", "potential_file", "parse_reflections"]
+__all__ = ["settings_for", "simulate_crystal", "simulate_file", "potential_file", "parse_reflections", "check_stack_output"]
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,10 @@ def settings_for(
     s = paper_preset(crystal.a)
     changes = {}
     if thickness_nm is not None:
-        t = tuple(float(x) * NM for x in thickness_nm)
-        if not t or min(t) < 0:
-            raise ValueError(f"thicknesses must be non-negative nm, got {thickness_nm!r}")
-        changes["thicknesses"] = t
+        # the values are checked once, by SimulationSettings, wherever they come from
+        changes["thicknesses"] = tuple(float(x) * NM for x in thickness_nm)
     if kv is not None:
-        if not kv > 0:
-            raise ValueError(f"kv must be positive, got {kv!r}")
-        changes["voltage"] = kv * 1e3
+        changes["voltage"] = float(kv) * 1e3
     if size is not None:
         changes["size"] = int(size)
     if half_width is not None:
@@ -106,14 +103,10 @@ def settings_for(
     if strong_beams is not None:
         changes["strong_beams"] = int(strong_beams)
     if strong_rule is not None:
-        if strong_rule not in ("count", "felix"):
-            raise ValueError(f"strong_rule must be 'count' or 'felix', got {strong_rule!r}")
         changes["strong_rule"] = strong_rule
     if reflections is not None:
         changes["reflections"] = tuple(reflections)
     if absorption is not None:
-        if absorption < 0:
-            raise ValueError(f"absorption must be >= 0 %, got {absorption!r}")
         changes["absorption"] = float(absorption)
     if form_factors is not None:
         changes["form_factors"] = form_factors
@@ -195,13 +188,23 @@ def simulate_file(
     progress: bool = True,
     workers: int = 1,
     engine: str = "bloch",
+    overwrite: bool = False,
     **options,
 ) -> dict:
     """Read ``cif``, simulate, write ``out`` (.tif/.npy/.h5) and a PNG preview beside it.
 
+    Options, the output path (an existing file is replaced only with ``overwrite``) and the engine
+    are checked before the simulation starts.
     ``engine`` names the simulator ("bloch", or an installed plugin such as "felix");
     ``options`` are those of :func:`settings_for`. Returns a summary dict (paths, timing, engine info).
     """
+    out = check_stack_output(out, overwrite=overwrite, inputs=(cif,))
+    resolve_device(device)
+    workers = check_workers(workers)
+    if engine != "bloch":
+        from .simulators import get_simulator
+
+        get_simulator(engine)  # an unknown engine is named before the CIF is read
     crystal = read_cif(cif)
     settings = settings_for(crystal, **options)
     t0 = time.perf_counter()
@@ -233,7 +236,6 @@ def simulate_file(
         "form_factors": settings.form_factors,
         "precision": precision,
     }
-    out = Path(out)
     write_stack(out, stack, labels=pages, metadata=meta)
     png = write_preview(
         out.with_suffix(".png"),
@@ -246,8 +248,29 @@ def simulate_file(
     return {"output": str(out), "preview": str(png), "seconds": wall, "info": info, "settings": settings}
 
 
-def potential_file(cif, out, *, size: int = 128, form_factors: str = "kirkland") -> dict:
-    """Write the [001] projected potential of ``cif``: raw [V] and normalised pages, plus a PNG."""
+def check_stack_output(out, *, overwrite: bool = False, inputs=()) -> Path:
+    """Check an output stack path before any work: a known suffix (.tif/.tiff/.npy/.h5/.hdf5),
+    not an input, not an existing file (nor its PNG preview) unless ``overwrite``, a writable folder."""
+    out = Path(out)
+    if out.suffix.lower() not in STACK_SUFFIXES:
+        raise ValueError(f"-o {out}: unknown output type {out.suffix!r}; use one of {', '.join(STACK_SUFFIXES)}")
+    check_new_output(out, overwrite=overwrite, inputs=inputs)
+    check_new_output(out.with_suffix(".png"), overwrite=overwrite, inputs=inputs)
+    return out
+
+
+def potential_file(cif, out, *, size: int = 128, form_factors: str = "kirkland", overwrite: bool = False) -> dict:
+    """Write the [001] projected potential of ``cif``: raw [V] and normalised pages, plus a PNG.
+
+    ``size`` [pixels] is 4 … :data:`~lacbed_refine.geometry.MAX_SIZE`; an existing output is
+    replaced only with ``overwrite``."""
+    from .geometry import MAX_SIZE
+
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 4 <= size <= MAX_SIZE:
+        raise ValueError(f"--size {size!r}: the image edge must be 4–{MAX_SIZE} pixels")
+    if form_factors not in ("kirkland", "peng"):
+        raise ValueError(f"--form-factors {form_factors!r}: use kirkland or peng")
+    out = check_stack_output(out, overwrite=overwrite, inputs=(cif,))
     crystal = read_cif(cif)
     with torch.no_grad():
         raw = projected_potential(
@@ -263,7 +286,6 @@ def potential_file(cif, out, *, size: int = 128, form_factors: str = "kirkland")
         "min_V": float(lo),
         "max_V": float(hi),
     }
-    out = Path(out)
     write_stack(out, stack, labels=["raw [V]", "normalised"], metadata=meta)
     png = write_preview(
         out.with_suffix(".png"),
