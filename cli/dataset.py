@@ -35,7 +35,7 @@ def dataset_group():
 @click.option("--preset", default="paper", show_default=True, type=click.Choice(["paper"]), help="Geometry preset.")
 @click.option("--beams", type=int, default=None, help="Beam pool (whole shells, all used per pixel); default the dataset rule.")
 @click.option("--size", type=int, default=None, help="Pattern and potential edge [pixels] (default 128).")
-@click.option("--workers", type=int, default=None, help="Worker processes, one structure each (default: all CPUs).")
+@click.option("--workers", type=int, default=None, help="Worker processes, one structure each (default: all CPUs; more are capped there).")
 @click.option("--scheduler", default=None, help="Dask distributed scheduler address; its workers compute.")
 @click.option("--engine", default="bloch", show_default=True, help="Simulator: bloch (built-in) or an installed plugin (e.g. felix).")
 @click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the train/validation/test split by formula.")
@@ -49,7 +49,9 @@ def build_command(cifs, synthetic, seed, output, thickness, preset, beams, size,
     from lacbed_refine.runtime import available_cpus
 
     spec = BuildSpec(**{k: v for k, v in dict(preset=preset, thickness_nm=_floats(thickness), n_beams=beams, size=size, engine=engine).items() if v is not None})
-    r = build_dataset(output, cifs=cifs, synthetic=synthetic, seed=seed, spec=spec, workers=workers or available_cpus(), command=_command_line(), **options)
+    # None means "all CPUs"; any number given (0 and negatives included) is checked by build_dataset
+    r = build_dataset(output, cifs=cifs, synthetic=synthetic, seed=seed, spec=spec,
+                      workers=available_cpus() if workers is None else workers, command=_command_line(), **options)
     click.echo(f"{r.output}: {r.n_structures} structures, {r.n_failed} failed, {r.computed} computed in {r.seconds:.0f} s"
                f"{' (up to date)' if r.up_to_date else ''}; {r.content_hash}")
 
@@ -59,11 +61,12 @@ def build_command(cifs, synthetic, seed, output, thickness, preset, beams, size,
 @click.option("--split-file", "split_files", multiple=True, type=click.Path(dir_okay=False), help="Split file, one id per line, named train/val/test (repeatable).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .h5 file.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
-def import_png_command(root, split_files, output, progress):
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def import_png_command(root, split_files, output, progress, overwrite):
     """Read the ai-diffraction PNG layout (<id>/potential.png, <id>/pattern_<tttt>.png) into a dataset."""
     from lacbed_refine.dataset import import_png
 
-    r = import_png(root, output, split_files=split_files, command=_command_line(), progress=progress)
+    r = import_png(root, output, split_files=split_files, command=_command_line(), progress=progress, overwrite=overwrite)
     click.echo(f"{r['output']}: {r['n_structures']} structures, {r['n_failed']} failed; {r['content_hash']}")
 
 
@@ -87,13 +90,14 @@ def info_command(path, verify):
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Small dataset file to write.")
 @click.option("--split", default="test", show_default=True, help="Split to take the structures from.")
-@click.option("-n", "count", type=int, default=4, show_default=True, help="Number of structures (the first in file order).")
+@click.option("-n", "count", type=int, default=4, show_default=True, help="Number of structures (the first in file order; >= 1).")
 @click.option("--source", default=None, help="Only these structures: real, synthetic or a collection name (e.g. amcsd).")
-def subset_command(path, output, split, count, source):
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file (never PATH itself).")
+def subset_command(path, output, split, count, source, overwrite):
     """Write a few structures of PATH's SPLIT as a small file of the same layout (fixed samples)."""
     from lacbed_refine.dataset import subset_dataset
 
-    digest = subset_dataset(path, output, split=split, n=count, source=source)
+    digest = subset_dataset(path, output, split=split, n=count, source=source, overwrite=overwrite)
     click.echo(f"{output}: {digest}")
 
 

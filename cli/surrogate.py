@@ -29,6 +29,7 @@ def _floats(text):
 @click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
 @click.option("--config", type=click.Path(dir_okay=False), default=None, help="JSON with sections task/generator/discriminator/loss/vae/train.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint at -o.")
+@click.option("--overwrite", is_flag=True, help="Start a new model over an existing checkpoint at -o (without it, one is refused).")
 def train_command(direction, data, output, **options):
     """Train a DIRECTION (forward or inverse) surrogate on a dataset."""
     from lacbed_refine.surrogate import train_file
@@ -45,7 +46,7 @@ def train_command(direction, data, output, **options):
 @click.option("--source", type=click.Choice(["all", "real", "synthetic"]), default="all", show_default=True,
               help="Score only the split's real (or synthetic) structures.")
 @click.option("--report", type=click.Path(file_okay=False), default=None, help="Folder for report.json and the figures.")
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Structures per forward pass (>= 1).")
 @click.option("--device", default=None, help="torch device (default cpu).")
 @click.option("--symmetrise", is_flag=True, help="Forward models: average over the 8 operations of the square.")
 def evaluate_command(models, data, **options):
@@ -54,8 +55,13 @@ def evaluate_command(models, data, **options):
 
     for name, rep in evaluate_files(models, data, **options).items():
         s = rep["summary"]
-        click.echo(f"{name}: {rep['n_samples']} samples, R mean {s['R']['mean']:.4f} median {s['R']['median']:.4f}, "
-                   f"origin-insensitive R mean {s['R_shift']['mean']:.4f}, ℓMSE mean {s['lmse']['mean']:.3g}")
+
+        def stat(key, which="mean", s=s):  # NaN when every sample of a field scored NaN
+            return s.get(key, {}).get(which, float("nan"))
+
+        nan = f" ({rep['n_nan']} scored NaN, left out)" if rep.get("n_nan") else ""
+        click.echo(f"{name}: {rep['n_samples']} samples{nan}, R mean {stat('R'):.4f} median {stat('R', 'median'):.4f}, "
+                   f"origin-insensitive R mean {stat('R_shift'):.4f}, ℓMSE mean {stat('lmse'):.3g}")
 
 
 @click.command("predict")

@@ -6,13 +6,24 @@
 - :class:`LacbedDataset` serves the file to PyTorch (lazy, DataLoader-worker safe);
 - :func:`subset_dataset` writes a few structures of a split as a small file of the same layout;
 - :func:`read_info` and :func:`dataset_hash` summarise and verify a file; :func:`work_status`
-  reports the progress of an unfinished build.
+  reports the progress of an unfinished build;
+- :func:`open_dataset_file` is the one way a file is opened: a missing, non-HDF5, truncated or
+  damaged file raises :class:`DatasetFileError` (a ``ValueError``) naming it.
 
 The HDF5 layout is documented in :mod:`lacbed_refine.dataset._layout` and the README.
 """
 
 from ._build import BuildResult, build_dataset
-from ._layout import FORMAT, FORMAT_VERSION, META_FIELDS, dataset_hash, read_info
+from ._layout import (
+    FORMAT,
+    FORMAT_VERSION,
+    META_FIELDS,
+    DatasetFileError,
+    MissingDatasetError,
+    dataset_hash,
+    open_dataset_file,
+    read_info,
+)
 from ._png import import_png
 from ._subset import subset_dataset
 from ._tasks import DATASET_BEAMS, BuildSpec
@@ -30,6 +41,9 @@ __all__ = [
     "read_info",
     "work_status",
     "dataset_hash",
+    "open_dataset_file",
+    "DatasetFileError",
+    "MissingDatasetError",
     "FORMAT",
     "FORMAT_VERSION",
     "META_FIELDS",

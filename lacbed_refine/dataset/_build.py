@@ -24,6 +24,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from ..patterns import check_writable_folder
+from ..runtime import check_workers
 from ..splits import DEFAULT_FRACTIONS, assign_split
 from ._layout import canonical_json, read_info, write_dataset
 from ._tasks import BuildSpec, Task, cif_tasks, run_task, synthetic_tasks
@@ -132,13 +136,22 @@ def build_dataset(
     Raises
     ------
     ValueError
-        No input, an output from other inputs without ``overwrite``, or a work folder of another spec.
+        Before any work, one line naming the option: no input, a negative ``synthetic`` or
+        ``seed``, ``workers`` below 1, an engine that is not installed or cannot run here, an
+        output from other inputs without ``overwrite``, or a work folder of another spec; after
+        computing, when no structure at all could be simulated (nothing is written then).
     """
     t_start = time.perf_counter()
     spec = spec or BuildSpec()
     output = Path(output)
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    workers = check_workers(workers, option="--workers")
+    for option, value in (("--synthetic", synthetic), ("--seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{option} {value!r}: must be a whole number >= 0")
+    _check_engine(spec.engine)
+    if output.is_dir():
+        raise ValueError(f"-o {output}: is a folder, a file path is needed")
+    check_writable_folder(output.parent, option="-o")
     tasks: list[Task] = []
     for folder in cifs:
         tasks += cif_tasks(folder, start=len(tasks))
@@ -182,6 +195,12 @@ def build_dataset(
         computed = _compute_all(pending, spec, store, workers=workers, scheduler=scheduler, total=len(tasks),
                                 progress=progress)
         result = _assemble(output, tasks, work, settings, spec, command=command, progress=progress)
+    except _NothingBuilt:
+        # shards that only record failures are no use to a later run: leave nothing behind
+        work.close()
+        if not keep_work:
+            work.remove()
+        raise
     finally:
         work.close()
     if not keep_work:
@@ -189,6 +208,31 @@ def build_dataset(
     result.computed = computed
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+class _NothingBuilt(ValueError):
+    """Every structure of a build failed: there is no dataset to write."""
+
+
+def _check_engine(name: str) -> None:
+    """Refuse, before any work, a simulator that is not installed or cannot run here (every
+    structure would otherwise fail in the workers, one by one)."""
+    if name == "bloch":
+        return
+    from ..simulators import PluginError, get_simulator
+
+    try:
+        sim = get_simulator(name)
+    except PluginError as exc:
+        reason = str(exc)
+        prefix = f"simulator {name!r}: "
+        raise ValueError(f"--engine {name!r}: {reason[len(prefix):] if reason.startswith(prefix) else reason}") from None
+    try:
+        ok, why = sim.available()
+    except Exception as exc:  # noqa: BLE001 - a plugin's own failure, reported as its state
+        ok, why = False, f"{type(exc).__name__}: {exc}"
+    if not ok:
+        raise ValueError(f"--engine {name!r}: installed but cannot run here ({' '.join(str(why).split())})")
 
 
 def _up_to_date(output: Path, settings: dict) -> dict | None:
@@ -358,6 +402,10 @@ def _assemble(output: Path, tasks, work: WorkDir, settings: dict, spec: BuildSpe
     missing = [t.id for t in tasks if work.status(t.id, finished) is None]
     if missing:
         raise RuntimeError(f"{len(missing)} structures have no shard after computing (first: {missing[0]})")
+    if not ok:
+        first = failed[0] if failed else {"id": "?", "reason": "?"}
+        raise _NothingBuilt(f"{output}: none of the {len(tasks)} structures could be simulated, nothing written "
+                            f"(first: {first['id']}: {first['reason']})")
     # the split table needs every formula before the file is written: one pass over the metadata
     formulas = {}
     for t in ok:

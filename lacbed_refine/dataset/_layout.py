@@ -48,6 +48,9 @@ __all__ = [
     "dataset_hash",
     "read_info",
     "canonical_json",
+    "open_dataset_file",
+    "DatasetFileError",
+    "MissingDatasetError",
 ]
 
 FORMAT = "lacbed-refine-dataset"
@@ -297,6 +300,147 @@ def source_mask(sources, wanted: str | None) -> np.ndarray:
     return sources == wanted
 
 
+class DatasetFileError(ValueError):
+    """A dataset file that cannot be used (not HDF5, truncated, damaged, not this layout); the
+    message is one line naming the file."""
+
+
+class MissingDatasetError(DatasetFileError, FileNotFoundError):
+    """A dataset path that does not exist (also a ``FileNotFoundError``, for callers that catch that)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _h5_open(path: Path):
+    """``h5py.File(path, "r")`` with its errors turned into one line naming the file (h5py's own
+    message names neither the file nor what to do)."""
+    import h5py
+
+    if not path.exists():
+        raise MissingDatasetError(f"{path}: no such dataset file")
+    if path.is_dir():
+        raise DatasetFileError(f"{path}: is a folder, not a dataset file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        reason = _first_line(exc)
+        if "truncated" in reason:
+            what = "truncated (an interrupted copy or download?)"
+        elif "signature" in reason:
+            what = "not an HDF5 file"
+        else:
+            what = f"not a readable HDF5 file ({reason})"
+        raise DatasetFileError(f"{path}: {what}; expected a lacbed-refine dataset .h5") from None
+
+
+def check_layout(f, path) -> int:
+    """Check that the open HDF5 file ``f`` has this module's layout with consistent counts and
+    shapes; returns the number of structures N.
+
+    Only shapes and attributes are read, so this is cheap on a file of any size; it runs on every
+    open so that a damaged file fails here, with its name, and not deep inside a training loop.
+
+    Raises
+    ------
+    DatasetFileError
+        One line naming ``path`` and what is wrong (e.g. "/potential holds 3 structures but the
+        metadata table 5").
+    """
+    import h5py
+
+    fmt = f.attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode()
+    if fmt != FORMAT:
+        raise DatasetFileError(f"{path}: not a lacbed-refine dataset (format attribute {fmt!r}, expected {FORMAT!r})")
+    try:
+        version = int(f.attrs.get("format_version", 0))
+    except (TypeError, ValueError):
+        version = -1
+    if not 1 <= version <= FORMAT_VERSION:
+        raise DatasetFileError(f"{path}: dataset format version {f.attrs.get('format_version')!r} is not one this "
+                               f"lacbed-refine ({__version__}) reads (1–{FORMAT_VERSION})")
+    if "content_hash" not in f.attrs or "settings" not in f.attrs:
+        raise DatasetFileError(f"{path}: damaged dataset file: it lacks the content_hash or settings attribute")
+    needed = [*_ARRAYS, "thickness_nm", *(f"meta/{k}" for k in META_FIELDS),
+              *(f"failed/{k}" for k in ("id", "source", "reason")), "splits/key", "splits/split"]
+    missing = [k for k in needed if not isinstance(f.get(k), h5py.Dataset)]
+    if missing:
+        more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DatasetFileError(f"{path}: damaged dataset file: it lacks /{missing[0]}{more}")
+    n = len(f["meta/id"])
+    for k in META_FIELDS:
+        if f[f"meta/{k}"].shape != (n,):
+            raise DatasetFileError(f"{path}: damaged dataset file: /meta/{k} has shape {f[f'meta/{k}'].shape}, "
+                                   f"but the metadata table holds {n} structures")
+    for name in _ARRAYS:
+        m = f[name].shape[0] if f[name].ndim else 0
+        if m != n:
+            raise DatasetFileError(f"{path}: damaged dataset file: /{name} holds {m} structures but the metadata "
+                                   f"table holds {n}")
+    declared = f.attrs.get("n_structures")
+    if declared is not None and int(declared) != n:
+        raise DatasetFileError(f"{path}: damaged dataset file: it declares {int(declared)} structures but the "
+                               f"metadata table holds {n}")
+    pot, raw, pat, thick = f["potential"].shape, f["potential_raw"].shape, f["pattern"].shape, f["thickness_nm"].shape
+    if len(thick) != 1 or thick[0] < 1:
+        raise DatasetFileError(f"{path}: damaged dataset file: /thickness_nm has shape {thick}")
+    if len(pot) != 3 or pot[1] != pot[2] or raw != pot:
+        raise DatasetFileError(f"{path}: damaged dataset file: /potential has shape {pot} and /potential_raw {raw}, "
+                               f"expected ({n}, S, S) each")
+    if len(pat) != 4 or pat[1] != thick[0] or pat[2:] != pot[1:]:
+        raise DatasetFileError(f"{path}: damaged dataset file: /pattern has shape {pat}, expected "
+                               f"({n}, {thick[0]}, {pot[1]}, {pot[2]}) for {thick[0]} thickness(es)")
+    size = f.attrs.get("size")
+    if size is not None and int(size) != pot[1]:
+        raise DatasetFileError(f"{path}: damaged dataset file: it declares {int(size)}-pixel images but holds {pot[1]}")
+    for group, keys in (("failed", ("id", "source", "reason")), ("splits", ("key", "split"))):
+        lengths = {len(f[f"{group}/{k}"]) for k in keys}
+        if len(lengths) != 1:
+            raise DatasetFileError(f"{path}: damaged dataset file: the columns of /{group} differ in length {sorted(lengths)}")
+    return n
+
+
+@contextlib.contextmanager
+def open_dataset_file(path, *, check: bool = True):
+    """Open the dataset file at ``path`` read-only: the one way this package opens a dataset.
+
+    Parameters
+    ----------
+    path : path-like
+    check : bool
+        Check the layout (:func:`check_layout`): format, every array and column present, the
+        arrays as long as the metadata table, consistent image shapes.
+
+    Yields
+    ------
+    h5py.File
+
+    Raises
+    ------
+    MissingDatasetError
+        If ``path`` does not exist (a ``DatasetFileError`` and a ``FileNotFoundError``).
+    DatasetFileError
+        A ``ValueError`` with one line naming the file: not HDF5, truncated, not a lacbed-refine
+        dataset, damaged, or unreadable while being read.
+    """
+    path = Path(path)
+    f = _h5_open(path)
+    try:
+        if check:
+            check_layout(f, path)
+        yield f
+    except DatasetFileError:
+        raise
+    except OSError as exc:  # h5py read errors (a corrupt chunk) name neither the file nor the cause
+        raise DatasetFileError(f"{path}: cannot read the dataset file ({_first_line(exc)})") from None
+    finally:
+        f.close()
+
+
 def _write_column(group, name: str, kind: str, values: list) -> None:
     import h5py
 
@@ -320,10 +464,8 @@ def _read_column(group, name: str, kind: str) -> list:
 
 def dataset_hash(path) -> str:
     """Recompute the content hash of a dataset file from its data (to verify ``content_hash``)."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        settings = json.loads(f.attrs["settings"])
+    with open_dataset_file(path) as f:
+        settings = _settings(f, path)
         hasher = ContentHasher(settings)
         cols = {k: _read_column(f["meta"], k, kind) for k, kind in META_FIELDS.items()}
         n = len(cols["id"])
@@ -342,6 +484,16 @@ def dataset_hash(path) -> str:
     return hasher.hexdigest()
 
 
+def _settings(f, path) -> dict:
+    try:
+        settings = json.loads(f.attrs["settings"])
+    except (KeyError, TypeError, ValueError):
+        raise DatasetFileError(f"{path}: damaged dataset file: its settings attribute is missing or not JSON") from None
+    if not isinstance(settings, dict):
+        raise DatasetFileError(f"{path}: damaged dataset file: its settings attribute is not a JSON object")
+    return settings
+
+
 def read_info(path) -> dict:
     """Summary of a dataset file: attributes, counts per split and per space group, failures.
 
@@ -350,11 +502,7 @@ def read_info(path) -> dict:
     dict with ``content_hash``, ``settings`` (dict), ``n_structures``, ``n_failed``,
     ``thickness_nm``, ``per_split`` and ``per_spacegroup`` (counts), ``failed`` (list of dict).
     """
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        if f.attrs.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a lacbed-refine dataset (format attribute {f.attrs.get('format')!r})")
+    with open_dataset_file(path) as f:
         numbers = _read_column(f["meta"], "spacegroup_number", "int")
         symbols = _read_column(f["meta"], "spacegroup_symbol", "str")
         sources = _read_column(f["meta"], "source", "str")
@@ -374,13 +522,13 @@ def read_info(path) -> dict:
         return {
             "path": str(path),
             "content_hash": str(f.attrs["content_hash"]),
-            "settings": json.loads(f.attrs["settings"]),
+            "settings": _settings(f, path),
             "engine_version": str(f.attrs.get("engine_version", "")),
             "created_utc": str(f.attrs.get("created_utc", "")),
-            "n_structures": int(f.attrs["n_structures"]),
-            "n_failed": int(f.attrs["n_failed"]),
+            "n_structures": len(numbers),
+            "n_failed": len(failed),
             "thickness_nm": [float(x) for x in f["thickness_nm"][()]],
-            "size": int(f.attrs["size"]),
+            "size": int(f["potential"].shape[-1]),
             "per_split": dict(sorted(per_split.items())),
             "per_spacegroup": dict(sorted(per_sg.items())),
             "per_source": {s: sources.count(s) for s in sorted(set(sources))},

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..patterns import check_new_output
 from ..splits import read_split_files
 from ._layout import Record, canonical_json, write_dataset
 
@@ -49,7 +50,8 @@ def _read_png(path: Path) -> np.ndarray:
     return (np.asarray(arr, dtype=np.float64) / scale).astype(np.float32)
 
 
-def import_png(root, output, *, split_files=(), command: str = "", progress: bool = True) -> dict:
+def import_png(root, output, *, split_files=(), command: str = "", progress: bool = True,
+               overwrite: bool = False) -> dict:
     """Read an ai-diffraction PNG tree into a dataset file.
 
     Parameters
@@ -64,6 +66,8 @@ def import_png(root, output, *, split_files=(), command: str = "", progress: boo
         Command line to record.
     progress : bool
         Show a progress bar.
+    overwrite : bool
+        Replace an existing ``output`` (refused otherwise, before any image is read).
 
     Returns
     -------
@@ -72,13 +76,15 @@ def import_png(root, output, *, split_files=(), command: str = "", progress: boo
     Raises
     ------
     ValueError
-        If ``root`` has no structure folder with pattern PNGs, or a split file is malformed.
+        If ``root`` has no structure folder with pattern PNGs, a split file is malformed, or
+        ``output`` exists (without ``overwrite``) or cannot be written.
     """
     from tqdm.auto import tqdm
 
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder")
+    check_new_output(output, overwrite=overwrite, option="-o", inputs=tuple(split_files))
     splits = read_split_files(split_files)
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     thick_sets = {}

@@ -5,23 +5,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._layout import META_FIELDS, Record, _read_column, read_info, source_mask, write_dataset
+import numpy as np
+
+from ..patterns import check_new_output
+from ._layout import META_FIELDS, Record, _read_column, open_dataset_file, read_info, source_mask, write_dataset
 
 __all__ = ["subset_dataset"]
 
 
-def subset_dataset(src, out, *, split: str = "test", n: int = 4, source: str | None = None) -> str:
+def subset_dataset(src, out, *, split: str = "test", n: int = 4, source: str | None = None,
+                   overwrite: bool = False) -> str:
     """Write the first ``n`` structures (in file order) of ``split`` of ``src`` — only those whose
     source matches ``source`` when given — "real" (every collection but the synthetic one),
     "synthetic", or a collection name such as "amcsd" — to ``out``; returns the content hash.
 
     The subset keeps the source's settings (plus ``subset_of``: the source's content hash, split
     and count) and split labels, so it scores a model exactly as the full split does.
-    """
-    import h5py
 
+    ``out`` may not be ``src``, nor an existing file unless ``overwrite``.
+
+    Raises
+    ------
+    ValueError
+        One line naming the option or file: ``n`` below 1, ``out`` is ``src`` or exists, ``src``
+        is not a readable dataset, or the split holds no such structure.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"-n {n!r}: the number of structures must be a whole number >= 1")
+    check_new_output(out, overwrite=overwrite, option="-o", inputs=(src,))
     info = read_info(src)
-    with h5py.File(src, "r") as f:
+    with open_dataset_file(src) as f:
         meta = {k: _read_column(f["meta"], k, kind) for k, kind in META_FIELDS.items()}
         wanted = source_mask(meta["source"], source)
         rows = [i for i, s in enumerate(meta["split"]) if s == split and wanted[i]][:n]

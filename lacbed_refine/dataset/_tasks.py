@@ -97,13 +97,25 @@ class BuildSpec:
 
     def __post_init__(self):
         if self.preset != "paper":
-            raise ValueError(f"unknown preset {self.preset!r}; available: 'paper'")
-        if not self.thickness_nm or min(self.thickness_nm) < 0:
-            raise ValueError(f"thicknesses must be non-negative nm, got {self.thickness_nm!r}")
-        if self.size < 4 or self.size % 2:
-            raise ValueError(f"size must be an even number of pixels >= 4, got {self.size!r}")
-        if self.n_beams < 1:
-            raise ValueError(f"beams must be a positive int, got {self.n_beams!r}")
+            raise ValueError(f"--preset {self.preset!r}: unknown preset; available: paper")
+        if self.precision not in ("fast", "reference"):
+            raise ValueError(f"precision {self.precision!r}: use fast or reference")
+        if not isinstance(self.engine, str) or not self.engine.strip():
+            raise ValueError(f"--engine {self.engine!r}: give a simulator name (bloch or an installed plugin)")
+        for option, value in (("--size", self.size), ("--beams", self.n_beams), ("potential_terms", self.potential_terms)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{option} {value!r}: must be a whole number >= 1")
+        try:
+            thickness = tuple(float(t) for t in self.thickness_nm)
+        except (TypeError, ValueError):
+            raise ValueError(f"--thickness {self.thickness_nm!r}: not a list of numbers [nm]") from None
+        # Every structure is simulated with these values: check them once here, with the rules of
+        # SimulationSettings itself, rather than have each worker fail on them and the build
+        # record every structure as failed.
+        from ..conventions import NM
+        from ..geometry import SimulationSettings
+
+        SimulationSettings(size=int(self.size), thicknesses=tuple(t * NM for t in thickness), n_beams=int(self.n_beams))
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import torch
 
-from ._layout import FORMAT, source_mask
+from ._layout import DatasetFileError, _h5_open, open_dataset_file, source_mask
 
 __all__ = ["LacbedDataset"]
 
@@ -46,12 +46,10 @@ class LacbedDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, path, *, split=None, thickness=None, source: str | None = None):
-        import h5py
-
         self.path = os.fspath(path)
-        with h5py.File(self.path, "r") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise ValueError(f"{self.path}: not a lacbed-refine dataset file")
+        # the layout check makes a damaged file (say /pattern shorter than the metadata) fail here,
+        # naming it, rather than as an IndexError in the middle of an epoch
+        with open_dataset_file(self.path) as f:
             self.thickness_nm = np.asarray(f["thickness_nm"][()], dtype=np.float32)
             splits = np.array([s.decode() if isinstance(s, bytes) else s for s in f["meta/split"][()]])
             sources = np.array([s.decode() if isinstance(s, bytes) else s for s in f["meta/source"][()]])
@@ -64,11 +62,11 @@ class LacbedDataset(torch.utils.data.Dataset):
             wanted = {split} if isinstance(split, str) else set(split)
             unknown = wanted - {"train", "validation", "test", ""}
             if unknown:
-                raise ValueError(f"split must be train, validation or test, got {sorted(unknown)}")
+                raise ValueError(f"{self.path}: split must be train, validation or test, got {sorted(unknown)}")
             keep &= np.isin(splits, list(wanted))
         if source is not None:
             if source not in ("real", "synthetic"):
-                raise ValueError(f"source must be 'real' or 'synthetic', got {source!r}")
+                raise ValueError(f"{self.path}: source must be 'real' or 'synthetic', got {source!r}")
             keep &= source_mask(sources, source)
         self.rows = np.nonzero(keep)[0]
         if thickness is None or (isinstance(thickness, str) and thickness == "all"):
@@ -94,9 +92,9 @@ class LacbedDataset(torch.utils.data.Dataset):
 
     def _h5(self):
         if self._file is None or self._pid != os.getpid():
-            import h5py
+            from pathlib import Path
 
-            self._file = h5py.File(self.path, "r")
+            self._file = _h5_open(Path(self.path))
             self._pid = os.getpid()
         return self._file
 
@@ -110,13 +108,17 @@ class LacbedDataset(torch.utils.data.Dataset):
         else:
             row, t = self.rows[i], self._t
         row = int(row)
-        potential = torch.from_numpy(np.asarray(f["potential"][row], dtype=np.float32))[None]
-        if isinstance(t, str):
-            pattern = torch.from_numpy(np.asarray(f["pattern"][row], dtype=np.float32))
-            thick = torch.from_numpy(self.thickness_nm.copy())
-        else:
-            pattern = torch.from_numpy(np.asarray(f["pattern"][row, t], dtype=np.float32))[None]
-            thick = torch.tensor(self.thickness_nm[t])
+        try:
+            potential = torch.from_numpy(np.asarray(f["potential"][row], dtype=np.float32))[None]
+            if isinstance(t, str):
+                pattern = torch.from_numpy(np.asarray(f["pattern"][row], dtype=np.float32))
+                thick = torch.from_numpy(self.thickness_nm.copy())
+            else:
+                pattern = torch.from_numpy(np.asarray(f["pattern"][row, t], dtype=np.float32))[None]
+                thick = torch.tensor(self.thickness_nm[t])
+        except OSError as exc:  # a corrupt chunk: h5py's message names neither the file nor the row
+            raise DatasetFileError(f"{self.path}: cannot read structure {row} ({self.ids[row]}): "
+                                   f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
         return {
             "potential": potential,
             "pattern": pattern,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -13,10 +14,11 @@ import numpy as np
 import torch
 
 from ..dataset import read_info
-from ..patterns import STACK_SUFFIXES, atomic_path, write_preview, write_stack
+from ..patterns import STACK_SUFFIXES, atomic_path, check_new_output, write_preview, write_stack
+from ..runtime import resolve_device
 from ._config import ARCHITECTURES, DIRECTIONS, TrainConfig, config_from_dict
 from ._data import in_memory, open_dataset
-from ._evaluate import compare_reports, evaluate
+from ._evaluate import _check_report_folder, _score, compare_reports, staged_folder, write_report
 from ._predict import ForwardSurrogate, file_sha256, load_pretrained, load_surrogate
 from ._trainer import Trainer, build_model, load_checkpoint, make_loader
 
@@ -61,57 +63,95 @@ def _image_size(dataset) -> int:
     return int(torch.as_tensor(dataset[0]["potential"]).shape[-1])
 
 
+def _whole(option: str, value, minimum: int = 1) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ValueError(f"{option} {value!r}: must be a whole number >= {minimum}")
+
+
+def _positive(option: str, value, what: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value) or not value > 0):
+        raise ValueError(f"{option} {value!r}: {what} must be a positive finite number")
+
+
 def train_file(direction: str, data, out, *, arch: str | None = None, epochs: int | None = None, minutes: float | None = None,
                device: str | None = None, seed: int | None = None, batch_size: int | None = None, lr: float | None = None,
-               resume: bool = False, threads: int | None = None, config=None, progress: bool = True) -> dict:
+               resume: bool = False, threads: int | None = None, config=None, progress: bool = True,
+               overwrite: bool = False) -> dict:
     """Train a surrogate on the HDF5 dataset ``data`` (its ``train`` split; ``validation`` is
     evaluated each epoch when present) and write the checkpoint ``out``.
 
     Options left as None take the defaults, or with ``resume`` the checkpoint's values.
     ``config`` is a JSON file with sections ``task``, ``generator``, ``discriminator``, ``loss``,
-    ``vae``, ``train`` overriding the defaults of a new model.
+    ``vae``, ``train`` overriding the defaults of a new model. ``out`` must not exist unless
+    ``resume`` (continue it) or ``overwrite`` (start again over it).
+
+    Raises
+    ------
+    ValueError
+        One line naming the option or file, before the data are loaded: a number out of range
+        (``epochs``, ``batch_size``, ``threads`` < 1; ``minutes``, ``lr`` not positive and finite),
+        an unknown or absent device, an existing ``out`` without ``resume``/``overwrite``, ``out``
+        being an input, a bad config file or checkpoint, a dataset that cannot be read or of
+        another image size than the checkpoint's model.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if arch is not None and arch not in ARCHITECTURES:
-        raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads!r}")
-        torch.set_num_threads(threads)
+        raise ValueError(f"--arch {arch!r}: must be one of {', '.join(ARCHITECTURES)}")
+    _whole("--epochs", epochs)
+    _positive("--minutes", minutes, "the training time [minutes]")
+    _positive("--lr", lr, "the learning rate")
+    _whole("--batch-size", batch_size)
+    _whole("--threads", threads)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"--seed {seed!r}: must be a whole number")
+    dev = resolve_device(device or "cpu", option="--device")
     out = Path(out)
-    train_set = in_memory(open_dataset(data, "train"))
+    if resume:
+        for src in (data, config):
+            if src is not None and Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
+                raise ValueError(f"-o {out}: is an input file; give the checkpoint to resume")
+        state = load_checkpoint(out)  # a missing or unusable checkpoint fails here, before the data load
+        if state["kind"] != direction or (arch is not None and state["arch"] != arch):
+            raise ValueError(f"{out}: holds a {state['kind']} {state['arch']} model; cannot resume it as {direction} {arch or state['arch']}")
+        train_values = dict(state["config"].get("train", {}))
+    else:
+        # an existing checkpoint holds hours of training: never replaced unless asked
+        check_new_output(out, overwrite=overwrite, option="-o", inputs=(data, config))
+        sections = _read_config(config) if config is not None else {}
+        train_values = dict(sections.get("train", {}))
+    train_values.update({k: v for k, v in {"epochs": epochs, "minutes": minutes, "seed": seed,
+                                           "batch_size": batch_size, "lr": lr}.items() if v is not None})
+    if not {"epochs", "minutes", "max_steps"} & {k for k, v in train_values.items() if v is not None}:
+        raise ValueError("say how long to train: --epochs N and/or --minutes M")
+    cfg = config_from_dict("train", train_values)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    base_train = open_dataset(data, "train")
+    size = _image_size(base_train)
+    if resume:
+        model = build_model(state["arch"], state["config"])
+    else:
+        task = {**sections.get("task", {}), "direction": direction}
+        task.setdefault("image_size", size)
+        torch.manual_seed(int(cfg.seed))  # deterministic initial weights
+        model = build_model(arch or "cgan", {**sections, "task": task})
+    if model.task.image_size != size:
+        raise ValueError(f"{data}: images are {size}×{size} pixels but the model works at "
+                         f"{model.task.image_size}×{model.task.image_size}")
+    train_set = in_memory(base_train)
     try:
         val_set = in_memory(open_dataset(data, "validation"))
     except (ValueError, KeyError):
         val_set = None
-    size = _image_size(train_set)
-    overrides = {k: v for k, v in {"epochs": epochs, "minutes": minutes, "seed": seed, "batch_size": batch_size, "lr": lr}.items() if v is not None}
-    if resume:
-        state = load_checkpoint(out)
-        if state["kind"] != direction or (arch is not None and state["arch"] != arch):
-            raise ValueError(f"{out}: holds a {state['kind']} {state['arch']} model; cannot resume it as {direction} {arch or state['arch']}")
-        model = build_model(state["arch"], state["config"])
-        train_values = {**state["config"].get("train", {}), **overrides}
-    else:
-        sections = _read_config(config) if config is not None else {}
-        task = {**sections.get("task", {}), "direction": direction}
-        task.setdefault("image_size", size)
-        train_values = {**sections.get("train", {}), **overrides}
-        torch.manual_seed(int(train_values.get("seed", 0)))  # deterministic initial weights
-        model = build_model(arch or "cgan", {**sections, "task": task})
-    if model.task.image_size != size:
-        raise ValueError(f"{data}: images are {size} pixels but the model works at {model.task.image_size}")
-    if not {"epochs", "minutes", "max_steps"} & {k for k, v in train_values.items() if v is not None}:
-        raise ValueError("say how long to train: --epochs N and/or --minutes M")
-    cfg = config_from_dict("train", train_values)
-    model = model.to(device or "cpu")
+    model = model.to(dev)
     metadata = {
         "data": {"path": str(Path(data).resolve()), "sha256": file_sha256(data),
                  "content_hash": read_info(data).get("content_hash"), "n_train": len(train_set),
                  "n_validation": len(val_set) if val_set is not None else 0},
         "command": " ".join(shlex.quote(a) for a in sys.argv) if sys.argv and "lacbed" in Path(sys.argv[0]).name else "",
-        "device": str(device or "cpu"),
+        "device": str(dev),
         "threads": torch.get_num_threads(),
     }
     log.info("training %s %s on %d structures (%s)", direction, model.arch, len(train_set), data)
@@ -138,32 +178,53 @@ def evaluate_files(models, data, *, split: str = "test", report=None, batch_size
                    invariance: int = 32, symmetrise: bool = False, source: str | None = None) -> dict[str, dict]:
     """Evaluate one or more model files on a split of ``data`` (only its ``source`` structures,
     "real" or "synthetic", when given); with several models, each gets a sub-folder of ``report``
-    and ``comparison.md`` / ``comparison.json`` compare them."""
+    and ``comparison.md`` / ``comparison.json`` compare them.
+
+    Every model is loaded and checked against the dataset (image size) before any is scored, and
+    the report folder is written only once every model is scored: a failure leaves nothing in it.
+
+    Raises
+    ------
+    ValueError
+        One line naming the option or file: no model, an unknown or absent device, a batch size
+        below 1, an unwritable report folder, a dataset or model that cannot be read, a model of
+        another image size than the dataset's, or a model whose every score is NaN.
+    """
     models = [Path(m) for m in models]
     if not models:
         raise ValueError("give at least one model file")
+    dev = resolve_device(device or "cpu", option="--device")
+    _whole("--batch-size", batch_size)
+    if report is not None:
+        _check_report_folder(Path(report))
     dataset = open_dataset(data, split, source)
-    reports = {}
+    size = _image_size(dataset)
+    surrogates = [load_surrogate(path, device=dev) for path in models]
+    for path, model in zip(models, surrogates):
+        if model.image_size != size:
+            raise ValueError(f"{path}: the model works on {model.image_size}×{model.image_size}-pixel images, but "
+                             f"{data} holds {size}×{size}-pixel images")
     labels = _labels(models)
-    for label, path in zip(labels, models):
-        folder = None
-        if report is not None:
-            folder = Path(report) / label if len(models) > 1 else Path(report)
-        reports[label] = evaluate(path, dataset, report_dir=folder, split=split, batch_size=batch_size,
-                                  device=device, invariance=invariance, name=label, symmetrise=symmetrise,
-                                  source=source or "all")
-        if folder is not None:  # a training checkpoint carries its history; exported weights do not
-            from ._evaluate import plot_history
+    scored = {label: _score(model, dataset, split=split, batch_size=batch_size, invariance=invariance, seed=0,
+                            name=label, symmetrise=symmetrise, source=source or "all")
+              for label, model in zip(labels, surrogates)}
+    reports = {label: rep for label, (rep, _, _) in scored.items()}
+    if report is not None:
+        from ._evaluate import plot_history
 
-            plot_history(load_checkpoint(path).get("history", []), folder / "learning_curves.png")
-    if report is not None and len(models) > 1:
-        table = compare_reports(reports)
-        with atomic_path(Path(report) / "comparison.md") as tmp:
-            tmp.write_text(table)
-        summary = {k: {"kind": r["model"]["kind"], "arch": r["model"]["arch"], "summary": r["summary"],
-                       "per_thickness": r["per_thickness"]} for k, r in reports.items()}
-        with atomic_path(Path(report) / "comparison.json") as tmp:
-            tmp.write_text(json.dumps(summary, indent=1))
+        with staged_folder(report) as tmp:
+            for (label, (rep, keep, mean_error)), path in zip(scored.items(), models):
+                folder = tmp / label if len(models) > 1 else tmp
+                write_report(folder, rep, keep, mean_error)
+                # a training checkpoint carries its history; exported weights do not
+                plot_history(load_checkpoint(path).get("history", []), folder / "learning_curves.png")
+            if len(models) > 1:
+                with atomic_path(tmp / "comparison.md") as t:
+                    t.write_text(compare_reports(reports))
+                summary = {k: {"kind": r["model"]["kind"], "arch": r["model"]["arch"], "summary": r["summary"],
+                               "per_thickness": r["per_thickness"]} for k, r in reports.items()}
+                with atomic_path(tmp / "comparison.json") as t:
+                    t.write_text(json.dumps(summary, indent=1))
     return reports
 
 
@@ -225,7 +286,7 @@ def read_stack(path) -> tuple[np.ndarray, dict]:
 
 
 def _model(model, direction: str, device):
-    surrogate = load_pretrained(direction, device=device or "cpu") if model is None else load_surrogate(model, device=device or "cpu")
+    surrogate = load_pretrained(direction, device=device) if model is None else load_surrogate(model, device=device)
     kind = "forward" if isinstance(surrogate, ForwardSurrogate) else "inverse"
     if kind != direction:
         need = "predict needs a forward" if direction == "forward" else "invert needs an inverse"
@@ -256,10 +317,11 @@ def predict_file(source, out, *, thickness_nm, model=None, a_angstrom: float | N
     symmetrise : bool
         Average over the 8 operations of the square (exactly equivariant, 8× the cost).
     """
-    thickness = [float(t) for t in np.atleast_1d(thickness_nm)]
-    if not thickness or min(thickness) <= 0:
-        raise ValueError(f"thickness must be positive nm, got {thickness_nm!r}")
-    surrogate = _model(model, "forward", device)
+    dev = resolve_device(device or "cpu", option="--device")
+    thickness = [float(t) for t in np.atleast_1d(thickness_nm)] if thickness_nm is not None else []
+    if not thickness or not all(math.isfinite(t) and t > 0 for t in thickness):
+        raise ValueError(f"--thickness {thickness_nm!r}: thicknesses must be positive finite nm")
+    surrogate = _model(model, "forward", dev)
     source = Path(source)
     if source.suffix.lower() == ".cif":
         from ..crystal import read_cif
@@ -303,7 +365,8 @@ def invert_file(pattern, out, *, thickness_nm=None, a_angstrom: float | None = N
     a_angstrom : float, optional
         Cubic cell edge [Å].
     """
-    surrogate = _model(model, "inverse", device)
+    dev = resolve_device(device or "cpu", option="--device")
+    surrogate = _model(model, "inverse", dev)
     pattern = Path(pattern)
     pages, meta = read_stack(pattern)
     refl = meta.get("reflections")

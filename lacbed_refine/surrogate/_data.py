@@ -118,37 +118,33 @@ def open_dataset(path, split: str, source: str | None = None):
 
     Raises
     ------
-    FileNotFoundError
-        If ``path`` does not exist.
     ValueError
-        If the file is not a dataset, the split is unknown or empty, or the dataset module is
-        missing (one line naming the file).
+        One line naming the file: missing (also a ``FileNotFoundError``), not HDF5, truncated, not
+        a dataset or damaged (e.g. arrays shorter than the metadata table), the split unknown or
+        empty, or the dataset module missing.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such dataset file")
     try:
         from ..dataset import LacbedDataset
+        from ..dataset._layout import open_dataset_file
     except ImportError:
         raise ValueError(f"{path}: reading datasets needs lacbed_refine.dataset, which this installation lacks") from None
     split = {"val": "validation", "valid": "validation"}.get(split, split)
     source = None if source in (None, "all") else source
-    base = LacbedDataset(path, split=split, thickness="all", source=source)
+    base = LacbedDataset(path, split=split, thickness="all", source=source)  # opens and checks the file
     if len(base) == 0:
         raise ValueError(f"{path}: the {split!r} split is empty" + (f" of {source} structures" if source else ""))
-    return _Annotated(base, path)
+    with open_dataset_file(path, check=False) as f:  # checked just above
+        ids = [_text(x) for x in f["meta/id"][()]]
+        groups = [_text(x) for x in f["meta/spacegroup_symbol"][()]] if "meta/spacegroup_symbol" in f else None
+    return _Annotated(base, ids, groups)
 
 
 class _Annotated(Dataset):
     """Adds ``name`` and ``space_group`` (from ``/meta``) to a dataset file's items."""
 
-    def __init__(self, base, path: Path):
-        import h5py
-
-        self.base = base
-        with h5py.File(path, "r") as f:
-            self.ids = [_text(x) for x in f["meta/id"][()]]
-            self.groups = [_text(x) for x in f["meta/spacegroup_symbol"][()]] if "meta/spacegroup_symbol" in f else None
+    def __init__(self, base, ids: list[str], groups: list[str] | None):
+        self.base, self.ids, self.groups = base, ids, groups
 
     def __len__(self) -> int:
         return len(self.base)

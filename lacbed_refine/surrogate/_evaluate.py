@@ -16,9 +16,13 @@ inset) and ``mean_error_map.png`` (where the errors sit).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +41,7 @@ from ._transforms import (
     roll_batch,
 )
 
-__all__ = ["evaluate", "compare_reports", "summarise"]
+__all__ = ["evaluate", "compare_reports", "summarise", "staged_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +49,60 @@ _PRIMARY = ("R", "r", "lmse", "R_shift", "lmse_shift")
 
 
 def summarise(values) -> dict[str, float]:
-    """count, mean, median, q25, q75, min, max of a sequence of numbers (NaNs dropped)."""
-    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    """count, mean, median, q25, q75, min, max of a sequence of numbers. NaNs (and infinities) are
+    left out of the statistics and counted in ``nan`` (present only when there are any), so a
+    summary never silently averages over fewer samples than it says."""
+    values = [x for x in values if x is not None]
+    v = np.asarray([x for x in values if math.isfinite(x)], dtype=float)
+    dropped = {"nan": len(values) - int(v.size)} if len(values) > v.size else {}
     if v.size == 0:
-        return {"count": 0}
+        return {"count": 0, **dropped}
     q25, med, q75 = np.percentile(v, [25, 50, 75])
     return {"count": int(v.size), "mean": float(v.mean()), "median": float(med), "q25": float(q25),
-            "q75": float(q75), "min": float(v.min()), "max": float(v.max())}
+            "q75": float(q75), "min": float(v.min()), "max": float(v.max()), **dropped}
+
+
+def _stat(summary: dict, key: str, stat: str = "mean") -> float:
+    """``summary[key][stat]``, NaN where there is none (a field or group whose every value is NaN)."""
+    return float(summary.get(key, {}).get(stat, math.nan))
+
+
+@contextlib.contextmanager
+def staged_folder(folder):
+    """Yield an empty temporary folder beside ``folder``; when the block succeeds, move every file
+    written there into ``folder`` (created if needed; same-named files are replaced), and delete
+    the temporary folder in any case. A report that fails half-way (a figure, a NaN check) thus
+    leaves nothing in ``folder``.
+
+    Raises
+    ------
+    ValueError
+        If ``folder`` exists and is not a folder, or nothing can be written there (before any work).
+    """
+    folder = Path(folder)
+    _check_report_folder(folder)
+    parent = folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=parent))
+    try:
+        yield tmp
+        for src in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            dst = folder / src.relative_to(tmp)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_report_folder(folder: Path, option: str = "--report") -> None:
+    """Refuse, without creating anything, a report folder that cannot be written."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {folder}: exists and is not a folder")
+    probe = folder
+    while not probe.exists():  # the nearest existing ancestor is where folders would be created
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {folder}: cannot write there ({probe} is not a writable folder)")
 
 
 def _group_summary(samples: list[dict], key: str, fields) -> dict:
@@ -155,9 +206,10 @@ def evaluate(model, dataset, *, report_dir=None, split: str = "", batch_size: in
     model : ForwardSurrogate, InverseSurrogate, str or Path
         A loaded surrogate or a checkpoint/weights file.
     dataset : torch Dataset
-        Items as in :mod:`lacbed_refine.surrogate._data`.
+        Items as in :mod:`lacbed_refine.surrogate._data`, with images of the model's size.
     report_dir : str or Path, optional
-        Folder for ``report.json``, the PNG figures and ``mean_error_map.npy``.
+        Folder for ``report.json``, the PNG figures and ``mean_error_map.npy``; written only when
+        the whole report is (nothing is left there on failure).
     split : str
         Name of the split, recorded in the report.
     source : str
@@ -181,23 +233,65 @@ def evaluate(model, dataset, *, report_dir=None, split: str = "", batch_size: in
     -------
     report : dict
         ``summary``, ``per_thickness``, ``per_space_group``, ``invariance`` (forward), ``samples``.
+        Samples whose scores are NaN (non-finite prediction or data) are counted in ``n_nan`` and
+        in each summary's ``nan``, and left out of its statistics.
+
+    Raises
+    ------
+    ValueError
+        An unknown device, a dataset of another image size than the model's, an empty dataset, or
+        scores that are NaN for every sample; one line, before any report file is written.
     """
+    if report_dir is not None:
+        _check_report_folder(Path(report_dir), option="report_dir")
+    model, name = _loaded(model, device, name)
+    report, keep, mean_error = _score(model, dataset, split=split, batch_size=batch_size, invariance=invariance,
+                                      seed=seed, name=name, symmetrise=symmetrise, source=source)
+    if report_dir is not None:
+        with staged_folder(report_dir) as tmp:
+            write_report(tmp, report, keep, mean_error, examples)
+    return report
+
+
+def _loaded(model, device, name):
+    """The surrogate (loaded from a file when given one, moved to ``device``) and its label."""
+    from ..runtime import resolve_device
+
+    dev = resolve_device(device, option="device") if device is not None else None
     if isinstance(model, (str, Path)):
         name = name or Path(model).stem
-        model = load_surrogate(model, device=device or "cpu")
-    elif device is not None:
-        model = model.to(device)
+        model = load_surrogate(model, device=dev or "cpu")
+    elif dev is not None:
+        model = model.to(dev)
     if not isinstance(model, (ForwardSurrogate, InverseSurrogate)):
         raise TypeError(f"model must be a ForwardSurrogate, InverseSurrogate or a file, got {type(model).__name__}")
+    return model, name
+
+
+def _score(model, dataset, *, split: str, batch_size: int, invariance: int, seed: int, name: str | None,
+           symmetrise: bool, source: str):
+    """The report of :func:`evaluate` without writing it: ``(report, keep, mean_error)``, where
+    ``keep`` maps sample number → (input, shown prediction, truth) images for the figures and
+    ``mean_error`` is the mean error map (n, n)."""
+    label = name or model.info.get("path", "") or "model"
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size!r}: must be a whole number >= 1")
     if len(dataset) == 0:
         raise ValueError("the dataset split is empty")
+    size = int(torch.as_tensor(dataset[0]["potential"]).shape[-1])
+    if size != model.image_size:  # caught here, not as a shape error deep inside the network
+        raise ValueError(f"{label}: the model works on {model.image_size}×{model.image_size}-pixel images, "
+                         f"but the dataset's are {size}×{size}")
     inverse = model.task.direction == "inverse"
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, drop_last=False)
     samples, err_sum, keep = [], None, {}
     offset = 0
+    bad_pred = bad_truth = 0
     for batch in loader:
         out = _eval_batch(model, batch, symmetrise and not inverse)
         pred, truth = out["pred"], out["truth"]
+        bad_pred += int((~torch.isfinite(pred)).flatten(1).any(dim=1).sum())
+        bad_truth += int((~torch.isfinite(truth)).flatten(1).any(dim=1).sum())
         r = metrics.pearson_r(pred, truth)
         r_shift, _ = metrics.best_shift_r(truth, pred)
         fields = {"r": r, "R": 0.5 + 0.5 * r, "lmse": metrics.lmse(pred, truth), "r_shift": r_shift,
@@ -223,6 +317,19 @@ def evaluate(model, dataset, *, report_dir=None, split: str = "", batch_size: in
             keep[len(samples)] = (out["input"][j].cpu(), shown[j].cpu(), truth[j].cpu())
             samples.append(rec)
         offset += len(names)
+    n_nan = sum(not math.isfinite(s["R"]) for s in samples)
+    if n_nan == len(samples):  # nothing to summarise: say why rather than write an empty report
+        if bad_pred:
+            why = f"the model predicts NaN or infinite values for {bad_pred} of them"
+        elif bad_truth:
+            why = f"the dataset holds NaN or infinite pixels in {bad_truth} of them"
+        else:
+            why = "the scores are undefined"
+        raise ValueError(f"{label}: every score is NaN on the {len(samples)} samples{f' of split {split!r}' if split else ''} "
+                         f"({why}); no report written")
+    if n_nan:
+        log.warning("%s: %d of %d samples score NaN (non-finite prediction or data); left out of the statistics",
+                    label, n_nan, len(samples))
     fields = [k for k in samples[0] if k not in ("index", "name", "space_group", "thickness_nm")]
     report = {
         "model": {"name": name or model.info.get("path", ""), "kind": model.task.direction, "arch": model.arch,
@@ -233,6 +340,7 @@ def evaluate(model, dataset, *, report_dir=None, split: str = "", batch_size: in
         "lacbed_refine_version": __version__,
         "n_structures": offset,
         "n_samples": len(samples),
+        "n_nan": n_nan,
         "summary": {f: summarise(s[f] for s in samples) for f in fields},
         "per_thickness": _group_summary(samples, "thickness_nm", fields),
         "per_space_group": _group_summary(samples, "space_group", fields),
@@ -241,11 +349,9 @@ def evaluate(model, dataset, *, report_dir=None, split: str = "", batch_size: in
     if not inverse and invariance > 0:
         report["invariance"] = _invariance(model, dataset, invariance, seed, symmetrise)
     mean_error = (err_sum / len(samples)).cpu().numpy()
-    if report_dir is not None:
-        _write_report(Path(report_dir), report, keep, mean_error, examples)
     log.info("%s on %s: mean R %.4f, median R %.4f over %d samples", report["model"]["name"], split or "data",
-             report["summary"]["R"]["mean"], report["summary"]["R"]["median"], len(samples))
-    return report
+             _stat(report["summary"], "R"), _stat(report["summary"], "R", "median"), len(samples))
+    return report, keep, mean_error
 
 
 def compare_reports(reports: dict[str, dict]) -> str:
@@ -257,12 +363,12 @@ def compare_reports(reports: dict[str, dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, rep in reports.items():
         s = rep["summary"]
-        row = [label, rep["model"]["arch"], f"{rep['model']['parameters']:,}", f"{s['R']['mean']:.4f}",
-               f"{s['R']['median']:.4f}", f"{s['R']['q25']:.4f}", f"{s['r']['mean']:.4f}", f"{s['lmse']['mean']:.3g}",
-               f"{s['R_shift']['mean']:.4f}"]
+        row = [label, rep["model"]["arch"], f"{rep['model']['parameters']:,}", f"{_stat(s, 'R'):.4f}",
+               f"{_stat(s, 'R', 'median'):.4f}", f"{_stat(s, 'R', 'q25'):.4f}", f"{_stat(s, 'r'):.4f}",
+               f"{_stat(s, 'lmse'):.3g}", f"{_stat(s, 'R_shift'):.4f}"]
         if "R dihedral mean" in head:
-            row.append(f"{s['R_dihedral']['mean']:.4f}" if "R_dihedral" in s else "")
-        row += [f"{rep['per_thickness'][t]['R']['mean']:.4f}" if t in rep["per_thickness"] else "" for t in thick]
+            row.append(f"{_stat(s, 'R_dihedral'):.4f}" if "R_dihedral" in s else "")
+        row += [f"{_stat(rep['per_thickness'][t], 'R'):.4f}" if t in rep["per_thickness"] else "" for t in thick]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -284,7 +390,10 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _write_report(folder: Path, report: dict, keep: dict, mean_error: np.ndarray, examples: int) -> None:
+def write_report(folder: Path, report: dict, keep: dict, mean_error: np.ndarray, examples: int = 3) -> None:
+    """Write ``report.json``, ``mean_error_map.npy`` and the figures into ``folder`` (see the
+    module docstring); ``keep`` and ``mean_error`` as returned with the report by :func:`_score`."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1))
@@ -309,11 +418,12 @@ def _write_report(folder: Path, report: dict, keep: dict, mean_error: np.ndarray
 
 def _pick(samples: list[dict], k: int) -> list[int]:
     """Samples closest to the mean R, the median R, then the worst, best, … (the paper's choice)."""
-    rs = np.array([s["R"] for s in samples])
+    rs = np.array([s["R"] for s in samples], dtype=float)
+    rs = np.where(np.isfinite(rs), rs, np.nan)  # NaN samples are never picked as typical
     order = []
-    for target in (rs.mean(), np.median(rs)):
-        order.append(int(np.abs(rs - target).argmin()))
-    order += [int(rs.argmin()), int(rs.argmax())]
+    for target in (np.nanmean(rs), np.nanmedian(rs)):
+        order.append(int(np.nanargmin(np.abs(rs - target))))
+    order += [int(np.nanargmin(rs)), int(np.nanargmax(rs))]
     seen = []
     for i in order + list(range(len(samples))):
         if i not in seen:
@@ -348,8 +458,9 @@ def _fig_examples(path, report, keep, k, inverse):
 def _fig_thickness(path, report, keep, inverse):
     plt = _plt()
     samples = report["samples"]
-    rs = np.array([s["R"] for s in samples])
-    centre = samples[int(np.abs(rs - rs.mean()).argmin())]["index"]
+    rs = np.array([s["R"] for s in samples], dtype=float)
+    rs = np.where(np.isfinite(rs), rs, np.nan)
+    centre = samples[int(np.nanargmin(np.abs(rs - np.nanmean(rs))))]["index"]
     idx = [i for i, s in enumerate(samples) if s["index"] == centre]
     fig, axes = plt.subplots(3, len(idx), figsize=(2.3 * len(idx) + 0.6, 7.2), squeeze=False)
     labels = ["truth ρ" if inverse else "Bloch truth", "ours", "p(i, j)"]
@@ -376,20 +487,21 @@ def _fig_groups(path, report):
     rows: dict[str, list[dict]] = {}
     for s in report["samples"]:
         rows.setdefault(s["space_group"], []).append(s)
-    names = sorted(groups, key=lambda g: groups[g]["R"]["mean"])
+    # a group whose every score is NaN has no mean: it goes last, in grey
+    names = sorted(groups, key=lambda g: (math.isnan(_stat(groups[g], "R")), _stat(groups[g], "R")))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(names) + 2), 6.5), sharex=True)
-    means = np.array([groups[g]["R"]["mean"] for g in names])
+    means = np.array([_stat(groups[g], "R") for g in names])
     cmap = plt.get_cmap("viridis")
-    lo, hi = float(means.min()), float(means.max())
-    colours = [cmap(0.5 if hi == lo else (m - lo) / (hi - lo)) for m in means]
+    lo, hi = float(np.nanmin(means)), float(np.nanmax(means))
+    colours = [(0.6, 0.6, 0.6, 1.0) if math.isnan(m) else cmap(0.5 if hi == lo else (m - lo) / (hi - lo)) for m in means]
     x = np.arange(len(names))
     ax1.bar(x, [groups[g]["R"]["count"] for g in names], color=colours)
     ax1.set_ylabel("samples")
     ax1.set_title(f"(a) samples per space group, coloured by mean R ({lo:.3f} … {hi:.3f})", fontsize=9)
-    data = [[s["lmse"] for s in rows[g]] for g in names]
+    data = [[s["lmse"] for s in rows[g] if math.isfinite(s["lmse"])] for g in names]
     ax2.boxplot(data, positions=x, showmeans=True, meanline=True, flierprops={"marker": "x", "markersize": 3},
                 meanprops={"color": "red"}, medianprops={"color": "black"})
-    ax2.axhline(report["summary"]["lmse"]["mean"], ls="--", color="grey", lw=0.8)
+    ax2.axhline(_stat(report["summary"], "lmse"), ls="--", color="grey", lw=0.8)
     ax2.set_ylabel("ℓMSE")
     ax2.set_title("(b) ℓMSE per space group (red: mean, black: median; dashed: overall mean)", fontsize=9)
     ax2.set_xticks(x)
@@ -406,7 +518,7 @@ def _fig_per_thickness(path, report):
     keys = sorted(groups, key=float)
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
     for ax, field in zip(axes, ("R", "lmse")):
-        ax.boxplot([[s[field] for s in groups[k]] for k in keys], showmeans=True, meanline=True,
+        ax.boxplot([[s[field] for s in groups[k] if math.isfinite(s[field])] for k in keys], showmeans=True, meanline=True,
                    meanprops={"color": "red"}, medianprops={"color": "black"}, flierprops={"marker": "x", "markersize": 3})
         ax.set_xticks(range(1, len(keys) + 1))
         ax.set_xticklabels(keys)

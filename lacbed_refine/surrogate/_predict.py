@@ -23,6 +23,7 @@ from torch import nn
 from .. import __version__, metrics
 from ..patterns import atomic_path
 from ..potential import projected_potential
+from ..runtime import resolve_device
 from ._config import TaskConfig
 from ._models import decode_scale, prepare_input
 from ._trainer import CheckpointError, build_model, load_checkpoint, save_checkpoint
@@ -250,8 +251,12 @@ def load_surrogate(path, *, device="cpu", ema: bool = True) -> ForwardSurrogate 
     Raises
     ------
     FileNotFoundError, CheckpointError
-        One line naming the file.
+        One line naming the file (corrupt, not a surrogate, NaN or infinite weights, weights that
+        do not fit the model).
+    ValueError
+        An unknown ``device``, or a CUDA one without a GPU (before the file is read).
     """
+    device = resolve_device(device, option="device")
     state = load_checkpoint(path, map_location="cpu")
     model = build_model(state["arch"], state["config"])
     weights = _generator_state(state, ema=ema, source=str(path))

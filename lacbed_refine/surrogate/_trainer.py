@@ -70,25 +70,32 @@ def save_checkpoint(path, state: dict) -> Path:
 def load_checkpoint(path, *, map_location="cpu") -> dict:
     """Read a surrogate checkpoint or shipped weights file with ``weights_only=True``.
 
+    Every floating tensor of its weights (``model`` and ``ema``) must be finite: a run that diverged
+    leaves NaN weights, which would otherwise give NaN predictions without a word.
+
     Raises
     ------
     FileNotFoundError
         If ``path`` does not exist.
     CheckpointError
-        One line naming the file: unreadable, truncated, not a dict, or not a lacbed-refine
-        surrogate (or of a newer format).
+        One line naming the file: unreadable, truncated, holding objects that are not plain data
+        (never loaded), not a dict, not a lacbed-refine surrogate (or of a newer format), or with
+        NaN or infinite weights.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, … for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {first}") from None
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, IndexError, … for bad files
+        raise CheckpointError(_load_failure(path, exc)) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a lacbed-refine surrogate checkpoint (no format {CHECKPOINT_FORMAT!r})")
-    if int(state.get("format_version", 0)) > CHECKPOINT_VERSION:
+    try:
+        version = int(state.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: checkpoint format_version {state.get('format_version')!r} is not a number") from None
+    if version > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {state['format_version']} is newer than this "
                               f"lacbed-refine ({__version__}) reads ({CHECKPOINT_VERSION}); upgrade the package")
     for key in ("kind", "arch", "config"):
@@ -96,7 +103,45 @@ def load_checkpoint(path, *, map_location="cpu") -> dict:
             raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
     if state["kind"] not in DIRECTIONS or state["arch"] not in ARCHITECTURES:
         raise CheckpointError(f"{path}: unknown model kind/arch {state['kind']!r}/{state['arch']!r}")
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path}: checkpoint config is a {type(state['config']).__name__}, not a dict")
+    for key in ("model", "ema"):
+        weights = state.get(key)
+        if weights is None:
+            continue
+        if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+            raise CheckpointError(f"{path}: checkpoint {key!r} is not a state dict of tensors")
+        bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            more = f" and {len(bad) - 1} more tensor(s)" if len(bad) > 1 else ""
+            raise CheckpointError(f"{path}: the {'EMA ' if key == 'ema' else ''}weights hold NaN or infinite values "
+                                  f"({bad[0]}{more}); the training diverged: retrain (e.g. with a lower --lr) "
+                                  f"or use an earlier checkpoint")
     return state
+
+
+def _load_failure(path: Path, exc: BaseException) -> str:
+    """One line on why ``torch.load(path, weights_only=True)`` failed.
+
+    torch's own message for a file holding Python objects advises loading it with
+    ``weights_only=False``, which would run whatever code a hostile file carries: it is never
+    repeated, and only the name of the refused object is kept from it.
+    """
+    import pickle
+    import re
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"{path}: refused: it holds Python objects{what}, not only tensors and plain data; a lacbed-refine "
+                f"checkpoint never does, so the file is corrupt or not a surrogate checkpoint")
+    if isinstance(exc, EOFError) or not text.strip():
+        return f"{path}: not a readable checkpoint (corrupt or truncated?): the file ends early or is empty"
+    first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text.strip().splitlines()[0])
+    # the unpickler's internal errors (IndexError: pop from empty list, ...) say nothing to a user
+    detail = f": {first}" if isinstance(exc, (RuntimeError, OSError, ValueError)) and "weights_only" not in first else ""
+    return f"{path}: not a readable checkpoint (corrupt, truncated, or not a torch file){detail}"
 
 
 def build_model(arch: str, config: dict) -> SurrogateModel:
