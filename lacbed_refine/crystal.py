@@ -13,6 +13,9 @@ shared cubic-CIF collection. :func:`read_cif` moves a site that lies within that
 position onto it exactly (e.g. 0.1249 → 0.125), so that its multiplicity, site symmetry and allowed
 displacements are exact.
 
+What :func:`read_cif` refuses (:class:`CrystalError`, one line naming the file) and what it only warns
+about is listed in its docstring; the limits are :data:`CELL_EDGE_RANGE` and :data:`B_ISO_LIMITS`.
+
 Wyckoff letters are not computed: gemmi (0.7.5) has no Wyckoff tables. A letter given in the CIF
 (``_atom_site_Wyckoff_symbol``) is kept in :attr:`Site.wyckoff` and written back by :func:`write_cif`;
 otherwise ``?`` is written. The site multiplicity is always written.
@@ -20,10 +23,13 @@ otherwise ``?`` is written. The site multiplicity is always written.
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import re
 import warnings
+import zlib
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import gemmi
@@ -40,6 +46,8 @@ __all__ = [
     "write_cif",
     "DEFAULT_B_ISO",
     "CUBIC_SPACE_GROUPS",
+    "CELL_EDGE_RANGE",
+    "B_ISO_LIMITS",
 ]
 
 #: B_iso [Å²] used for a site whose CIF gives neither B nor U (FELIX's RDebyeWallerConstant in the
@@ -48,6 +56,18 @@ DEFAULT_B_ISO = 0.5
 
 #: International Tables numbers of the cubic space groups.
 CUBIC_SPACE_GROUPS = range(195, 231)
+
+#: Cubic cell edges [Å] that :func:`read_cif` accepts. The smallest cubic cells are ~2.4 Å (CsCl-type
+#: intermetallics, bcc metals at 2.5-3 Å); the largest cubic inorganic frameworks are ~90 Å (MIL-101).
+#: Outside 1-200 Å the number is a typo or a unit slip (nm, pm), and a Bloch-wave simulation of such a
+#: cell would need an absurd beam pool anyway.
+CELL_EDGE_RANGE = (1.0, 200.0)
+
+#: (warn, refuse) thresholds for B_iso [Å²]. Room-temperature inorganic solids have B of 0.1-5 Å²;
+#: the shared cubic-CIF collection has 4 files of 2433 with B > 20 Å² (up to 31 Å², water and
+#: rattling cations in cages), so those are read with a warning. B > 100 Å² (rms displacement
+#: above 1.1 Å) does not describe a located atom and is refused.
+B_ISO_LIMITS = (20.0, 100.0)
 
 # Two positions closer than this (fractional, per component, modulo 1) are the same position.
 _POS_TOL = 1e-3
@@ -328,18 +348,120 @@ def _snap(frac: np.ndarray, rot: np.ndarray, tra: np.ndarray) -> np.ndarray:
 # CIF input
 # ------------------------------------------------------------------------------------------------
 def _cif_number(value: str | None) -> float | None:
-    """A CIF number without its uncertainty (``0.2624(3)`` → 0.2624); None for ``?``/``.``/absent."""
+    """A CIF number without its uncertainty (``0.2624(3)`` → 0.2624); None for ``?``/``.``/absent
+    and for text that is not a number."""
     if value is None or value in ("?", "."):
         return None
     try:
         x = gemmi.cif.as_number(value)
+        if math.isnan(x) and value[:1] in ("'", '"'):  # a quoted number, '0.5', as some programs write
+            x = gemmi.cif.as_number(gemmi.cif.as_string(value))
     except Exception:  # gemmi raises on junk; report as missing and let the caller decide
         return None
     return None if math.isnan(x) else x
 
 
+def _given_number(value: str | None, what: str, where: str) -> float | None:
+    """A CIF number, None when absent or ``?``/``.``; text that is present but not a finite number
+    (``nan``, ``inf``, ``1e400``, ``abc``) raises :class:`CrystalError` naming ``what``."""
+    if value is None or value in ("?", "."):
+        return None
+    x = _cif_number(value)
+    if x is None or not math.isfinite(x):
+        raise CrystalError(f"{where}: {what} {_shown(value)} is not a number")
+    return x
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """A CIF value for a one-line message: quoted, control characters escaped, long text cut."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+_CELL_TAGS = ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma")
+
+
+def _read_cell(block, where: str) -> tuple[float, ...]:
+    """(a, b, c [Å], α, β, γ [°]) from the block's own ``_cell_*`` items, every one required.
+
+    gemmi substitutes a unit cell (1 Å, 90°) when the items are missing, so they are read here to
+    tell "absent" from "1".
+    """
+    cell = []
+    for tag in _CELL_TAGS:
+        name = f"_cell_{tag}"
+        raw = block.find_value(name)
+        if raw is None:
+            raise CrystalError(f"{where}: no {name} (a cubic cell needs _cell_length_a/b/c and _cell_angle_alpha/beta/gamma)")
+        if raw in ("?", "."):
+            raise CrystalError(f"{where}: {name} is {_shown(raw)} (unknown); the cell must be given")
+        x = _cif_number(raw)
+        if x is None or not math.isfinite(x):
+            raise CrystalError(f"{where}: {name} {_shown(raw)} is not a number")
+        if tag.startswith("length") and not x > 0:
+            raise CrystalError(f"{where}: {name} {_shown(raw)} must be a positive length (Å)")
+        if tag.startswith("angle") and not 0 < x < 180:
+            raise CrystalError(f"{where}: {name} {_shown(raw)} must be an angle between 0 and 180 degrees")
+        cell.append(x)
+    return tuple(cell)
+
+
+def _cif_text_of(path: str) -> str:
+    """The file as text: gunzipped when gzip-compressed, a UTF-8 byte-order mark dropped.
+
+    CIF 1.1 is ASCII and CIF 2.0 is UTF-8; other encodings (Latin-1, Windows-1252) are refused
+    rather than guessed, because a guess can silently change a label or a symbol.
+    """
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if raw[:2] == b"\x1f\x8b":  # gzip magic; gemmi.cif.read() accepts .cif.gz, so this reader does too
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise CrystalError(f"{path}: not a readable gzip-compressed CIF ({exc})") from None
+    if raw[:3] == b"\xef\xbb\xbf":
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise CrystalError(
+            f"{path}: line {line} is not UTF-8 text (byte 0x{raw[exc.start]:02x}); a CIF is ASCII or UTF-8, "
+            "convert it first (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def _choose_block(doc, path: str):
+    """The first block with atom sites and a cell edge (else the first with atom sites), and a
+    warning text naming it and the other blocks with atom sites ("" when there are none)."""
+    candidates = [b for b in doc if b.find_values("_atom_site_fract_x")]
+    if not candidates:
+        raise CrystalError(f"{path}: no atom sites (no _atom_site_fract_x loop)")
+    with_cell = [b for b in candidates if _has_value(b, "_cell_length_a")]
+    block = with_cell[0] if with_cell else candidates[0]
+    others = [b.name for b in candidates if b is not block]
+    note = ""
+    if others:
+        note = (
+            f"{path}: {len(candidates)} data blocks hold atom sites; used data block {block.name!r} (the first "
+            f"with atom sites and a cell), ignored {', '.join(repr(n) for n in others)}"
+        )
+    return block, note
+
+
+def _has_value(block, tag: str) -> bool:
+    value = block.find_value(tag)
+    return value is not None and value not in ("?", ".")
+
+
 def read_cif(path, *, default_b_iso: float = DEFAULT_B_ISO) -> Crystal:
-    """Read a cubic crystal from a CIF (the first data block with atom sites).
+    """Read a cubic crystal from a CIF.
+
+    The structure comes from the first data block that has atom sites (``_atom_site_fract_x``) and
+    a cell edge (``_cell_length_a``), else from the first with atom sites. Blocks without atom sites
+    (a journal CIF's publication block) are skipped silently; when other blocks also hold atom sites,
+    they are ignored and a ``UserWarning`` names the block used and those ignored. The file may be
+    gzip-compressed and must be ASCII or UTF-8 (a byte-order mark is allowed).
 
     The space group comes from the symmetry operators when the file lists them (centring
     translations are added from the symbol if the list lacks them), else from the Hall symbol, else
@@ -357,7 +479,7 @@ def read_cif(path, *, default_b_iso: float = DEFAULT_B_ISO) -> Crystal:
     path : str or os.PathLike
         CIF file.
     default_b_iso : float
-        B_iso [Å²] for sites that give no displacement parameter.
+        B_iso [Å²] for sites that give no displacement parameter; finite, in [0, 100].
 
     Returns
     -------
@@ -367,29 +489,51 @@ def read_cif(path, *, default_b_iso: float = DEFAULT_B_ISO) -> Crystal:
     Raises
     ------
     CrystalError
-        One line naming the file and the problem: unreadable or empty, no atoms, unknown element,
-        unknown space group, non-cubic space group or cell, occupancy out of range.
+        One line naming the file and the problem, before any symmetry work: not UTF-8, unreadable
+        or empty; no atoms; a missing, unknown (``?``), non-numeric, zero or negative cell length or
+        angle; a cell edge outside :data:`CELL_EDGE_RANGE` (1-200 Å); unknown element; unknown space
+        group, non-cubic space group or cell; a site label used twice (``--fix LABEL`` would hold
+        both); a coordinate, B, U or occupancy that is given but not a finite number; negative B,
+        B above 100 Å² (:data:`B_ISO_LIMITS`); occupancy outside [0, 1].
+    ValueError
+        If ``default_b_iso`` is not a finite number in [0, 100] Å².
     FileNotFoundError
-        If ``path`` does not exist.
+        If ``path`` does not exist (other ``OSError``\\ s, e.g. permission denied, pass through).
+
+    Warns
+    -----
+    UserWarning
+        Legal but suspicious input: a site with B_iso above 20 Å²; other data blocks with atom
+        sites ignored; a two-origin space group without an origin choice; operators that disagree
+        with the declared symbol.
     """
+    default_b_iso = float(default_b_iso)
+    if not 0.0 <= default_b_iso <= B_ISO_LIMITS[1]:
+        raise ValueError(f"default_b_iso must be a finite B in [0, {B_ISO_LIMITS[1]:g}] Å², got {default_b_iso!r}")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such CIF file")
+    text = _cif_text_of(path)
     try:
-        doc = gemmi.cif.read(path)
+        doc = gemmi.cif.read_string(text)
     except Exception as exc:  # gemmi's parser errors carry line numbers; keep only the first line
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = re.sub(r"^string:", "line ", msg)  # read_string names the source "string"
         raise CrystalError(f"{path}: not a readable CIF ({msg})") from None
     if len(doc) == 0:
         raise CrystalError(f"{path}: no data block (empty file?)")
-    block = next((b for b in doc if b.find_values("_atom_site_fract_x")), None)
-    if block is None:
-        raise CrystalError(f"{path}: no atom sites (no _atom_site_fract_x loop)")
+    block, block_note = _choose_block(doc, path)
+    cell = _read_cell(block, path)
     try:
         small = gemmi.make_small_structure_from_block(block)
     except Exception as exc:
-        raise CrystalError(f"{path}: cannot read structure ({exc})") from None
-    return _crystal_from_small(small, block, path, default_b_iso=default_b_iso)
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CrystalError(f"{path}: cannot read structure ({msg})") from None
+    crystal, notes = _crystal_from_small(small, block, path, cell=cell, default_b_iso=default_b_iso)
+    for note in [block_note, *notes]:
+        if note:
+            warnings.warn(note, UserWarning, stacklevel=2)
+    return crystal
 
 
 def _split_origin(hm: str) -> tuple[str, str]:
@@ -523,41 +667,39 @@ def _element(site, where) -> str:
     return "H" if el.name == "D" else el.name
 
 
-def _crystal_from_small(small, block, path, *, default_b_iso) -> Crystal:
+def _crystal_from_small(small, block, path, *, cell, default_b_iso) -> tuple[Crystal, list[str]]:
+    """The :class:`Crystal` of one block, and the warnings to give once it is accepted (giving them
+    only then keeps a refused file from also warning)."""
     where = path
-    cell = small.cell
-    if not cell.a > 0:
-        raise CrystalError(f"{where}: no cell edge (_cell_length_a)")
-    if len(small.sites) == 0:
+    notes: list[str] = []
+    a, b_len, c_len, alpha, beta, gamma = cell
+    lo, hi = CELL_EDGE_RANGE
+    if not lo <= a <= hi:
+        raise CrystalError(
+            f"{where}: cell edge a = {a:g} Å is outside {lo:g}-{hi:g} Å, the range lacbed-refine accepts "
+            "(a typo, or nm/pm for Å?)"
+        )
+    n_rows = len(small.sites)
+    if n_rows == 0:
         raise CrystalError(f"{where}: no atom sites")
+    # --fix LABEL, the uncertainties and the refined CIF name sites by label: two rows with one
+    # label would be held or reported together without anyone asking for it.
+    counts = Counter(s.label for s in small.sites)
+    for label, count in counts.items():
+        if count > 1:
+            raise CrystalError(
+                f"{where}: site label {label!r} is used by {count} rows; labels must be unique "
+                "(--fix and the refined CIF name sites by label)"
+            )
     fracs = np.array([[s.fract.x, s.fract.y, s.fract.z] for s in small.sites], dtype=float)
     for s, r in zip(small.sites, fracs):
         if not np.all(np.isfinite(r)):
             raise CrystalError(f"{where}: site {s.label!r} has no numeric fractional coordinates")
     fracs = np.mod(fracs, 1.0)
-    occ_col = _column(block, "_atom_site_occupancy", len(small.sites), where)
-    occs = [1.0 if (o := _cif_number(v)) is None else o for v in occ_col]
 
-    sg = _spacegroup(small, block, fracs, occs, where)
-    if sg.number not in CUBIC_SPACE_GROUPS:
-        raise CrystalError(
-            f"{where}: space group {sg.hm} (No. {sg.number}) is not cubic; "
-            "lacbed-refine handles cubic groups 195-230 only"
-        )
-    if not (
-        math.isclose(cell.a, cell.b, rel_tol=1e-4)
-        and math.isclose(cell.a, cell.c, rel_tol=1e-4)
-        and all(math.isclose(x, 90.0, abs_tol=1e-3) for x in (cell.alpha, cell.beta, cell.gamma))
-    ):
-        raise CrystalError(
-            f"{where}: cell ({cell.a:g}, {cell.b:g}, {cell.c:g}, {cell.alpha:g}, {cell.beta:g}, "
-            f"{cell.gamma:g}) is not cubic although the space group is {sg.hm}"
-        )
-    rot, tra = _operations(sg.hall)
-
-    # gemmi reports a missing U as 0 and a missing occupancy as 1; read the columns ourselves to
-    # tell "absent" from "zero". gemmi keeps one site per _atom_site row, in file order.
-    n_rows = len(small.sites)
+    # gemmi reports a missing U as 0 and a missing occupancy as 1, and junk as either; read the
+    # columns ourselves to tell "absent" from "zero" from "not a number". gemmi keeps one site per
+    # _atom_site row, in file order.
     cols = {
         tag: _column(block, tag, n_rows, where)
         for tag in (
@@ -567,40 +709,91 @@ def _crystal_from_small(small, block, path, *, default_b_iso) -> Crystal:
             "_atom_site_Wyckoff_symbol",
         )
     }
-    sites = []
+    b_values, occs = [], []
     for i, s in enumerate(small.sites):
-        element = _element(s, where)
-        b = _cif_number(cols["_atom_site_B_iso_or_equiv"][i])
-        if b is None:
-            u = _cif_number(cols["_atom_site_U_iso_or_equiv"][i])
-            if u is None and s.aniso.nonzero():
-                u = (s.aniso.u11 + s.aniso.u22 + s.aniso.u33) / 3.0
-            b = 8.0 * math.pi**2 * u if u is not None else None
-        if b is None:
-            b = default_b_iso
-        if b < 0:
-            raise CrystalError(f"{where}: site {s.label!r} has negative B_iso {b:g} Å²")
-        occ = _cif_number(cols["_atom_site_occupancy"][i])
+        b, note = _site_b(s, cols["_atom_site_B_iso_or_equiv"][i], cols["_atom_site_U_iso_or_equiv"][i],
+                          default_b_iso, where)
+        if note:
+            notes.append(note)
+        b_values.append(b)
+        occ = _given_number(cols["_atom_site_occupancy"][i], f"site {s.label!r}: _atom_site_occupancy", where)
         occ = 1.0 if occ is None else occ
         if not 0.0 <= occ <= 1.0 + 1e-6:
             raise CrystalError(f"{where}: site {s.label!r} has occupancy {occ:g} outside [0, 1]")
+        occs.append(min(occ, 1.0))
+    elements = [_element(s, where) for s in small.sites]
+
+    sg = _spacegroup(small, block, fracs, occs, where)
+    if sg.number not in CUBIC_SPACE_GROUPS:
+        raise CrystalError(
+            f"{where}: space group {sg.hm} (No. {sg.number}) is not cubic; "
+            "lacbed-refine handles cubic groups 195-230 only"
+        )
+    if not (
+        math.isclose(a, b_len, rel_tol=1e-4)
+        and math.isclose(a, c_len, rel_tol=1e-4)
+        and all(math.isclose(x, 90.0, abs_tol=1e-3) for x in (alpha, beta, gamma))
+    ):
+        raise CrystalError(
+            f"{where}: cell ({a:g}, {b_len:g}, {c_len:g}, {alpha:g}, {beta:g}, "
+            f"{gamma:g}) is not cubic although the space group is {sg.hm}"
+        )
+    rot, tra = _operations(sg.hall)
+
+    sites = []
+    for i, s in enumerate(small.sites):
         wyck = cols["_atom_site_Wyckoff_symbol"][i]
         wyck = "" if wyck in (None, "?", ".") else gemmi.cif.as_string(wyck).strip()
         frac = _snap(fracs[i], rot, tra)
         sites.append(
             Site(
                 label=s.label,
-                element=element,
+                element=elements[i],
                 frac=tuple(float(x) for x in frac),
-                occupancy=min(occ, 1.0),
-                b_iso=float(b),
+                occupancy=occs[i],
+                b_iso=float(b_values[i]),
                 wyckoff=wyck,
             )
         )
     sites = _check_shared_occupancy(sites, rot, tra, where)
 
     name = _formula_name(block) or small.name or os.path.splitext(os.path.basename(path))[0]
-    return Crystal(name=name, a=float(cell.a), hall=sg.hall, sites=tuple(sites), source=path)
+    return Crystal(name=name, a=float(a), hall=sg.hall, sites=tuple(sites), source=path), notes
+
+
+def _site_b(site, b_raw, u_raw, default_b_iso: float, where: str) -> tuple[float, str]:
+    """B_iso [Å²] of one row and a warning text ("" for none); refuses values that are given but not
+    finite numbers, negative B, and B above ``B_ISO_LIMITS[1]``."""
+    label = site.label
+    b = _given_number(b_raw, f"site {label!r}: _atom_site_B_iso_or_equiv", where)
+    source = f"_atom_site_B_iso_or_equiv {b_raw}"
+    if b is None:
+        u = _given_number(u_raw, f"site {label!r}: _atom_site_U_iso_or_equiv", where)
+        source = f"8π² × _atom_site_U_iso_or_equiv {u_raw}"
+        if u is None and site.aniso.nonzero():
+            aniso = site.aniso
+            u = (aniso.u11 + aniso.u22 + aniso.u33) / 3.0
+            source = "8π² × the mean of U11, U22, U33"
+            if not math.isfinite(u):
+                raise CrystalError(f"{where}: site {label!r} has anisotropic U that is not a number")
+        b = 8.0 * math.pi**2 * u if u is not None else None
+    if b is None:
+        return default_b_iso, ""
+    warn_above, refuse_above = B_ISO_LIMITS
+    if b < 0:
+        raise CrystalError(f"{where}: site {label!r} has negative B_iso {b:g} Å² ({source})")
+    if b > refuse_above:
+        raise CrystalError(
+            f"{where}: site {label!r} has B_iso {b:g} Å² ({source}), above {refuse_above:g} Å²: "
+            "not a located atom (U given as B, or B in pm²?)"
+        )
+    note = ""
+    if b > warn_above:
+        note = (
+            f"{where}: site {label!r} has B_iso {b:g} Å² > {warn_above:g} Å² ({source}); "
+            "unusually large (a disordered or rattling atom, or a typo?)"
+        )
+    return b, note
 
 
 def _column(block, tag: str, n: int, where: str) -> list:

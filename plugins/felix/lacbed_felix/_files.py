@@ -66,6 +66,30 @@ def parse_image_name(name: str) -> tuple[str, tuple[int, int, int], str]:
     return m["chem"], (int(m["h"]), int(m["k"]), int(m["l"])), "." + m["ext"]
 
 
+def _text_lines(path: Path) -> list[str]:
+    """The lines of a FELIX text file, numbered as FELIX reads them (records end at ``\n``; a
+    trailing ``\r`` is dropped). FELIX writes ASCII: bytes that are not UTF-8 mean another kind of
+    file, refused with one line naming the file and the line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ValueError(
+            f"{path}: line {line} is not text (byte 0x{raw[exc.start]:02x}); not a file FELIX wrote?"
+        ) from None
+    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _shown(line: str, limit: int = 60) -> str:
+    """A line for a one-line message: stripped, quoted with control characters escaped, cut."""
+    text = repr(line.strip())
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
 def read_image(path, size: int | None = None) -> np.ndarray:
     """A FELIX ``.bin`` or ``.img`` image.
 
@@ -80,14 +104,19 @@ def read_image(path, size: int | None = None) -> np.ndarray:
     Returns
     -------
     image : ndarray, shape (n, n), float64
-        ``[row, col] = [k_y, k_x]``.
+        ``[row, col] = [k_y, k_x]``, every pixel finite.
 
     Raises
     ------
     ValueError
-        If the length is not that of a square of 8-byte floats, or not ``size``².
+        One line naming the file: not a file, the length is not that of a square of 8-byte floats
+        or not ``size``², or pixels are NaN or infinite (not an image FELIX completed).
+    FileNotFoundError
+        If ``path`` does not exist.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path}: not a file")
     nbytes = path.stat().st_size
     n = math.isqrt(nbytes // 8) if nbytes % 8 == 0 else 0
     if nbytes == 0 or nbytes % 8 or n * n * 8 != nbytes:
@@ -96,7 +125,11 @@ def read_image(path, size: int | None = None) -> np.ndarray:
         )
     if size is not None and n != size:
         raise ValueError(f"{path}: {n}x{n} image, expected {size}x{size}")
-    return np.fromfile(path, dtype="<f8").reshape(n, n)
+    image = np.fromfile(path, dtype="<f8").reshape(n, n)
+    bad = ~np.isfinite(image)
+    if bad.any():
+        raise ValueError(f"{path}: {int(bad.sum())} pixels are NaN or infinite (of {n}x{n})")
+    return image
 
 
 def write_image(path, image) -> Path:
@@ -159,16 +192,20 @@ def read_hkl(path) -> list[tuple[int, int, int]]:
     Raises
     ------
     ValueError
-        On a line that is not ``[h,k,l]``, blank lines included (FELIX counts every line as a
-        reflection).
+        One line naming the file: a line that is not ``[h,k,l]``, blank lines included (FELIX counts
+        every line as a reflection), bytes that are not text, or no reflection at all.
+    OSError
+        If the file cannot be read (FileNotFoundError when it does not exist).
     """
     path = Path(path)
     out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        m = re.fullmatch(r"\s*\[\s*([+-]?\d+)\s*,\s*([+-]?\d+)\s*,\s*([+-]?\d+)\s*\].*", line)
+    for lineno, line in enumerate(_text_lines(path), start=1):
+        m = re.fullmatch(r"\s*\[\s*([+-]?\d+)\s*,\s*([+-]?\d+)\s*,\s*([+-]?\d+)\s*\].*", line, re.ASCII)
         if m is None:
-            raise ValueError(f"{path}: line {lineno} is {line!r}, expected [h,k,l] (FELIX reads every line)")
+            raise ValueError(f"{path}: line {lineno} is {_shown(line)}, expected [h,k,l] (FELIX reads every line)")
         out.append(tuple(int(x) for x in m.groups()))
+    if not out:
+        raise ValueError(f"{path}: no reflections (an empty felix.hkl)")
     return out
 
 
@@ -214,22 +251,28 @@ def read_structure_factors(path) -> StructureFactors:
     Raises
     ------
     ValueError
-        If a row does not have 7 numbers (h k l g_x g_y Re Im).
+        One line naming the file and line: a row that is not 7 finite numbers (h k l g_x g_y Re Im)
+        with integer h k l, bytes that are not text, or no rows.
+    OSError
+        If the file cannot be read (FileNotFoundError when it does not exist).
     """
     path = Path(path)
     if path.is_dir():
         path = path / "StructureFactors.txt"
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(_text_lines(path), start=1):
         if not line.strip():
             continue
         parts = line.split()
         try:
             if len(parts) != 7:
                 raise ValueError
-            rows.append([float(x) for x in parts])
+            row = [float(x) for x in parts]
+            if not all(math.isfinite(x) for x in row) or any(x != round(x) for x in row[:3]):
+                raise ValueError
+            rows.append(row)
         except ValueError:
-            raise ValueError(f"{path}: line {lineno} is {line.strip()!r}, expected h k l gx gy ReU ImU") from None
+            raise ValueError(f"{path}: line {lineno} is {_shown(line)}, expected h k l gx gy ReU ImU") from None
     if not rows:
         raise ValueError(f"{path}: no structure factors")
     a = np.array(rows)
@@ -269,13 +312,16 @@ def read_iteration_log(path) -> IterationLog:
     Raises
     ------
     ValueError
-        If rows have different lengths or do not parse.
+        One line naming the file: rows of different lengths, a row that does not parse, or bytes
+        that are not text.
+    OSError
+        If the file cannot be read (FileNotFoundError when it does not exist).
     """
     path = Path(path)
     if path.is_dir():
         path = path / "iteration_log.txt"
     its, foms, vals = [], [], []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(_text_lines(path), start=1):
         parts = line.split()
         if not parts:
             continue
@@ -284,7 +330,7 @@ def read_iteration_log(path) -> IterationLog:
             foms.append(_f13(parts[1]))
             vals.append([_f13(p) for p in parts[2:]])
         except (ValueError, IndexError):
-            raise ValueError(f"{path}: line {lineno} is {line.strip()!r}, expected iteration FoM values...") from None
+            raise ValueError(f"{path}: line {lineno} is {_shown(line)}, expected iteration FoM values...") from None
     width = {len(v) for v in vals}
     if len(width) > 1:
         raise ValueError(f"{path}: rows have different numbers of values {sorted(width)}")

@@ -418,8 +418,10 @@ def read_felix_inp(path) -> FelixInput:
     Raises
     ------
     FelixInputError
-        If the file has another layout (names the first line whose key differs) or a value does not
-        parse.
+        One line naming the file and line: another layout (the first line whose key differs), a
+        value that does not parse or is not finite, or values FELIX cannot run with (pixel count
+        below 1, non-positive half-width, voltage or thickness step, final thickness below the
+        initial one, more than 10000 thicknesses, an atomic-site index below 1).
     FileNotFoundError
         If there is no such file.
     """
@@ -447,23 +449,60 @@ def read_felix_inp(path) -> FelixInput:
             values[attr] = _parse_value(line, kind)
         except ValueError as exc:
             raise FelixInputError(f"{path}: line {lineno} ({bare_key}): {exc}") from None
+    _check_read_values(values, path)
     return FelixInput(**values)
+
+
+def _check_read_values(values: dict, path: Path) -> None:
+    """Refuse values that parse but that FELIX (and :attr:`FelixInput.thicknesses`) cannot use."""
+    line = {attr: (lineno, key.split()[0]) for lineno, key, attr, _ in _LAYOUT}
+
+    def refuse(attr: str, why: str):
+        lineno, key = line[attr]
+        raise FelixInputError(f"{path}: line {lineno} ({key}): {why}")
+
+    if values["pixel_count"] < 1:
+        refuse("pixel_count", f"{values['pixel_count']} must be at least 1 (images are 2N x 2N pixels)")
+    for attr, unit in (("half_width", "1/Å"), ("voltage", "kV"), ("thickness_delta", "Å")):
+        value = values[attr] / (1e3 if attr == "voltage" else 1.0)
+        if not value > 0:
+            refuse(attr, f"{value:g} {unit} must be positive")
+    ti, tf, dt = values["thickness_initial"], values["thickness_final"], values["thickness_delta"]
+    if tf < ti:
+        refuse("thickness_final", f"{tf:g} Å is below RInitialThickness {ti:g} Å")
+    if (tf - ti) / dt > 10000:
+        refuse("thickness_delta", f"{dt:g} Å from {ti:g} to {tf:g} Å gives more than 10000 thicknesses")
+    bad_sites = [s for s in values["atomic_sites"] if s < 1]
+    if bad_sites:
+        refuse("atomic_sites", f"site indices {bad_sites} must be 1 or more (1-based rows of felix.cif)")
+
+
+def _finite(x: float, field: str) -> float:
+    if not math.isfinite(x):
+        raise ValueError(f"{field.strip()!r} is not finite")
+    return x
 
 
 def _parse_value(line: str, kind: str):
     if kind == "int":
         return _fortran_int(line[_VALUE_START:_INT_END])
     if kind == "real":
-        return _fortran_real(line[_VALUE_START:_REAL_END])
+        field = line[_VALUE_START:_REAL_END]
+        return _finite(_fortran_real(field), field)
     if kind == "kv":
-        return _fortran_real(line[_VALUE_START:_REAL_END]) * 1e3
+        field = line[_VALUE_START:_REAL_END]
+        return _finite(_fortran_real(field) * 1e3, field)
     if kind == "vector":
         m = re.search(r"\[([^\]]*)\]", line[_VALUE_START:])
         parts = m.group(1).split(",") if m else []
         if len(parts) != 3:
             raise ValueError(f"{line[_VALUE_START:].strip()!r} is not a vector [u,v,w]")
-        nums = [float(p) for p in parts]
-        if any(n != int(n) for n in nums):
+        try:
+            nums = [float(p) for p in parts]
+        except ValueError:
+            nums = [math.nan]
+        # inf and nan would make int() raise OverflowError / a message about floats
+        if not all(math.isfinite(n) and n == int(n) for n in nums):
             raise ValueError(f"{line[_VALUE_START:].strip()!r} is not an integer vector")
         return tuple(int(n) for n in nums)
     if kind == "mode":
