@@ -806,7 +806,7 @@ def fit_files(
     replaced only with ``overwrite``. Returns the result and the written paths.
     """
     from .crystal import read_cif
-    from .patterns import check_writable_folder, read_pattern
+    from .patterns import check_writable_folder, read_mask, read_pattern
     from .simulation import settings_for
 
     # everything that can be wrong with the inputs and outputs is found before the work starts
@@ -827,8 +827,7 @@ def fit_files(
     pattern = read_pattern(pattern_path)
     mask = None
     if mask_path is not None:
-        mask = read_pattern(mask_path, allow_constant=True) if Path(mask_path).suffix.lower() != ".npy" else np.load(mask_path, allow_pickle=False)
-        mask = check_mask(np.asarray(mask) > 0, pattern, name=f"--mask {mask_path}")
+        mask = check_mask(read_mask(mask_path), pattern, name=f"--mask {mask_path}")
     if n_beams is None and g_limit is None:
         n_beams = FIT_DEFAULT_BEAMS
     if half_width is None:  # simulate the tilt range that was measured

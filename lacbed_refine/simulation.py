@@ -198,13 +198,13 @@ def simulate_file(
     ``engine`` names the simulator ("bloch", or an installed plugin such as "felix");
     ``options`` are those of :func:`settings_for`. Returns a summary dict (paths, timing, engine info).
     """
-    out = check_stack_output(out, overwrite=overwrite, inputs=(cif,))
     resolve_device(device)
     workers = check_workers(workers)
     if engine != "bloch":
         from .simulators import get_simulator
 
-        get_simulator(engine)  # an unknown engine is named before the CIF is read
+        get_simulator(engine)  # an unknown engine is named before anything else
+    out = check_stack_output(out, overwrite=overwrite, inputs=(cif,))
     crystal = read_cif(cif)
     settings = settings_for(crystal, **options)
     t0 = time.perf_counter()
