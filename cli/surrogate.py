@@ -72,6 +72,7 @@ def evaluate_command(models, data, **options):
 @click.option("--a", "a_angstrom", type=float, default=None, help="Cell edge [Å] for a potential image without metadata.")
 @click.option("--device", default=None, help="torch device (default cpu).")
 @click.option("--symmetrise", is_flag=True, help="Average over the 8 operations of the square (exactly equivariant, 8x the cost).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def predict_command(source, thickness, output, **options):
     """Predict bright-field LACBED of SOURCE (a CIF or a potential image) with the forward surrogate."""
     from lacbed_refine.surrogate import predict_file
@@ -87,11 +88,13 @@ def predict_command(source, thickness, output, **options):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .tif, .npy or .h5 (a .png preview is written beside it).")
 @click.option("--model", type=click.Path(dir_okay=False), default=None, help="Inverse surrogate file (default: the shipped weights).")
 @click.option("--device", default=None, help="torch device (default cpu).")
-def invert_command(pattern, thickness, a_angstrom, output, model, device):
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def invert_command(pattern, thickness, a_angstrom, output, model, device, overwrite):
     """Predict the projected potential behind a bright-field PATTERN with the inverse surrogate."""
     from lacbed_refine.surrogate import invert_file
 
-    r = invert_file(pattern, output, thickness_nm=_floats(thickness), a_angstrom=a_angstrom, model=model, device=device)
+    r = invert_file(pattern, output, thickness_nm=_floats(thickness), a_angstrom=a_angstrom, model=model, device=device,
+                    overwrite=overwrite)
     click.echo(f"{r['output']} {r['shape']}, potential max-min {', '.join(f'{v:.1f}' for v in r['potential_scale_V'])} V; preview {r['preview']}")
 
 

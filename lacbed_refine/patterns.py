@@ -20,6 +20,7 @@ import numpy as np
 __all__ = [
     "atomic_path",
     "check_new_output",
+    "check_stack_output",
     "check_writable_folder",
     "write_stack",
     "write_preview",
@@ -358,6 +359,17 @@ def check_new_output(path, *, overwrite: bool = False, option: str = "-o", input
         raise ValueError(f"{option} {path}: exists; pass --overwrite to replace it")
     check_writable_folder(path.parent, option=option)
     return path
+
+
+def check_stack_output(out, *, overwrite: bool = False, inputs=()) -> Path:
+    """Check an output stack path before any work: a known suffix (.tif/.tiff/.npy/.h5/.hdf5),
+    not an input, not an existing file (nor its PNG preview) unless ``overwrite``, a writable folder."""
+    out = Path(out)
+    if out.suffix.lower() not in STACK_SUFFIXES:
+        raise ValueError(f"-o {out}: unknown output type {out.suffix!r}; use one of {', '.join(STACK_SUFFIXES)}")
+    check_new_output(out, overwrite=overwrite, inputs=inputs)
+    check_new_output(out.with_suffix(".png"), overwrite=overwrite, inputs=inputs)
+    return out
 
 
 def check_writable_folder(folder, *, option: str = "-o") -> Path:

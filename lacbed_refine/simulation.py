@@ -18,11 +18,11 @@ from .bloch import EngineInfo, simulate_lacbed
 from .conventions import NM
 from .crystal import Crystal, read_cif
 from .geometry import SimulationSettings, paper_preset
-from .patterns import STACK_SUFFIXES, check_new_output, write_preview, write_stack
+from .patterns import check_stack_output, write_preview, write_stack
 from .runtime import check_workers, resolve_device
 from .potential import normalise, projected_potential
 
-__all__ = ["settings_for", "simulate_crystal", "simulate_file", "potential_file", "parse_reflections", "check_stack_output"]
+__all__ = ["settings_for", "simulate_crystal", "simulate_file", "potential_file", "parse_reflections"]
 
 log = logging.getLogger(__name__)
 
@@ -246,17 +246,6 @@ def simulate_file(
     )
     log.info("%s: %s, %.2f s", crystal.name, info or engine, wall)
     return {"output": str(out), "preview": str(png), "seconds": wall, "info": info, "settings": settings}
-
-
-def check_stack_output(out, *, overwrite: bool = False, inputs=()) -> Path:
-    """Check an output stack path before any work: a known suffix (.tif/.tiff/.npy/.h5/.hdf5),
-    not an input, not an existing file (nor its PNG preview) unless ``overwrite``, a writable folder."""
-    out = Path(out)
-    if out.suffix.lower() not in STACK_SUFFIXES:
-        raise ValueError(f"-o {out}: unknown output type {out.suffix!r}; use one of {', '.join(STACK_SUFFIXES)}")
-    check_new_output(out, overwrite=overwrite, inputs=inputs)
-    check_new_output(out.with_suffix(".png"), overwrite=overwrite, inputs=inputs)
-    return out
 
 
 def potential_file(cif, out, *, size: int = 128, form_factors: str = "kirkland", overwrite: bool = False) -> dict:

@@ -281,7 +281,8 @@ def test_fit_rejects_useless_masks(spinel_crop, tmp_path, kind):
         mask[3, 3] = 1
     np.save(tmp_path / "mask.npy", mask)
     code, out = run("fit", SPINEL / "MgAl2O4_start.cif", spinel_crop, "-o", tmp_path / "o", "--mask", tmp_path / "mask.npy", *FAST)
-    assert code == 2 and "--mask" in one_error_line(out)
+    line = one_error_line(out)
+    assert code == 2 and "mask.npy" in line  # names the mask file
 
 
 # --- 12. file modes ----------------------------------------------------------------------------------
@@ -293,3 +294,15 @@ def test_outputs_get_the_users_file_mode(mgo, tmp_path):
         os.umask(old)
     for name in ("p.tif", "p.png"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("command", [["potential", "--size", "16"], ["predict", "--thickness", "50"]])
+def test_potential_and_predict_refuse_to_overwrite(mgo, tmp_path, command):
+    out = tmp_path / "x.npy"
+    args = [command[0], mgo, "-o", out, *command[1:]]
+    assert run(*args)[0] == 0
+    before = out.read_bytes()
+    code, text = run(*args)
+    assert code == 2 and "--overwrite" in one_error_line(text)
+    assert out.read_bytes() == before
+    assert run(*args, "--overwrite")[0] == 0

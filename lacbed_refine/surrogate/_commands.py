@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..dataset import read_info
-from ..patterns import STACK_SUFFIXES, atomic_path, check_new_output, write_preview, write_stack
+from ..patterns import STACK_SUFFIXES, atomic_path, check_new_output, check_stack_output, write_preview, write_stack
 from ..runtime import resolve_device
 from ._config import ARCHITECTURES, DIRECTIONS, TrainConfig, config_from_dict
 from ._data import in_memory, open_dataset
@@ -299,7 +299,7 @@ def _surrogate_meta(s) -> dict:
 
 
 def predict_file(source, out, *, thickness_nm, model=None, a_angstrom: float | None = None, device: str | None = None,
-                 symmetrise: bool = False) -> dict:
+                 symmetrise: bool = False, overwrite: bool = False) -> dict:
     """Predict bright-field patterns with the forward surrogate and write them (like ``simulate``).
 
     Parameters
@@ -316,8 +316,11 @@ def predict_file(source, out, *, thickness_nm, model=None, a_angstrom: float | N
         Forward surrogate file (default: the shipped weights).
     symmetrise : bool
         Average over the 8 operations of the square (exactly equivariant, 8× the cost).
+    overwrite : bool
+        Replace an existing ``out`` (otherwise refused before any work).
     """
     dev = resolve_device(device or "cpu", option="--device")
+    out = check_stack_output(out, overwrite=overwrite, inputs=(source, model))
     thickness = [float(t) for t in np.atleast_1d(thickness_nm)] if thickness_nm is not None else []
     if not thickness or not all(math.isfinite(t) and t > 0 for t in thickness):
         raise ValueError(f"--thickness {thickness_nm!r}: thicknesses must be positive finite nm")
@@ -349,7 +352,8 @@ def predict_file(source, out, *, thickness_nm, model=None, a_angstrom: float | N
     return {"output": str(out), "preview": str(png), "shape": stack.shape}
 
 
-def invert_file(pattern, out, *, thickness_nm=None, a_angstrom: float | None = None, model=None, device: str | None = None) -> dict:
+def invert_file(pattern, out, *, thickness_nm=None, a_angstrom: float | None = None, model=None, device: str | None = None,
+                overwrite: bool = False) -> dict:
     """Predict the projected potential from bright-field pattern(s) with the inverse surrogate.
 
     Parameters
@@ -364,8 +368,11 @@ def invert_file(pattern, out, *, thickness_nm=None, a_angstrom: float | None = N
         Thickness [nm] of each pattern (one value for all, or one per page).
     a_angstrom : float, optional
         Cubic cell edge [Å].
+    overwrite : bool
+        Replace an existing ``out`` (otherwise refused before any work).
     """
     dev = resolve_device(device or "cpu", option="--device")
+    out = check_stack_output(out, overwrite=overwrite, inputs=(pattern, model))
     surrogate = _model(model, "inverse", dev)
     pattern = Path(pattern)
     pages, meta = read_stack(pattern)
