@@ -27,7 +27,7 @@ from .runtime import single_thread
 from .structure_factors import ug_coefficients
 from .symmetry import DIHEDRAL_OPS, pattern_symmetry, pixel_wedge, realifying_shift
 
-__all__ = ["BeamPool", "beam_pool", "excitation_errors", "simulate_lacbed", "lacbed_from_ug", "EngineInfo"]
+__all__ = ["BeamPool", "beam_pool", "excitation_errors", "felix_strong_mask", "simulate_lacbed", "lacbed_from_ug", "EngineInfo", "engine_chunk"]
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def _strong_selection(s: torch.Tensor, u0: torch.Tensor, m: int, forced: torch.T
     return torch.cat([forced.expand(s.shape[0], f), rest], dim=1)
 
 
-def _felix_strong_mask(s: torch.Tensor, u0: torch.Tensor, m: int) -> torch.Tensor:
+def felix_strong_mask(s: torch.Tensor, u0: torch.Tensor, m: int) -> torch.Tensor:
     """FELIX's strong-beam rule exactly (felix-spec §3.6): strong if |s_g| < S or |U_g0/s_g| ≥ 0.5,
     with S = 0.005, 0.010, … [rad/Å] the first value giving at least m beams at that pixel.
     Returns a bool mask, shape (P, n); the count varies per pixel."""
@@ -177,7 +177,7 @@ def _chunk_intensities(spec: _ChunkSpec, s: torch.Tensor) -> torch.Tensor:
         A = off.expand(s.shape[0], n, n) + torch.diag_embed(s.to(off.dtype))
         rows = spec.rows_fixed
     elif spec.strong_rule == "felix":
-        keep = _felix_strong_mask(s, spec.u0, spec.m)
+        keep = felix_strong_mask(s, spec.u0, spec.m)
         A = off * (keep[:, :, None] & keep[:, None, :]).to(off.dtype) + torch.diag_embed(s.to(off.dtype))
         rows = spec.rows_fixed
     else:

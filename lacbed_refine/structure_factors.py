@@ -17,7 +17,7 @@ import torch
 from .conventions import relativistic_gamma
 from .scattering import form_factor_parameters, form_factors
 
-__all__ = ["structure_factors", "ug_coefficients"]
+__all__ = ["structure_factors", "ug_coefficients", "ug_for_cell"]
 
 
 def structure_factors(
@@ -54,6 +54,13 @@ def structure_factors(
     -------
     Tensor, shape (G,), complex (dtype follows ``frac``)
     """
+    hkl_t = torch.as_tensor(hkl, device=frac.device).to(frac.dtype)
+    q2 = (hkl_t * hkl_t).sum(-1) / (a * a)  # (G,) [Å⁻²]
+    return _structure_factors(hkl_t, q2, frac, atomic_numbers, occupancy, b_iso, table=table, chunk=chunk)
+
+
+def _structure_factors(hkl, q2, frac, atomic_numbers, occupancy, b_iso, *, table, chunk):
+    """F(g) for reflections ``hkl`` (G, 3) with |g|² = ``q2`` (G,) [Å⁻², 1/d units]."""
     dtype = frac.dtype
     device = frac.device
     z = np.asarray(torch.as_tensor(atomic_numbers).cpu(), dtype=np.int64)
@@ -64,10 +71,10 @@ def structure_factors(
     out = []
     for start in range(0, hkl.shape[0], chunk):
         h = hkl[start : start + chunk]
-        q2 = (h * h).sum(-1) / (a * a)  # (G,) [Å⁻²]
-        f_el = form_factors(q2, params, table)  # (E, G)
+        q2c = q2[start : start + chunk]
+        f_el = form_factors(q2c, params, table)  # (E, G)
         f_at = f_el[inverse]  # (N, G)
-        dw = torch.exp(-b_iso[:, None] * q2[None, :] / 4.0)  # exp(-B s²), s = q/2
+        dw = torch.exp(-b_iso[:, None] * q2c[None, :] / 4.0)  # exp(-B s²), s = q/2
         phase = -2.0 * math.pi * (frac @ h.T)  # (N, G)
         w = f_at * dw * occupancy[:, None]
         out.append(torch.complex(w * torch.cos(phase), w * torch.sin(phase)).sum(0))
@@ -93,3 +100,38 @@ def ug_coefficients(
     gamma = relativistic_gamma(voltage)
     f = structure_factors(hkl, frac, atomic_numbers, occupancy, b_iso, a, table=table)
     return f * (gamma / (math.pi * a**3))
+
+
+def ug_for_cell(
+    hkl,
+    frac: torch.Tensor,
+    atomic_numbers,
+    occupancy: torch.Tensor,
+    b_iso: torch.Tensor,
+    cell,
+    *,
+    voltage: float,
+    table: str = "kirkland",
+) -> torch.Tensor:
+    """U_g = γ F(g) / (π V) [Å⁻²] for a cell of any crystal system.
+
+    Parameters
+    ----------
+    hkl : array, shape (G, 3), int
+        Miller indices.
+    frac, atomic_numbers, occupancy, b_iso
+        As :func:`structure_factors` (the full cell; differentiable).
+    cell : lacbed_refine.structure.Cell
+        Its metric gives |g| and its volume V [Å³].
+    voltage : float
+        [V].
+
+    Returns
+    -------
+    Tensor, complex, shape (G,)
+    """
+    hkl = np.asarray(hkl, dtype=np.int64)
+    q2 = torch.as_tensor(cell.g_length(hkl) ** 2, dtype=frac.dtype, device=frac.device)
+    h = torch.as_tensor(hkl, device=frac.device).to(frac.dtype)
+    f = _structure_factors(h, q2, frac, atomic_numbers, occupancy, b_iso, table=table, chunk=4096)
+    return f * (relativistic_gamma(voltage) / (math.pi * cell.volume))
