@@ -21,7 +21,15 @@ from ._cif import (
     wyckoff_letters,
     write_felix_cif,
 )
-from ._export import REFINEMENT_DEFAULTS, FelixExport, export_file, export_refinement, read_pattern
+from ._export import (
+    DEFAULT_REFINE,
+    REFINEMENT_DEFAULTS,
+    FelixExport,
+    export_file,
+    export_refinement,
+    read_pattern,
+    refine_letters,
+)
 from ._files import (
     FelixSimulation,
     IterationLog,
@@ -115,4 +123,6 @@ __all__ = [
     "read_pattern",
     "FelixExport",
     "REFINEMENT_DEFAULTS",
+    "DEFAULT_REFINE",
+    "refine_letters",
 ]

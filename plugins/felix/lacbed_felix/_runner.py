@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import shutil
 import signal
@@ -241,7 +242,7 @@ def run_felix(
     mpi_fixed : bool
         The build broadcasts the Ug matrix correctly (see :data:`MULTI_RANK_BUG`).
     timeout : float or None
-        Seconds before FELIX is stopped.
+        Seconds before FELIX is stopped (positive and finite), or None for no limit.
     progress : callable or bool, optional
         Called with each line FELIX prints; True writes the lines to stderr.
 
@@ -251,10 +252,16 @@ def run_felix(
 
     Raises
     ------
+    ValueError
+        If ``timeout`` or ``ranks`` is not a positive number (before anything runs).
     FelixError
         Missing executable or launcher, input files missing or in the wrong layout, a non-zero exit,
         an error FELIX reported, or the timeout. The message ends with the tail of FELIX's output.
     """
+    if timeout is not None:
+        seconds = float(timeout) if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) else math.nan
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"timeout={timeout!r}: give a positive, finite number of seconds (or None for no limit)")
     folder = Path(folder)
     for name in ("felix.inp", "felix.cif", "felix.hkl"):
         if not (folder / name).is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -17,7 +18,7 @@ from ._files import read_simulation, write_hkl
 from ._inp import FelixInput, _check_reflections, felix_input_for, write_felix_inp
 from ._runner import MULTI_RANK_BUG, FelixError, find_felix, run_felix
 
-__all__ = ["FelixSimulator", "write_simulation_inputs"]
+__all__ = ["FelixSimulator", "write_simulation_inputs", "ENV_RANKS", "ENV_MPI_FIXED", "ENV_TIMEOUT", "DEFAULT_TIMEOUT"]
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +56,56 @@ def write_simulation_inputs(crystal: Crystal, settings: SimulationSettings, fold
     return chem, inp
 
 
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
+#: Environment variables the simulator reads (see :class:`FelixSimulator`).
+ENV_RANKS = "LACBED_FELIX_RANKS"
+ENV_MPI_FIXED = "LACBED_FELIX_MPI_FIXED"
+ENV_TIMEOUT = "LACBED_FELIX_TIMEOUT"
+
+#: Seconds per FELIX run unless told otherwise.
+DEFAULT_TIMEOUT = 3600.0
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _check_ranks(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what}={value!r}: MPI ranks must be a whole number of at least 1")
+    return int(value)
+
+
+def _check_timeout(value, what: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{what}={value!r}: the time limit must be a positive, finite number of seconds")
+    return seconds
+
+
+def _env_ranks() -> int | None:
+    value = os.environ.get(ENV_RANKS, "").strip()
     if not value:
         return None
     try:
-        return int(value)
+        return _check_ranks(int(value), f"${ENV_RANKS}")
     except ValueError:
-        raise FelixError(f"${name} must be an integer, got {value!r}") from None
+        raise ValueError(f"${ENV_RANKS}={value!r}: MPI ranks must be a whole number of at least 1") from None
 
 
 def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+    value = os.environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"${name}={os.environ[name]!r}: expected one of 1, true, yes, on or 0, false, no, off")
+
+
+def _env_timeout() -> float:
+    value = os.environ.get(ENV_TIMEOUT, "").strip()
+    return _check_timeout(value, f"${ENV_TIMEOUT}") if value else DEFAULT_TIMEOUT
 
 
 class FelixSimulator:
@@ -86,11 +125,20 @@ class FelixSimulator:
         MPI ranks (default ``$LACBED_FELIX_RANKS``, else the ``workers`` of each call). More than one
         only with ``mpi_fixed``.
     mpi_fixed : bool, optional
-        The build has the fix for FELIX HEAD's multi-rank bug (default ``$LACBED_FELIX_MPI_FIXED``).
+        The build has the fix for FELIX HEAD's multi-rank bug (default ``$LACBED_FELIX_MPI_FIXED``:
+        1/true/yes/on or 0/false/no/off).
     timeout : float, optional
         Seconds per run (default ``$LACBED_FELIX_TIMEOUT``, else 3600).
     workdir : str or os.PathLike, optional
         Run here and keep the files instead of a temporary folder.
+
+    Raises
+    ------
+    ValueError
+        If ``ranks`` or ``timeout`` is given and not a positive number. An environment variable
+        that does not hold one is not an error here (so that the simulator can still be listed):
+        :meth:`available` reports it and :meth:`simulate` raises :class:`FelixError` naming the
+        variable and its value, before FELIX runs.
     """
 
     name = "felix"
@@ -98,13 +146,29 @@ class FelixSimulator:
     def __init__(self, executable=None, *, mpirun=None, ranks=None, mpi_fixed=None, timeout=None, workdir=None):
         self.executable = executable
         self.mpirun = mpirun
-        self.ranks = ranks if ranks is not None else _env_int("LACBED_FELIX_RANKS")
-        self.mpi_fixed = mpi_fixed if mpi_fixed is not None else _env_flag("LACBED_FELIX_MPI_FIXED")
-        env_timeout = os.environ.get("LACBED_FELIX_TIMEOUT")
-        self.timeout = timeout if timeout is not None else (float(env_timeout) if env_timeout else 3600.0)
         self.workdir = workdir
+        self.ranks = _check_ranks(ranks, "ranks") if ranks is not None else None
+        self.mpi_fixed = bool(mpi_fixed) if mpi_fixed is not None else False
+        self.timeout = _check_timeout(timeout, "timeout") if timeout is not None else DEFAULT_TIMEOUT
+        #: Why the environment cannot be used (a variable that does not parse), or None.
+        self.environment_error: str | None = None
+        try:  # the environment is read here, once, and checked where it is read
+            if ranks is None:
+                self.ranks = _env_ranks()
+            if mpi_fixed is None:
+                self.mpi_fixed = _env_flag(ENV_MPI_FIXED)
+            if timeout is None:
+                self.timeout = _env_timeout()
+        except ValueError as exc:
+            self.environment_error = str(exc)
+
+    def _check_environment(self) -> None:
+        if self.environment_error is not None:
+            raise FelixError(self.environment_error)
 
     def available(self) -> tuple[bool, str]:
+        if self.environment_error is not None:
+            return False, self.environment_error
         try:
             exe = find_felix(self.executable)
         except FelixError as exc:
@@ -112,12 +176,23 @@ class FelixSimulator:
         ranks = "MPI fix declared" if self.mpi_fixed else "1 MPI rank (FELIX HEAD's multi-rank bug)"
         return True, f"FELIX at {exe}, {ranks}"
 
-    def export_refinement(self, crystal, pattern, out_dir, *, refine: str = "BD", settings=None):
+    def check_refinement(self, crystal, refine: str | None = None, *, option: str = "--felix-seed") -> str:
+        """The FELIX refinement letters :meth:`export_refinement` would write for ``crystal``;
+        ValueError naming ``option`` when FELIX cannot refine them. Cheap: call it before a long fit."""
+        from ._export import refine_letters
+
+        return refine_letters(refine, crystal, option=option, warn=False)[0]
+
+    def export_refinement(self, crystal, pattern, out_dir, *, refine: str | None = None, settings=None,
+                          overwrite: bool = True):
         """Write a FELIX refinement set seeded from ``crystal`` (the core's ``fit --felix-seed``
-        calls this); see :func:`lacbed_felix.export_refinement`."""
+        calls this); see :func:`lacbed_felix.export_refinement`. ``refine=None`` is the default
+        refinement adapted to the crystal. ``overwrite`` defaults to True because the caller (``fit``)
+        has already decided that its output folder may be written."""
         from ._export import export_refinement
 
-        return export_refinement(crystal, pattern, out_dir, refine=refine, settings=settings)
+        self.check_refinement(crystal, refine)  # errors name --felix-seed, the option fit's user gave
+        return export_refinement(crystal, pattern, out_dir, refine=refine, settings=settings, overwrite=overwrite)
 
     def _choose_ranks(self, workers: int) -> int:
         if self.ranks is not None:
@@ -156,6 +231,7 @@ class FelixSimulator:
         FelixError
             If FELIX cannot be run, fails, or does not write every image.
         """
+        self._check_environment()
         if device not in (None, "cpu"):
             log.info("FELIX runs on the CPU; device %r is not used", device)
         ranks = self._choose_ranks(workers)

@@ -5,7 +5,9 @@ Each command is a thin layer over one library function.
 
 from __future__ import annotations
 
+import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -20,7 +22,7 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (ValueError, OSError, PluginError) as exc:
+        except (ValueError, OSError, FloatingPointError, PluginError) as exc:
             click.echo(f"lacbed-refine felix: error: {exc}", err=True)
             sys.exit(2)
 
@@ -33,36 +35,38 @@ def _triple_list(text):
     return parse_reflections(text)
 
 
-def _ints(text):
+def _items(text):
+    """Comma-separated items (site indices or labels), checked by the library."""
     if text is None:
         return None
-    try:
-        return [int(x) for x in text.replace(";", ",").split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+    return [x.strip() for x in text.replace(";", ",").split(",") if x.strip()]
 
 
-def _floats(text):
+def _floats(text, option):
     if text is None:
         return None
     try:
         return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+        raise ValueError(f"{option} {text!r}: expected comma-separated numbers") from None
 
 
 @click.group("felix", cls=_Group)
 def felix_group():
     """FELIX: seed its refinements and read its outputs."""
+    # `python -m lacbed_felix`: warnings (e.g. what the default refinement dropped) must be seen;
+    # under `lacbed-refine` the main command has configured logging already.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
 
 @felix_group.command("export")
 @click.argument("cif", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write the FELIX refinement set into.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Folder to write the FELIX refinement set into (refused when it holds an earlier export, unless --overwrite).")
 @click.option("--pattern", type=click.Path(exists=True, dir_okay=False), default=None, help="Measured pattern (.tif, .npy, .h5, .bin/.img); written as LR_<2N>x<2N>/<chem>_<hkl>.img.")
-@click.option("--refine", default="BD", show_default=True, help="FELIX refinement letters: B coordinates, C occupancy, D B_iso, F cell edge, H convergence angle, A structure factors (alone).")
+@click.option("--refine", default=None, help="FELIX refinement letters: B coordinates, C occupancy, D B_iso, F cell edge, H convergence angle, A structure factors (alone). Default BD, less what FELIX cannot refine for the crystal (B only in F-43m, and only when a site has a free coordinate); a warning names what was dropped.")
 @click.option("--reflections", default=None, help='What the pattern images are, e.g. "0 0 0;2 0 0" (default: the file\'s metadata, else bright field).')
-@click.option("--sites", default=None, help="1-based CIF sites to refine, e.g. 1,3 (default all).")
+@click.option("--sites", default=None, help="CIF sites to refine, 1-based indices or labels, e.g. 1,3 or Sr1,O1 (default all).")
 @click.option("--thickness", default=None, help="FELIX thickness grid START,STOP,STEP [nm] (default 50,200,50).")
 @click.option("--kv", type=float, default=None, help="Accelerating voltage [kV] (default 200).")
 @click.option("--half-width", type=float, default=None, help="Tilt half-width [1/Å] (default 7.266/a).")
@@ -71,15 +75,13 @@ def felix_group():
 @click.option("--strong-beams", type=int, default=None, help="FELIX IMinStrongBeams.")
 @click.option("--absorption", type=float, default=None, help="Proportional absorption [%].")
 @click.option("--form-factors", type=click.Choice(["kirkland", "peng"]), default=None)
-def export_command(cif, output, pattern, reflections, sites, thickness, beams, **options):
+@click.option("--overwrite", is_flag=True, help="Replace the files of an earlier export in the folder.")
+def export_command(cif, output, pattern, reflections, sites, thickness, beams, overwrite, **options):
     """Write a complete FELIX refinement set for CIF (and a measured pattern) into a folder."""
     from ._export import export_file
 
-    thickness = _floats(thickness)
-    if thickness is not None and len(thickness) != 3:
-        raise click.BadParameter(f"--thickness needs START,STOP,STEP in nm, got {thickness}")
-    result = export_file(cif, output, pattern=pattern, reflections=_triple_list(reflections), sites=_ints(sites),
-                         thickness_nm=thickness, n_beams=beams, **options)
+    result = export_file(cif, output, pattern=pattern, reflections=_triple_list(reflections), sites=_items(sites),
+                         thickness_nm=_floats(thickness, "--thickness"), n_beams=beams, overwrite=overwrite, **options)
     images = f"{len(result.images)} image(s)" if result.images else f"no pattern: put the images in LR_{result.input.size}x{result.input.size}/ first"
     click.echo(f"{result.folder}: FELIX refinement ({result.input.refine_mode}) of {result.chem}, {images}; run felix there")
 
@@ -88,9 +90,15 @@ def export_command(cif, output, pattern, reflections, sites, thickness, beams, *
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .tif, .npy or .h5 stack.")
 @click.option("--chem", default=None, help="FELIX file prefix, when the folder holds several.")
-def read_command(folder, output, chem):
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def read_command(folder, output, chem, overwrite):
     """Convert FELIX's simulation output under FOLDER into a lacbed-refine pattern stack."""
     from ._files import simulation_to_stack
 
+    out = Path(output)
+    if out.is_dir():
+        raise ValueError(f"-o {out}: is a folder, a file path is needed")
+    if out.exists() and not overwrite:
+        raise ValueError(f"-o {out}: exists; pass --overwrite to replace it")
     path, sim = simulation_to_stack(folder, output, chem=chem)
     click.echo(f"{path}: {sim.chem}, {len(sim.thicknesses)} thickness(es) x {len(sim.reflections)} reflection(s), {sim.size}x{sim.size}")
