@@ -43,6 +43,8 @@ def _read_run(run: Path):
     settings = dict(voltage=float(val(r"RAcceleratingVoltage \(kV\)")) * 1e3, size=2 * int(val("IPixelCount")),
                     half_width=float(val("ROuterConvergenceAngle")))
     beams = zone_beam_pool(cell, zone, centring, settings["voltage"], g_limit=float(val("RgLimit")))
+    absorption = {"0": "none", "1": "proportional", "2": "bird-king"}[val("IAbsorbFLAG")]
+    settings["absorption_model"] = absorption
     return cell, zone, atoms, beams, refl, settings, int(val("IMinStrongBeams"))
 
 
@@ -61,7 +63,7 @@ def general_refs(shared_dir):
     return root
 
 
-@pytest.mark.parametrize("name, pool", [("GaAs-110", 91), ("Si-111", 73), ("TiO2-001", 109), ("GaN-100", 107)])
+@pytest.mark.parametrize("name, pool", [("GaAs-110", 91), ("GaAs-110-bk", 91), ("Si-111", 73), ("TiO2-001", 109), ("GaN-100", 107)])
 def test_matches_felix_at_other_zones(general_refs, name, pool):
     """Every disc at every thickness, FELIX's per-pixel beam rule: r ≥ 0.9999 (on a 16×16 subgrid
     of the 64×64 images, to keep the test short; the benchmark compares every pixel)."""
@@ -75,7 +77,7 @@ def test_matches_felix_at_other_zones(general_refs, name, pool):
     pixels = (rows * size + cols).ravel()
     with torch.no_grad():
         sim = simulate_zone(atoms, cell, zone, beams, torch.tensor(THICK_A), reflections=refl, strong_beams=strong,
-                            pixels=pixels, **settings).numpy()
+                            pixels=pixels, mean_absorption=False, **settings).numpy()
     for ti, t in enumerate(THICK_A):
         for ri, hkl in enumerate(refl):
             ref = _felix_image(run, t, hkl, size).ravel()[pixels]
@@ -126,9 +128,10 @@ def test_gradients_in_coordinates_b_and_thickness():
     def f(frac, b, t):
         atoms = dict(GAAS, frac=frac, b_iso=b)
         return simulate_zone(atoms, cell, zone, beams, t, voltage=200e3, size=4, half_width=0.3,
-                             reflections=[(0, 0, 0), (1, -1, 1)], absorption=3.0)
+                             reflections=[(0, 0, 0), (1, -1, 1)], absorption_model=model, absorption=3.0)
 
-    assert torch.autograd.gradcheck(f, (frac, b, t), eps=1e-6, atol=1e-5, rtol=1e-4)
+    for model in ("proportional", "bird-king"):
+        assert torch.autograd.gradcheck(f, (frac, b, t), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
 def test_zone_axis_checks():
@@ -138,3 +141,57 @@ def test_zone_axis_checks():
         ZoneAxis((0, 0, 0), (1, 0, 0))
     with pytest.raises(ValueError, match="--normal"):
         ZoneAxis((0, 0, 1), (1, 0, 0), (1, 0, 0)).normal_vector(Cell.cubic(4.0))
+
+
+def test_felix_shipped_srtio3_sample_with_bird_king(shared_dir):
+    """FELIX's own SrTiO3 sample (Bird–King, 46 discs, 128×128, pool 100, 50 strong beams), every
+    disc on a 16×16 subgrid: bright field r ≥ 0.999 and every dark field r ≥ 0.99 (the issue's
+    bar; the benchmark shows 1 − r ≈ 1e-8 on every pixel)."""
+    from lacbed_felix import felix_beam_pool
+
+    run = shared_dir / "data" / "felix-reference" / "felix-repo-samples" / "samples" / "SrTiO3"
+    if not run.is_dir():
+        pytest.skip(f"{run} is absent")
+    st = gemmi.read_small_structure(str(run / "felix.cif"))
+    sites = st.get_all_unit_cell_sites()
+    atoms = dict(frac=np.array([[s.fract.x, s.fract.y, s.fract.z] for s in sites]),
+                 Z=np.array([s.element.atomic_number for s in sites]), occupancy=np.array([s.occ for s in sites]),
+                 b_iso=np.array([s.u_iso * 8 * math.pi**2 for s in sites]))
+    names = {r: "SrTiO3_" + "".join(f"{'+' if x >= 0 else '-'}{abs(x)}" for x in r) + ".bin"
+             for r in (tuple(int(x) for x in line.strip()[1:-1].split(",")) for line in (run / "felix.hkl").read_text().splitlines() if line.strip())}
+    refl = [r for r, name in names.items() if (run / "sample_outputs" / name).exists()]
+    assert len(refl) == 46
+    rows, cols = np.meshgrid(np.arange(3, 128, 8), np.arange(5, 128, 8), indexing="ij")
+    pixels = (rows * 128 + cols).ravel()
+    with torch.no_grad():
+        sim = simulate_zone(atoms, Cell.cubic(st.cell.a), ZoneAxis((0, 0, 1), (1, 0, 0)), felix_beam_pool(st.cell.a, "P", 200e3, n_beams=100),
+                            torch.tensor([630.0]), voltage=200e3, size=128, half_width=1.19, reflections=refl, strong_beams=50,
+                            absorption_model="bird-king", mean_absorption=False, pixels=pixels).numpy()[0]
+    rs = [np.corrcoef(np.fromfile(run / "sample_outputs" / names[r], "<f8")[pixels], sim[i])[0, 1] for i, r in enumerate(refl)]
+    assert rs[0] >= 0.999
+    assert min(rs[1:]) >= 0.99
+
+
+def test_bird_king_quadrature_matches_adaptive_integration():
+    """The fixed polar quadrature of f′ against scipy's adaptive double integral (FELIX uses
+    QUADPACK's dqagi the same way), for Ga at B = 0.6 Å²."""
+    from scipy import integrate
+
+    from lacbed_refine.conventions import electron_wavelength, relativistic_gamma
+    from lacbed_refine.physics import bird_king_form_factors
+    from lacbed_refine.scattering import form_factor_parameters, form_factors
+
+    params = torch.as_tensor(form_factor_parameters([31], "kirkland"), dtype=torch.float64)
+
+    def f(q2):
+        return float(form_factors(torch.tensor([q2], dtype=torch.float64), params, "kirkland")[0, 0])
+
+    b, q = 0.6, 0.7
+    integrand = lambda sy, sx: (f((q / 2 + 2 * sx) ** 2 + 4 * sy**2) * f((q / 2 - 2 * sx) ** 2 + 4 * sy**2)
+                                * -math.expm1(-2 * b * (sx * sx + sy * sy - q * q / 16)))
+    # over the whole quarter plane (the tail matters at 1e-3), split at the form factors' peak
+    inner = lambda sx: integrate.quad(lambda sy: integrand(sy, sx), 0, np.inf, epsabs=1e-13, epsrel=1e-11, limit=500)[0]
+    val = sum(integrate.quad(inner, lo, hi, epsabs=1e-12, epsrel=1e-10, limit=500)[0] for lo, hi in ((0, q / 4), (q / 4, np.inf)))
+    expected = 4 * val * 2 * relativistic_gamma(200e3) * electron_wavelength(200e3)
+    got = float(bird_king_form_factors(torch.tensor([q]), [31], torch.tensor([b], dtype=torch.float64), 200e3)[0, 0])
+    assert got == pytest.approx(expected, rel=1e-6)

@@ -21,6 +21,7 @@ import torch
 from ..bloch import beam_pool, felix_strong_mask
 from ..conventions import wavevector_2pi
 from ..geometry import tilt_grid
+from ..physics.absorption import ABSORPTION_MODELS, absorptive_ug
 from ..propagation import propagate
 from ..runtime import single_thread
 from ..structure.cell import Cell
@@ -43,6 +44,7 @@ def simulate_zone(
     reflections=((0, 0, 0),),
     strong_beams: int | None = None,
     absorption: float = 0.0,
+    absorption_model: str = "proportional",
     mean_absorption: bool = True,
     form_factors: str = "kirkland",
     dtype: torch.dtype = torch.float64,
@@ -76,7 +78,10 @@ def simulate_zone(
         growing by 0.005 rad/Å until at least this many; other beams are decoupled (and a requested
         disc that is not strong at a pixel is 0 there, as in FELIX). None uses the whole pool.
     absorption : float
-        Proportional absorption U′ = i (absorption/100) U [%].
+        Proportional absorption U′ = i (absorption/100) U [%] (with ``absorption_model``
+        "proportional").
+    absorption_model : {"none", "proportional", "bird-king"}
+        How U′ is made (:mod:`lacbed_refine.physics.absorption`); "bird-king" ignores ``absorption``.
     mean_absorption : bool
         Keep the uniform attenuation from U′₀ (FELIX drops it).
     form_factors : {"kirkland", "peng"}
@@ -103,18 +108,24 @@ def simulate_zone(
     occ = torch.as_tensor(atoms["occupancy"], dtype=torch.float64)
     b = torch.as_tensor(atoms["b_iso"], dtype=torch.float64)
     u_diffs = ug_for_cell(pool.diffs, frac, atoms["Z"], occ, b, cell, voltage=voltage, table=form_factors)
-    coupling = (4 * math.pi**2 / (2 * big_k)) * u_diffs
-    if absorption:
-        coupling = coupling * (1 + 1j * absorption / 100.0)
+    if absorption_model not in ABSORPTION_MODELS:
+        raise ValueError(f"absorption model {absorption_model!r}: use one of {', '.join(ABSORPTION_MODELS)}")
+    u_abs = None
+    if absorption_model == "proportional" and absorption:
+        u_abs = 1j * (absorption / 100.0) * u_diffs
+    elif absorption_model == "bird-king":
+        u_abs = absorptive_ug(pool.diffs, frac, atoms["Z"], occ, b, cell, voltage=voltage)
+    coef = 4 * math.pi**2 / (2 * big_k)  # U [Å⁻²] → structure-matrix element [rad/Å]
+    u_total = u_diffs if u_abs is None else u_diffs + u_abs
     dindex = torch.as_tensor(pool.diff_index)
-    off = coupling[dindex] * (1 - torch.eye(n, dtype=torch.float64))  # U₀₀ = 0, as FELIX
-    if absorption and mean_absorption:
-        zero = int(pool.diff_index[0, 0])
-        u_mean = (4 * math.pi**2 / (2 * big_k)) * u_diffs[zero].real * (absorption / 100.0)
-        off = off + 1j * u_mean * torch.eye(n, dtype=torch.float64)
+    eye = torch.eye(n, dtype=torch.float64)
+    off = coef * u_total[dindex] * (1 - eye)  # U₀₀ = U′₀₀ = 0 off the diagonal, as FELIX
+    if u_abs is not None and mean_absorption:
+        # the uniform attenuation i·U′₀ that FELIX leaves out (its Bloch diagonal is overwritten)
+        off = off + coef * u_abs[int(pool.diff_index[0, 0])] * eye
     cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
     off = off.to(cdtype)
-    u0 = u_diffs.detach()[dindex[:, 0]].abs()
+    u0 = u_total.detach()[dindex[:, 0]].abs()  # FELIX tests strength with the absorbing U
 
     g = torch.as_tensor(beam_vectors(cell, zone, beams))
     normal = zone.normal_vector(cell)
@@ -125,7 +136,7 @@ def simulate_zone(
         kx, ky = kx[pixels], ky[pixels]
     k = tilted_wavevectors(kx, ky, big_k)
     thickness = torch.as_tensor(thickness).to(dtype)
-    hermitian = not absorption
+    hermitian = u_abs is None
 
     out = []
     with single_thread():
