@@ -17,7 +17,15 @@ import torch
 from .conventions import relativistic_gamma
 from .scattering import form_factor_parameters, form_factors
 
-__all__ = ["structure_factors", "ug_coefficients", "ug_for_cell"]
+__all__ = ["structure_factors", "ug_coefficients", "ug_for_cell", "phase_sum"]
+
+
+def phase_sum(hkl: torch.Tensor, frac: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_j w_jg exp(−2πi g·r_j): the structure-factor sum with per-atom, per-reflection weights
+    (form factor × occupancy × Debye–Waller) ``weights`` (N, G), for ``hkl`` (G, 3) and fractional
+    positions ``frac`` (N, 3). Returns complex (G,)."""
+    phase = -2.0 * math.pi * (frac @ hkl.to(frac.dtype).T)  # (N, G)
+    return torch.complex(weights * torch.cos(phase), weights * torch.sin(phase)).sum(0)
 
 
 def structure_factors(
@@ -75,9 +83,8 @@ def _structure_factors(hkl, q2, frac, atomic_numbers, occupancy, b_iso, *, table
         f_el = form_factors(q2c, params, table)  # (E, G)
         f_at = f_el[inverse]  # (N, G)
         dw = torch.exp(-b_iso[:, None] * q2c[None, :] / 4.0)  # exp(-B s²), s = q/2
-        phase = -2.0 * math.pi * (frac @ h.T)  # (N, G)
         w = f_at * dw * occupancy[:, None]
-        out.append(torch.complex(w * torch.cos(phase), w * torch.sin(phase)).sum(0))
+        out.append(phase_sum(h, frac, w))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.complex128, device=device)
 
 

@@ -29,6 +29,7 @@ import torch
 
 from ..conventions import electron_wavelength, relativistic_gamma
 from ..scattering import form_factor_parameters, form_factors
+from ..structure_factors import phase_sum
 
 __all__ = ["ABSORPTION_MODELS", "bird_king_form_factors", "absorptive_ug"]
 
@@ -117,7 +118,6 @@ def absorptive_ug(hkl, frac: torch.Tensor, atomic_numbers, occupancy: torch.Tens
     fprime = bird_king_form_factors(torch.as_tensor(q_unique), atomic_numbers, b, voltage)[:, back]  # (N, G)
     q2 = torch.as_tensor(q_np**2, dtype=torch.float64)
     dw = torch.exp(-b[:, None] * q2[None, :] / 4)
-    phase = -2 * math.pi * (torch.as_tensor(frac, dtype=torch.float64) @ torch.as_tensor(hkl, dtype=torch.float64).T)
     wgt = fprime * dw * torch.as_tensor(occupancy, dtype=torch.float64)[:, None]
-    f_abs = torch.complex(wgt * torch.cos(phase), wgt * torch.sin(phase)).sum(0)
+    f_abs = phase_sum(torch.as_tensor(hkl), torch.as_tensor(frac, dtype=torch.float64), wgt)
     return 1j * f_abs * (relativistic_gamma(voltage) / (math.pi * cell.volume))
