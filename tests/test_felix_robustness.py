@@ -244,6 +244,32 @@ def test_bad_pattern_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("shape,args", [((4, 32, 32), ()), ((2, 32, 32), ("--reflections", "0 0 0")),
+                                        ((1, 1000, 1000), ())])
+def test_pattern_that_does_not_fit_names_the_file(tmp_path, shape, args):
+    path = tmp_path / "measured.npy"
+    np.save(path, np.random.default_rng(0).random(shape))
+    res, out = export(tmp_path, SRTIO3, "SrTiO3", "--pattern", str(path), *args)
+    assert_clean_error(res, str(path))
+    assert not out.exists()
+
+
+class _Hostile:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_pattern_is_refused_without_running_it(tmp_path):
+    path = tmp_path / "p.npy"
+    np.save(path, np.array([_Hostile(str(tmp_path / "PWNED"))], dtype=object), allow_pickle=True)
+    res, out = export(tmp_path, SRTIO3, "SrTiO3", "--pattern", str(path))
+    assert_clean_error(res, str(path), "pickled")
+    assert "allow_pickle" not in res.output and not (tmp_path / "PWNED").exists() and not out.exists()
+
+
 def test_read_refuses_to_overwrite(tmp_path):
     sim = tmp_path / "sim" / "MgO_Sim_0500A_008x008"
     sim.mkdir(parents=True)

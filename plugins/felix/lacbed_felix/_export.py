@@ -71,6 +71,9 @@ _MODE_B_GROUPS = {216}
 #: Most thicknesses in FELIX's grid (its input reader refuses more).
 MAX_GRID_THICKNESSES = 10000
 
+#: Largest image edge FELIX writes (``IPixelCount`` <= 499).
+MAX_FELIX_SIZE = 998
+
 #: Files of an export in its folder, besides the images.
 _EXPORT_FILES = ("felix.inp", "felix.cif", "felix.hkl", "lacbed_export.json")
 
@@ -189,7 +192,13 @@ def _read_tiff(path: Path):
 
 
 def _read_npy(path: Path):
-    data = np.load(path, allow_pickle=False)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):  # numpy's message advises allow_pickle=True, which could run code
+            raise ValueError("holds pickled Python objects, not an array of numbers; refused (loading them "
+                             "could run code)") from None
+        raise
     side = path.with_suffix(".json")
     meta = {}
     if side.is_file():
@@ -584,6 +593,17 @@ def export_file(cif, out_dir, *, pattern=None, refine: str | None = None, reflec
     grid = thickness_grid_nm(thickness_nm) if thickness_nm is not None else None
     crystal = read_cif(cif)
     images, file_reflections = read_pattern(pattern) if pattern is not None else (None, None)
+    if images is not None:
+        n, named = images.shape[-1], reflections if reflections is not None else file_reflections
+        if n > MAX_FELIX_SIZE:
+            raise ValueError(f"--pattern {pattern}: {n}x{n} pixels; FELIX's images are at most "
+                             f"{MAX_FELIX_SIZE}x{MAX_FELIX_SIZE} (IPixelCount <= {MAX_FELIX_SIZE // 2})")
+        if named is None and len(images) != 1:
+            raise ValueError(f"--pattern {pattern}: {len(images)} images and nothing says which reflections they "
+                             f"are; give --reflections")
+        if named is not None and len(named) != len(images):
+            raise ValueError(f"--pattern {pattern}: {len(images)} images but {len(named)} reflections "
+                             f"{[tuple(r) for r in named]}")
     options = {k: v for k, v in setting_options.items() if v is not None}
     settings = settings_for(crystal, thickness_nm=grid, size=images.shape[-1] if images is not None else None,
                             **options)
