@@ -8,13 +8,13 @@ import sys
 import click
 
 
-def _floats(text):
+def _floats(text, option="--thickness"):
     if text is None:
         return None
     try:
         return tuple(float(x) for x in text.replace(";", ",").split(",") if x.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+        raise click.UsageError(f"{option} {text!r}: expected comma-separated numbers") from None
 
 
 def _command_line() -> str:
@@ -119,11 +119,12 @@ def status_command(output):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic structures.")
 @click.option("--start", type=int, default=0, show_default=True, help="First structure index.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the CIFs.")
-def synthetic_command(n, seed, start, output):
+@click.option("--overwrite", is_flag=True, help="Replace CIFs of the same names in the folder.")
+def synthetic_command(n, seed, start, output, overwrite):
     """Write synthetic cubic structures start … start+N-1 of SEED as CIFs (<id>.cif)."""
     from lacbed_refine.synthetic import write_synthetic_cifs
 
-    paths = write_synthetic_cifs(output, n, seed=seed, start=start)
+    paths = write_synthetic_cifs(output, n, seed=seed, start=start, overwrite=overwrite)
     click.echo(f"{len(paths)} CIFs in {output}")
 
 

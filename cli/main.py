@@ -23,13 +23,13 @@ class _Group(click.Group):
             sys.exit(2)
 
 
-def _floats(text):
+def _floats(text, option="--thickness"):
     if text is None:
         return None
     try:
         return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+        raise click.UsageError(f"{option} {text!r}: expected comma-separated numbers") from None
 
 
 @click.group(cls=_Group)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import click
 
 
-def _floats(text):
+def _floats(text, option="--thickness"):
     if text is None:
         return None
     try:
         return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+        raise click.UsageError(f"{option} {text!r}: expected comma-separated numbers") from None
 
 
 @click.command("train")

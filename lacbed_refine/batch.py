@@ -86,6 +86,8 @@ def _parse_manifest(path: Path, text: str) -> list[dict]:
                 p = Path(sample[key])
                 sample[key] = str(p if p.is_absolute() else path.parent / p)
         rows.append(sample)
+    if not rows:
+        raise ValueError(f"{path}: the manifest lists no samples (a header and no rows)")
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: sample ids are not unique")

@@ -56,7 +56,8 @@ class BeamPool:
         hkl = np.asarray(hkl, dtype=np.int64)
         hit = np.nonzero((self.hkl == hkl).all(axis=1))[0]
         if len(hit) == 0:
-            raise ValueError(f"reflection {tuple(int(x) for x in hkl)} is not in the beam pool of {self.size} beams")
+            raise ValueError(f"--reflections: {tuple(int(x) for x in hkl)} is not in the beam pool of {self.size} beams "
+                             "(raise --beams or --g-limit)")
         return int(hit[0])
 
 

@@ -108,6 +108,10 @@ def zolz_beams(
         raise ValueError(f"n_beams must be a positive int, got {n_beams!r}")
     if g_limit is not None:
         hmax = int(math.floor(g_limit * a)) + 1
+        # about π (g_limit a)² reflections lie in the zone: refuse a pool that large before the grid
+        if math.pi * (g_limit * a) ** 2 > 4 * MAX_BEAMS:
+            raise ValueError(f"--g-limit {g_limit:g} Å⁻¹: about {math.pi * (g_limit * a) ** 2:,.0f} beams for a = {a:g} Å, "
+                             f"more than {MAX_BEAMS}")
     else:
         hmax = int(math.ceil(math.sqrt(4.0 * n_beams / math.pi))) + 2
     r = np.arange(-hmax, hmax + 1)

@@ -481,6 +481,10 @@ def refine(
     RefinementResult
     """
     pattern = check_pattern(pattern)
+    # the figure of merit is a correlation, blind to scale and offset: standardise the measurement
+    # so that any finite range (1e-300 … 1e300) gives the same, finite numbers downstream
+    pattern = pattern / np.abs(pattern).max()
+    pattern = (pattern - pattern.mean()) / pattern.std()
     size = settings.size
     if pattern.shape != (size, size) or pattern_half_width not in (None, settings.half_width):
         hw = settings.half_width if pattern_half_width is None else pattern_half_width
@@ -811,7 +815,6 @@ def fit_files(
 
     # everything that can be wrong with the inputs and outputs is found before the work starts
     out = Path(out_dir)
-    check_writable_folder(out, option="-o")
     existing = [n for n in ("refined.cif", "report.json", "fit.png") if (out / n).exists()]
     if existing and not overwrite:
         raise ValueError(f"-o {out}: holds a result already ({', '.join(existing)}); pass --overwrite to replace it")
@@ -834,8 +837,16 @@ def fit_files(
         half_width = pattern_half_width
     settings = settings_for(crystal, kv=kv, size=size if size is not None else pattern.shape[0] if pattern.shape[0] == pattern.shape[1] and pattern.shape[0] % 2 == 0 else None,
                             half_width=half_width, n_beams=n_beams, g_limit=g_limit)
-    result = refine(crystal, pattern, settings, config=config, pattern_half_width=pattern_half_width, mask=mask,
-                    progress=progress)
+    created = not out.exists()
+    check_writable_folder(out, option="-o")  # last of the checks: it creates the folder
+    try:
+        result = refine(crystal, pattern, settings, config=config, pattern_half_width=pattern_half_width, mask=mask,
+                        progress=progress)
+    except BaseException:
+        # a refinement that failed leaves no empty folder behind (a killed one may)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     result.extra["inputs"] = {"cif": str(cif), "pattern": str(pattern_path), "mask": None if mask_path is None else str(mask_path)}
     result.extra.update(extra or {})
     paths = result.write(out_dir)

@@ -38,14 +38,16 @@ def parse_reflections(text: str) -> tuple[tuple[int, int, int], ...]:
         try:
             hkl = tuple(int(x) for x in fields)
         except ValueError:
-            raise ValueError(f"reflection {part!r} is not three integers 'h k l'") from None
+            raise ValueError(f"--reflections: {part!r} is not three integers 'h k l'") from None
         if len(hkl) != 3:
-            raise ValueError(f"reflection {part!r} is not three integers 'h k l'")
+            raise ValueError(f"--reflections: {part!r} is not three integers 'h k l'")
         if hkl[2] != 0:
-            raise ValueError(f"reflection {part!r} is not in the [001] zero-order Laue zone (l must be 0)")
+            raise ValueError(f"--reflections: {part!r} is not in the [001] zero-order Laue zone (l must be 0)")
+        if hkl in out:
+            raise ValueError(f"--reflections: {part!r} is given twice")
         out.append(hkl)
     if not out:
-        raise ValueError("no reflections given")
+        raise ValueError("--reflections: no reflections given")
     return tuple(out)
 
 
@@ -201,9 +203,12 @@ def simulate_file(
     resolve_device(device)
     workers = check_workers(workers)
     if engine != "bloch":
-        from .simulators import get_simulator
+        from .simulators import PluginError, get_simulator
 
-        get_simulator(engine)  # an unknown engine is named before anything else
+        try:  # an unknown engine is named before anything else
+            get_simulator(engine)
+        except PluginError as exc:
+            raise ValueError(f"--engine {engine!r}: {str(exc).split(': ', 1)[-1]}") from None
     out = check_stack_output(out, overwrite=overwrite, inputs=(cif,))
     crystal = read_cif(cif)
     settings = settings_for(crystal, **options)

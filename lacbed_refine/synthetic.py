@@ -170,7 +170,11 @@ def random_crystal(seed: int, index: int, *, spacegroup: int | None = None, conf
     raise ValueError(f"no synthetic structure could be placed in space group {number} with {config!r}")
 
 
-def write_synthetic_cifs(folder, n: int, *, seed: int = 0, start: int = 0) -> list:
+#: Most synthetic CIFs one call writes (the dataset's 5000 fit with room to spare).
+MAX_SYNTHETIC = 100_000
+
+
+def write_synthetic_cifs(folder, n: int, *, seed: int = 0, start: int = 0, overwrite: bool = False) -> list:
     """Write synthetic structures ``start … start+n-1`` of ``seed`` as ``<folder>/<id>.cif``.
 
     Parameters
@@ -183,6 +187,8 @@ def write_synthetic_cifs(folder, n: int, *, seed: int = 0, start: int = 0) -> li
         Seed of the family.
     start : int
         First index.
+    overwrite : bool
+        Replace CIFs of the same names already in ``folder`` (otherwise refused before writing).
 
     Returns
     -------
@@ -195,10 +201,19 @@ def write_synthetic_cifs(folder, n: int, *, seed: int = 0, start: int = 0) -> li
 
     from .crystal import write_cif
 
-    if n < 0 or start < 0:
-        raise ValueError(f"n and start must be non-negative, got n={n!r}, start={start!r}")
+    from .patterns import check_writable_folder
+
+    if not 1 <= n <= MAX_SYNTHETIC:
+        raise ValueError(f"N {n!r}: write 1–{MAX_SYNTHETIC} synthetic structures at a time")
+    if start < 0:
+        raise ValueError(f"--start {start!r}: the first index must be >= 0")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    names = [folder / f"{synthetic_id(seed, index)}.cif" for index in range(start, start + n)]
+    clash = [p for p in names if p.exists()]
+    if clash and not overwrite:
+        raise ValueError(f"-o {folder}: holds {len(clash)} of these CIFs already (e.g. {clash[0].name}); "
+                         "pass --overwrite to replace them")
+    check_writable_folder(folder)
     paths = []
     for index in tqdm(range(start, start + n), unit="structure", desc="synthetic", disable=n < 50):
         path = folder / f"{synthetic_id(seed, index)}.cif"

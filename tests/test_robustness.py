@@ -306,3 +306,55 @@ def test_potential_and_predict_refuse_to_overwrite(mgo, tmp_path, command):
     assert code == 2 and "--overwrite" in one_error_line(text)
     assert out.read_bytes() == before
     assert run(*args, "--overwrite")[0] == 0
+
+
+# --- found by benchmarks/bad_inputs.py ------------------------------------------------------------------
+def test_refused_fit_leaves_no_output_folder(tmp_path):
+    bad = tmp_path / "bad.cif"
+    bad.write_text("data_x\n_cell_length_a 4.0\n")
+    code, out = run("fit", bad, tmp_path / "missing.npy", "-o", tmp_path / "o", *FAST)
+    assert code == 2 and not (tmp_path / "o").exists()
+
+
+def test_fit_of_a_pattern_with_huge_values(spinel_crop, tmp_path):
+    huge = tmp_path / "huge.npy"
+    np.save(huge, np.load(spinel_crop).astype(np.float64) * 1e300)
+    code, out = run("fit", SPINEL / "MgAl2O4_true.cif", huge, "-o", tmp_path / "o", "--half-width", SPINEL_HALF,
+                    "--refine", "thickness", "--thickness", "115", *FAST)
+    assert code == 0, out
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--g-limit", "1e6"], "--g-limit"), (["--thickness", "abc"], "--thickness"),
+    (["--reflections", "0 0 0;0 0 0"], "--reflections"), (["--reflections", "1 2"], "--reflections"),
+    (["--reflections", "0 0 0;200 0 0"], "--reflections"), (["--engine", "nonsense"], "--engine"),
+])
+def test_simulate_messages_name_the_option(mgo, tmp_path, args, option):
+    code, out = run("simulate", mgo, "-o", tmp_path / "p.npy", "--size", "16", *args)
+    assert code == 2 and option in one_error_line(out)
+
+
+def test_manifest_without_rows_is_refused(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("cif,pattern\n")
+    code, out = run("batch", manifest, "-o", tmp_path / "o")
+    assert code == 2 and "no samples" in one_error_line(out)
+
+
+def test_invert_refuses_an_unusable_pattern_naming_it(tmp_path):
+    np.save(tmp_path / "flat.npy", np.ones((64, 64)))
+    np.save(tmp_path / "tall.npy", np.random.default_rng(0).random((64, 32)))
+    for name in ("flat.npy", "tall.npy"):
+        code, out = run("invert", tmp_path / name, "--thickness", "100", "--a", "4.2", "-o", tmp_path / "x.npy")
+        assert code == 2 and name in one_error_line(out)
+
+
+def test_synthetic_cifs_are_not_overwritten(tmp_path):
+    assert run("dataset", "synthetic", "2", "-o", tmp_path / "s")[0] == 0
+    files = sorted((tmp_path / "s").glob("*.cif"))
+    files[0].write_text("edited by hand")
+    code, out = run("dataset", "synthetic", "2", "-o", tmp_path / "s")
+    assert code == 2 and "--overwrite" in one_error_line(out)
+    assert files[0].read_text() == "edited by hand"
+    code, out = run("dataset", "synthetic", "100000000", "-o", tmp_path / "t")
+    assert code == 2 and not (tmp_path / "t").exists()

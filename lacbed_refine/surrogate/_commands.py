@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..dataset import read_info
-from ..patterns import STACK_SUFFIXES, atomic_path, check_new_output, check_stack_output, write_preview, write_stack
+from ..patterns import STACK_SUFFIXES, check_pattern, atomic_path, check_new_output, check_stack_output, write_preview, write_stack
 from ..runtime import resolve_device
 from ._config import ARCHITECTURES, DIRECTIONS, TrainConfig, config_from_dict
 from ._data import in_memory, open_dataset
@@ -376,6 +376,9 @@ def invert_file(pattern, out, *, thickness_nm=None, a_angstrom: float | None = N
     surrogate = _model(model, "inverse", dev)
     pattern = Path(pattern)
     pages, meta = read_stack(pattern)
+    # each page must be a usable measured pattern: square, big enough, not constant
+    pages = np.stack([check_pattern(page, name=f"{pattern}" + (f" page {i}" if len(pages) > 1 else ""))
+                      for i, page in enumerate(pages)])
     refl = meta.get("reflections")
     thick_meta = meta.get("thickness_nm")
     if refl and len(refl) * len(thick_meta or [0]) == len(pages) and [0, 0, 0] in [list(r) for r in refl]:
