@@ -94,7 +94,7 @@ def simulate_command(cif, output, thickness, reflections, **options):
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the surrogates (cpu, cuda).")
 @click.option("--check", default="bloch", show_default=True, help="Simulator for the final check (bloch or a plugin, e.g. felix).")
 @click.option("--max-iter", type=int, default=40, show_default=True, help="L-BFGS-B iterations per polish level.")
-@click.option("--felix-seed", default=None, is_flag=False, flag_value="BD", help="Also write DIR/felix/: a FELIX refinement set seeded from the result (letters, default BD; needs the FELIX plugin).")
+@click.option("--felix-seed", default=None, is_flag=False, flag_value="auto", help="Also write DIR/felix/: a FELIX refinement set seeded from the result (letters; alone: B and D as far as FELIX can refine them for the crystal; needs the FELIX plugin).")
 @click.option("--overwrite", is_flag=True, help="Replace a result already in the output folder.")
 def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, size, no_seed, no_surrogate, no_polish, no_b_restart,
                 forward_model, inverse_model, restarts, device, check, max_iter, felix_seed, overwrite):

@@ -499,6 +499,13 @@ def refine(
     if kinds and not len(params):
         say(f"note: --refine {','.join(config.refine)} frees no parameter of {crystal.name} "
             f"(fixed sites or no free coordinates); only the thickness can move")
+    model_notes: list[str] = []
+    if models is None and (config.seed or config.surrogate):
+        from . import refine_surrogate as rs
+
+        # a bad model file is found here, before the thickness scan, not after it
+        models, model_notes = rs.load_models(config.forward_model if config.surrogate else None,
+                                             config.inverse_model if config.seed else None, device=config.device)
     centring = crystal.spacegroup_symbol[0]
     problem = _Problem(crystal, settings, params, pattern, mask, config, centring)
     stages: list[StageLog] = []
@@ -519,7 +526,7 @@ def refine(
     # latency-bound, and with two threads on a busy machine a 3×3 convolution's forward and backward
     # took 97 ms instead of 1 ms (the spinel example's surrogate search: 361 s against 9.6 s)
     with single_thread():
-        x, model_info = _surrogate_stages(problem, params, x, pattern, mask, config, models, stages, say)
+        x, model_info = _surrogate_stages(problem, params, x, pattern, mask, config, models, stages, say, model_notes)
     # 4. Bloch polish: thickness candidates, half-resolution grid, then full grid, B restart
     if config.polish and (len(params) or "thickness" in config.refine):
         x, sigma = _bloch_polish(problem, params, x, pattern, mask, settings, config, t_peaks, stages, say)
@@ -669,7 +676,7 @@ def _bloch_fom(problem, x: np.ndarray) -> float:
     return 1.0 - float(masked_pearson_r(_blur(sim, problem.config.blur_sigma), problem.meas, problem.mask))
 
 
-def _surrogate_stages(problem, params, x, pattern, mask, config, models, stages, say):
+def _surrogate_stages(problem, params, x, pattern, mask, config, models, stages, say, notes=()):
     """Seed from the inverse generator, then the surrogate search; each result is kept only when
     the Bloch engine finds it fits better than the stage's starting point. Returns the new
     parameters and a description of the models used (for the report)."""
@@ -681,7 +688,7 @@ def _surrogate_stages(problem, params, x, pattern, mask, config, models, stages,
         for name in wanted:
             stages.append(StageLog(name, None, 0.0, "switched off"))
         return x, info
-    notes: list[str] = []
+    notes = list(notes)
     if models is None:
         models, notes = rs.load_models(config.forward_model if config.surrogate else None,
                                        config.inverse_model if config.seed else None, device=config.device)
@@ -701,6 +708,9 @@ def _surrogate_stages(problem, params, x, pattern, mask, config, models, stages,
             continue
         if model is None:
             stages.append(StageLog(name, None, 0.0, "skipped: " + next(n for n in notes if direction in n)))
+            continue
+        if direction == "inverse" and not len(params):
+            stages.append(StageLog(name, None, 0.0, "skipped: no structural parameter is free"))
             continue
         t1 = time.perf_counter()
         n = model.image_size
@@ -804,7 +814,8 @@ def fit_files(
 
     The simulation grid defaults to the paper preset's geometry (200 kV, 128×128, half-width
     7.266/a Å⁻¹) with a whole pool of :data:`FIT_DEFAULT_BEAMS` beams used at every pixel.
-    ``felix_seed`` (FELIX refinement letters, e.g. "BD") also writes ``out_dir/felix/``, a FELIX
+    ``felix_seed`` (FELIX refinement letters, e.g. "BD", or "auto" for the plugin's default adapted
+    to the crystal) also writes ``out_dir/felix/``, a FELIX
     refinement set seeded from the result (needs the FELIX plugin). The output folder, the check
     simulator and every input are checked before any work; an existing result in ``out_dir`` is
     replaced only with ``overwrite``. Returns the result and the written paths.
@@ -819,14 +830,20 @@ def fit_files(
     if existing and not overwrite:
         raise ValueError(f"-o {out}: holds a result already ({', '.join(existing)}); pass --overwrite to replace it")
     check_simulator(config.check)
+    felix_seed_asked = bool(felix_seed)
     if felix_seed:
         from .simulators import PluginError, get_simulator
 
         try:  # writing a FELIX set needs the plugin, not FELIX itself
-            get_simulator("felix")
+            felix = get_simulator("felix")
         except PluginError as exc:
             raise ValueError(f"--felix-seed: {exc}") from None
     crystal = read_cif(cif)
+    if felix_seed_asked:
+        if felix_seed == "auto":  # the plugin's default letters, adapted to the crystal
+            felix_seed = None
+        if hasattr(felix, "check_refinement"):
+            felix.check_refinement(crystal, felix_seed)  # letters FELIX cannot refine for this crystal
     pattern = read_pattern(pattern_path)
     mask = None
     if mask_path is not None:
@@ -850,7 +867,7 @@ def fit_files(
     result.extra["inputs"] = {"cif": str(cif), "pattern": str(pattern_path), "mask": None if mask_path is None else str(mask_path)}
     result.extra.update(extra or {})
     paths = result.write(out_dir)
-    if felix_seed:
+    if felix_seed_asked:
         paths["felix"] = seed_felix(result, Path(out_dir) / "felix", refine=felix_seed)
     return result, paths
 
@@ -869,7 +886,7 @@ def check_simulator(name: str, *, option: str = "--check") -> None:
         raise ValueError(f"{option} {name!r}: not ready ({why})")
 
 
-def seed_felix(result: RefinementResult, out_dir, *, refine: str = "BD") -> Path:
+def seed_felix(result: RefinementResult, out_dir, *, refine: str | None = None) -> Path:
     """Write FELIX inputs (and the measured image) that start a FELIX refinement from ``result``,
     through the FELIX plugin (``pip install -e plugins/felix``)."""
     from .simulators import PluginError, get_simulator
@@ -877,10 +894,9 @@ def seed_felix(result: RefinementResult, out_dir, *, refine: str = "BD") -> Path
     sim = get_simulator("felix")
     if not hasattr(sim, "export_refinement"):
         raise PluginError("felix", "this version of the plugin cannot write refinement sets")
-    letters = refine
-    if "B" in letters and result.crystal.spacegroup_number != 216:
-        # FELIX moves atoms (mode B) only in F-43m among the cubic groups (felix-spec §5)
-        letters = letters.replace("B", "") or "D"
+    # the plugin adapts the letters to what FELIX can refine for the crystal (it moves atoms, mode
+    # B, only in F-43m among the cubic groups: felix-spec §5) and refuses what it cannot do
+    letters = sim.check_refinement(result.crystal, refine) if hasattr(sim, "check_refinement") else (refine or "BD")
     sim.export_refinement(result.crystal, result.measured, out_dir, refine=letters,
                           settings=replace(result.settings, thicknesses=(result.thickness_nm * NM,)))
     return Path(out_dir)

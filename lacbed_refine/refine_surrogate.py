@@ -57,7 +57,10 @@ def load_models(forward_path: str | None, inverse_path: str | None, *, device: s
     models, notes = SurrogateModels(None, None), []
     for direction, path in (("forward", forward_path), ("inverse", inverse_path)):
         if path is not None:
-            model, source = load_surrogate(path, device=device), str(path)
+            try:
+                model, source = load_surrogate(path, device=device), str(path)
+            except (ValueError, OSError) as exc:
+                raise ValueError(f"--{direction}-model: {exc}") from None
         else:
             try:
                 model, source = load_pretrained(direction, device=device), "shipped"
@@ -65,7 +68,9 @@ def load_models(forward_path: str | None, inverse_path: str | None, *, device: s
                 model, source = None, ""
                 notes.append(f"no {direction} surrogate (none shipped; pass --{direction}-model)")
         if model is not None and model.task.direction != direction:
-            raise ValueError(f"{path}: is a {model.task.direction} surrogate, expected a {direction} one")
+            raise ValueError(f"--{direction}-model {path}: is an {model.task.direction} surrogate, not a {direction} one"
+                             if model.task.direction == "inverse" else
+                             f"--{direction}-model {path}: is a {model.task.direction} surrogate, not an {direction} one")
         setattr(models, direction, model)
         setattr(models, f"{direction}_source", source)
     return models, notes
@@ -101,7 +106,7 @@ def _lbfgsb(fun, z0, bounds, max_iter):
 
     res = minimize(f_and_g, z0, jac=True, method="L-BFGS-B", bounds=bounds,
                    options={"maxiter": max_iter, "ftol": 1e-10, "gtol": 1e-8})
-    return res.x, float(res.fun), int(res.nit)
+    return res.x, float(res.fun), int(getattr(res, "nit", 0))  # scipy leaves nit out when nothing is free
 
 
 def seed_from_inverse(inverse, params, x0: np.ndarray, scale: np.ndarray, bounds, measured: np.ndarray,

@@ -358,3 +358,23 @@ def test_synthetic_cifs_are_not_overwritten(tmp_path):
     assert files[0].read_text() == "edited by hand"
     code, out = run("dataset", "synthetic", "100000000", "-o", tmp_path / "t")
     assert code == 2 and not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("args, option", [(["--a", "1e6"], "--a"), (["--thickness", "1e9"], "--thickness"),
+                                          (["--thickness", "-1"], "--thickness")])
+def test_invert_refuses_absurd_cell_and_thickness(tmp_path, args, option):
+    np.save(tmp_path / "p.npy", np.random.default_rng(1).random((64, 64)))
+    base = {"--a": "4.2", "--thickness": "100"}
+    base[args[0]] = args[1]
+    code, out = run("invert", tmp_path / "p.npy", *[x for kv in base.items() for x in kv], "-o", tmp_path / "x.npy")
+    assert code == 2 and option in one_error_line(out)
+
+
+def test_fit_refuses_a_bad_surrogate_file_before_the_scan(spinel_crop, tmp_path):
+    bad = tmp_path / "f.pt"
+    bad.write_bytes(b"not a checkpoint")
+    t0 = time.perf_counter()
+    code, out = run("fit", SPINEL / "MgAl2O4_start.cif", spinel_crop, "-o", tmp_path / "o", "--half-width", SPINEL_HALF,
+                    "--forward-model", bad, "--beams", "13")
+    assert code == 2 and "--forward-model" in one_error_line(out) and "f.pt" in out
+    assert "thickness scan" not in out and not (tmp_path / "o").exists()

@@ -298,6 +298,36 @@ def _surrogate_meta(s) -> dict:
     return {"kind": s.task.direction, "arch": s.arch, "model": s.info.get("path"), "step": s.info.get("step")}
 
 
+def check_surrogate_thickness(thickness, given) -> None:
+    """Thicknesses [nm] a surrogate can be asked for: finite, > 0 and ≤ 5000 nm (those far outside
+    the training range, 50–200 nm, are extrapolation: warned, not refused)."""
+    from ..geometry import MAX_THICKNESS_A
+    from ..conventions import NM
+
+    t_max = MAX_THICKNESS_A / NM
+    if not thickness or not all(math.isfinite(t) and 0 < t <= t_max for t in thickness):
+        raise ValueError(f"--thickness {given!r}: thicknesses must be finite, 0–{t_max:g} nm")
+    outside = [t for t in thickness if not 25 <= t <= 400]
+    if outside:
+        import warnings
+
+        warnings.warn(f"--thickness {outside}: far outside the surrogates' training range (50–200 nm); "
+                      "the prediction is an extrapolation", UserWarning, stacklevel=3)
+
+
+def check_surrogate_cell(a, option: str = "--a") -> float:
+    """A cubic cell edge [Å] for a surrogate: finite, in the range the crystal reader accepts."""
+    from ..crystal import CELL_EDGE_RANGE
+
+    try:
+        a = float(a)
+    except (TypeError, ValueError):
+        raise ValueError(f"{option} {a!r}: not a number of Å") from None
+    if not (math.isfinite(a) and CELL_EDGE_RANGE[0] <= a <= CELL_EDGE_RANGE[1]):
+        raise ValueError(f"{option} {a!r}: the cell edge must be {CELL_EDGE_RANGE[0]:g}–{CELL_EDGE_RANGE[1]:g} Å")
+    return a
+
+
 def predict_file(source, out, *, thickness_nm, model=None, a_angstrom: float | None = None, device: str | None = None,
                  symmetrise: bool = False, overwrite: bool = False) -> dict:
     """Predict bright-field patterns with the forward surrogate and write them (like ``simulate``).
@@ -322,8 +352,7 @@ def predict_file(source, out, *, thickness_nm, model=None, a_angstrom: float | N
     dev = resolve_device(device or "cpu", option="--device")
     out = check_stack_output(out, overwrite=overwrite, inputs=(source, model))
     thickness = [float(t) for t in np.atleast_1d(thickness_nm)] if thickness_nm is not None else []
-    if not thickness or not all(math.isfinite(t) and t > 0 for t in thickness):
-        raise ValueError(f"--thickness {thickness_nm!r}: thicknesses must be positive finite nm")
+    check_surrogate_thickness(thickness, thickness_nm)
     surrogate = _model(model, "forward", dev)
     source = Path(source)
     if source.suffix.lower() == ".cif":
@@ -336,6 +365,8 @@ def predict_file(source, out, *, thickness_nm, model=None, a_angstrom: float | N
     else:
         pages, meta = read_stack(source)
         a = a_angstrom if a_angstrom is not None else meta.get("a_angstrom")
+        if a is not None:
+            a = check_surrogate_cell(a)
         if a is None:
             raise ValueError(f"{source}: no lattice parameter in the file's metadata; give --a")
         name = meta.get("crystal", source.stem)
@@ -395,6 +426,8 @@ def invert_file(pattern, out, *, thickness_nm=None, a_angstrom: float | None = N
     a = a_angstrom if a_angstrom is not None else meta.get("a_angstrom")
     if a is None:
         raise ValueError(f"{pattern}: no lattice parameter in the file's metadata; give --a")
+    a = check_surrogate_cell(a)
+    check_surrogate_thickness(thickness, thickness_nm if thickness_nm is not None else thick_meta)
     with torch.no_grad():
         res = surrogate(torch.as_tensor(pages), torch.tensor(thickness), float(a))
     stack = res["normalised"].cpu().numpy()[:, None].astype(np.float32)
