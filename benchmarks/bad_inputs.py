@@ -407,7 +407,9 @@ CIF_VARIANTS: dict[str, tuple[object, bool | None, tuple[str, ...]]] = {
     "malformed.cif": ("data_bad\n_cell_length_a 4.21\nloop_\n_atom_site_label\n_atom_site_fract_x\n'unterminated\n",
                       False, ("malformed.cif",)),
     "nocell.cif": (cif_text("MgO", "F m -3 m", MGO_ATOMS, cell=False), False, ("nocell.cif",)),
-    "twoblocks.cif": (MGO + "\n" + STO, False, ("twoblocks.cif",)),
+    # legal either way: the reader takes the first structure block and warns which (issue 12 allows
+    # "say which block is used, or refuse")
+    "twoblocks.cif": (MGO + "\n" + STO, None, ("twoblocks.cif",)),
     "noncubic.cif": (cif_text("TiO2", "P 4/m m m", [("Ti1", "Ti", 0, 0, 0, 0.5, 1), ("O1", "O", 0.3, 0.3, 0, 0.5, 1)],
                               a=4.59, c=2.96), False, ("noncubic.cif",)),
     "rhombohedral.cif": (cif_text("MgO", "F m -3 m", MGO_ATOMS, alpha=60), False, ("rhombohedral.cif",)),

@@ -256,12 +256,13 @@ def simulate_file(
 def potential_file(cif, out, *, size: int = 128, form_factors: str = "kirkland", overwrite: bool = False) -> dict:
     """Write the [001] projected potential of ``cif``: raw [V] and normalised pages, plus a PNG.
 
-    ``size`` [pixels] is 4 … :data:`~lacbed_refine.geometry.MAX_SIZE`; an existing output is
+    ``size`` [pixels] is 16 … :data:`~lacbed_refine.geometry.MAX_SIZE`; an existing output is
     replaced only with ``overwrite``."""
     from .geometry import MAX_SIZE
 
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 4 <= size <= MAX_SIZE:
-        raise ValueError(f"--size {size!r}: the image edge must be 4–{MAX_SIZE} pixels")
+    # below 16 pixels a cell's potential no longer resolves its atoms
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 16 <= size <= MAX_SIZE:
+        raise ValueError(f"--size {size!r}: the image edge must be 16–{MAX_SIZE} pixels")
     if form_factors not in ("kirkland", "peng"):
         raise ValueError(f"--form-factors {form_factors!r}: use kirkland or peng")
     out = check_stack_output(out, overwrite=overwrite, inputs=(cif,))
