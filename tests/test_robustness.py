@@ -344,7 +344,8 @@ def test_manifest_without_rows_is_refused(tmp_path):
 def test_invert_refuses_an_unusable_pattern_naming_it(tmp_path):
     np.save(tmp_path / "flat.npy", np.ones((64, 64)))
     np.save(tmp_path / "tall.npy", np.random.default_rng(0).random((64, 32)))
-    for name in ("flat.npy", "tall.npy"):
+    np.save(tmp_path / "small.npy", np.random.default_rng(0).random((2, 32, 32)))  # not the model's 128×128
+    for name in ("flat.npy", "tall.npy", "small.npy"):
         code, out = run("invert", tmp_path / name, "--thickness", "100", "--a", "4.2", "-o", tmp_path / "x.npy")
         assert code == 2 and name in one_error_line(out)
 

@@ -410,6 +410,9 @@ def invert_file(pattern, out, *, thickness_nm=None, a_angstrom: float | None = N
     # each page must be a usable measured pattern: square, big enough, not constant
     pages = np.stack([check_pattern(page, name=f"{pattern}" + (f" page {i}" if len(pages) > 1 else ""))
                       for i, page in enumerate(pages)])
+    if pages.shape[-1] != surrogate.image_size:
+        raise ValueError(f"{pattern}: {pages.shape[-1]}×{pages.shape[-1]} pixels, but the inverse surrogate takes "
+                         f"{surrogate.image_size}×{surrogate.image_size} (resample the pattern to its grid)")
     refl = meta.get("reflections")
     thick_meta = meta.get("thickness_nm")
     if refl and len(refl) * len(thick_meta or [0]) == len(pages) and [0, 0, 0] in [list(r) for r in refl]:
