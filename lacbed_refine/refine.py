@@ -854,6 +854,8 @@ def fit_files(
         half_width = pattern_half_width
     settings = settings_for(crystal, kv=kv, size=size if size is not None else pattern.shape[0] if pattern.shape[0] == pattern.shape[1] and pattern.shape[0] % 2 == 0 else None,
                             half_width=half_width, n_beams=n_beams, g_limit=g_limit)
+    if felix_seed_asked and hasattr(felix, "check_settings"):
+        felix.check_settings(crystal, replace(settings, thicknesses=(100.0 * NM,)))  # FELIX's own limits
     created = not out.exists()
     check_writable_folder(out, option="-o")  # last of the checks: it creates the folder
     try:

@@ -379,3 +379,10 @@ def test_fit_refuses_a_bad_surrogate_file_before_the_scan(spinel_crop, tmp_path)
                     "--forward-model", bad, "--beams", "13")
     assert code == 2 and "--forward-model" in one_error_line(out) and "f.pt" in out
     assert "thickness scan" not in out and not (tmp_path / "o").exists()
+
+
+def test_felix_seed_with_a_pool_felix_cannot_run_is_refused_first(spinel_crop, tmp_path):
+    code, out = run("fit", SPINEL / "MgAl2O4_true.cif", spinel_crop, "-o", tmp_path / "o", "--half-width", SPINEL_HALF,
+                    "--refine", "thickness", "--thickness", "115", "--felix-seed", *FAST)  # 13 beams < FELIX's 40
+    assert code == 2 and "--felix-seed" in one_error_line(out)
+    assert "thickness scan" not in out and not (tmp_path / "o").exists()

@@ -176,6 +176,16 @@ class FelixSimulator:
         ranks = "MPI fix declared" if self.mpi_fixed else "1 MPI rank (FELIX HEAD's multi-rank bug)"
         return True, f"FELIX at {exe}, {ranks}"
 
+    def check_settings(self, crystal, settings, *, option: str = "--felix-seed") -> None:
+        """ValueError naming ``option`` when FELIX cannot run ``settings`` for ``crystal`` (e.g. a
+        beam pool under FELIX's 40-beam minimum). Cheap: call it before a long fit."""
+        from ._inp import felix_input_for
+
+        try:
+            felix_input_for(crystal, settings)
+        except ValueError as exc:
+            raise ValueError(f"{option}: {exc}") from None
+
     def check_refinement(self, crystal, refine: str | None = None, *, option: str = "--felix-seed") -> str:
         """The FELIX refinement letters :meth:`export_refinement` would write for ``crystal``;
         ValueError naming ``option`` when FELIX cannot refine them. Cheap: call it before a long fit."""
