@@ -386,3 +386,13 @@ def test_felix_seed_with_a_pool_felix_cannot_run_is_refused_first(spinel_crop, t
                     "--refine", "thickness", "--thickness", "115", "--felix-seed", *FAST)  # 13 beams < FELIX's 40
     assert code == 2 and "--felix-seed" in one_error_line(out)
     assert "thickness scan" not in out and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("content", [b'{"generatr": {"width": 8}}', b'{"train": {"lr": 0.001}}\xff'])
+def test_train_config_with_an_unknown_section_or_bad_bytes_is_refused(tmp_path, content):
+    config = tmp_path / "config.json"
+    config.write_bytes(content)
+    sample = Path(__file__).parent / "data" / "surrogate_sample.h5"
+    code, out = run("train", "forward", "--data", sample, "-o", tmp_path / "m.pt", "--epochs", "1", "--config", config)
+    assert code == 2 and "config.json" in one_error_line(out)
+    assert not (tmp_path / "m.pt").exists()

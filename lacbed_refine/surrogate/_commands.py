@@ -162,15 +162,23 @@ def train_file(direction: str, data, out, *, arch: str | None = None, epochs: in
     return result
 
 
+_CONFIG_SECTIONS = ("task", "generator", "discriminator", "loss", "vae", "train")
+
+
 def _read_config(path) -> dict:
     try:
-        sections = json.loads(Path(path).read_text())
+        sections = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such config file") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(sections, dict):
-        raise ValueError(f"{path}: expected a JSON object with sections task/generator/discriminator/loss/vae/train")
+        raise ValueError(f"{path}: expected a JSON object with sections {'/'.join(_CONFIG_SECTIONS)}")
+    unknown = sorted(set(sections) - set(_CONFIG_SECTIONS))
+    if unknown:  # a misspelt section would otherwise be ignored without a word
+        raise ValueError(f"{path}: unknown config section(s) {unknown}; known: {', '.join(_CONFIG_SECTIONS)}")
     return sections
 
 
