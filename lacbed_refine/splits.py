@@ -76,7 +76,11 @@ def read_split_files(paths) -> dict[str, str]:
         name = _ALIASES.get(path.name.split(".")[0].lower())
         if name is None:
             raise ValueError(f"{path}: file name does not name a split (train, val/validation, test)")
-        for line in path.read_text().splitlines():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: split file is not UTF-8 text (byte {exc.start})") from None
+        for line in text.splitlines():
             ident = line.strip()
             if not ident:
                 continue

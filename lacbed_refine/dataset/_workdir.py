@@ -192,6 +192,14 @@ def work_status(output) -> dict:
     work = WorkDir(output)
     if not work.exists():
         raise ValueError(f"{work.path}: no work folder (the build is finished or was never started)")
+    try:
+        return _work_status(work)
+    except (ValueError, KeyError, OSError, UnicodeDecodeError) as exc:  # a damaged shard or task list
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{output}: its work folder {work.path} is damaged ({msg})") from None
+
+
+def _work_status(work) -> dict:
     finished = work.finished()
     per_sg: dict[int, int] = {}
     cpu = []
