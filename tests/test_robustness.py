@@ -364,7 +364,7 @@ def test_synthetic_cifs_are_not_overwritten(tmp_path):
 @pytest.mark.parametrize("args, option", [(["--a", "1e6"], "--a"), (["--thickness", "1e9"], "--thickness"),
                                           (["--thickness", "-1"], "--thickness")])
 def test_invert_refuses_absurd_cell_and_thickness(tmp_path, args, option):
-    np.save(tmp_path / "p.npy", np.random.default_rng(1).random((64, 64)))
+    np.save(tmp_path / "p.npy", np.random.default_rng(1).random((128, 128)))  # the shipped model's grid
     base = {"--a": "4.2", "--thickness": "100"}
     base[args[0]] = args[1]
     code, out = run("invert", tmp_path / "p.npy", *[x for kv in base.items() for x in kv], "-o", tmp_path / "x.npy")
