@@ -266,8 +266,8 @@ class FelixRun:
         return hkl
 
     def crystal(self):
-        """``felix.cif`` read with :func:`lacbed_refine.crystal.read_cif`."""
-        from lacbed_refine.crystal import read_cif
+        """``felix.cif`` read with :func:`lacbed_refine.io.cif.read_cif`."""
+        from lacbed_refine.io.cif import read_cif
 
         return read_cif(self.path / "felix.cif")
 

@@ -74,8 +74,8 @@ def _init_worker() -> None:
 
 
 def _study_one(cif: str, beams: list[int], size: int) -> dict:
-    from lacbed_refine.crystal import read_cif
-    from lacbed_refine.simulation import settings_for, simulate_crystal
+    from lacbed_refine.io.cif import read_cif
+    from lacbed_refine.simulators.bloch import settings_for, simulate_crystal
 
     crystal = read_cif(cif)
     images, seconds, cpu, counts, ops = {}, {}, {}, {}, 0

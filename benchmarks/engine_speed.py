@@ -47,8 +47,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _felix_ref as ref  # noqa: E402
 
-import lacbed_refine.bloch as bloch  # noqa: E402
-from lacbed_refine.geometry import SimulationSettings, paper_preset  # noqa: E402
+import lacbed_refine.engine.bloch as bloch  # noqa: E402
+from lacbed_refine.engine.geometry import SimulationSettings, paper_preset  # noqa: E402
 
 log = logging.getLogger("engine_speed")
 

@@ -38,9 +38,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _felix_ref as ref  # noqa: E402
 
-from lacbed_refine.bloch import simulate_lacbed  # noqa: E402
-from lacbed_refine.crystal import read_cif  # noqa: E402
-from lacbed_refine.geometry import SimulationSettings, zolz_beams  # noqa: E402
+from lacbed_refine.engine.bloch import simulate_lacbed  # noqa: E402
+from lacbed_refine.io.cif import read_cif  # noqa: E402
+from lacbed_refine.engine.geometry import SimulationSettings, zolz_beams  # noqa: E402
 
 log = logging.getLogger("felix_agreement")
 

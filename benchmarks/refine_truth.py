@@ -36,11 +36,12 @@ import gemmi
 import numpy as np
 import torch
 
-from lacbed_refine.bloch import simulate_lacbed
-from lacbed_refine.crystal import Crystal, Site
-from lacbed_refine.geometry import SimulationSettings
-from lacbed_refine.parameters import free_parameters
-from lacbed_refine.refine import FitConfig, refine
+from lacbed_refine.engine.bloch import simulate_lacbed
+from lacbed_refine.structure.crystal import Crystal, Site
+from lacbed_refine.engine.geometry import SimulationSettings
+from lacbed_refine.structure.parameters import free_parameters
+from lacbed_refine.refine.config import FitConfig
+from lacbed_refine.refine.stages import refine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
     parser.add_argument("--forward-model", default=None, help="forward surrogate (default: shipped weights)")
     parser.add_argument("--inverse-model", default=None, help="inverse generator (default: shipped weights)")
     args = parser.parse_args(argv)
-    from lacbed_refine.refine_surrogate import load_models
+    from lacbed_refine.refine.surrogate_search import load_models
 
     models, notes = load_models(args.forward_model, args.inverse_model)
     for note in notes:

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from lacbed_refine.crystal import read_cif
-from lacbed_refine.potential import projected_potential
-from lacbed_refine.simulation import settings_for, simulate_crystal
+from lacbed_refine.io.cif import read_cif
+from lacbed_refine.physics.potential import projected_potential
+from lacbed_refine.simulators.bloch import settings_for, simulate_crystal
 from lacbed_refine.surrogate import CGAN, VAE, ForwardSurrogate, GeneratorConfig, InverseSurrogate, TaskConfig, load_surrogate
 
 log = logging.getLogger("surrogate_speed")

@@ -122,7 +122,7 @@ def status_command(output):
 @click.option("--overwrite", is_flag=True, help="Replace CIFs of the same names in the folder.")
 def synthetic_command(n, seed, start, output, overwrite):
     """Write synthetic cubic structures start … start+N-1 of SEED as CIFs (<id>.cif)."""
-    from lacbed_refine.synthetic import write_synthetic_cifs
+    from lacbed_refine.dataset.synthetic import write_synthetic_cifs
 
     paths = write_synthetic_cifs(output, n, seed=seed, start=start, overwrite=overwrite)
     click.echo(f"{len(paths)} CIFs in {output}")

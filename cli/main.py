@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from lacbed_refine import __version__
-from lacbed_refine.simulators import PluginError
+from lacbed_refine.version import __version__
+from lacbed_refine.simulators.registry import PluginError
 
 
 class _Group(click.Group):
@@ -62,7 +62,7 @@ def cli(verbose):
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def simulate_command(cif, output, thickness, reflections, **options):
     """Simulate LACBED patterns of CIF along [001] (Bloch-wave engine by default)."""
-    from lacbed_refine.simulation import parse_reflections, simulate_file
+    from lacbed_refine.simulators.files import parse_reflections, simulate_file
 
     refl = parse_reflections(reflections) if reflections is not None else None
     result = simulate_file(cif, output, thickness_nm=_floats(thickness), reflections=refl, n_beams=options.pop("beams"), **options)
@@ -99,7 +99,8 @@ def simulate_command(cif, output, thickness, reflections, **options):
 def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, size, no_seed, no_surrogate, no_polish, no_b_restart,
                 forward_model, inverse_model, restarts, device, check, max_iter, felix_seed, overwrite):
     """Refine the structure in CIF against the measured bright-field PATTERN."""
-    from lacbed_refine.refine import FitConfig, fit_files
+    from lacbed_refine.refine.config import FitConfig
+    from lacbed_refine.refine.files import fit_files
 
     config = FitConfig(refine=tuple(x.strip() for x in refine_.split(",") if x.strip()), fix=tuple(x.strip() for x in fix.split(",") if x.strip()),
                        thickness_nm=thickness, blur_sigma=blur, seed=not no_seed, surrogate=not no_surrogate, polish=not no_polish, check=check, max_iter=max_iter,
@@ -122,7 +123,7 @@ def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_
 @click.option("--scheduler", default=None, help="Dask distributed scheduler address (instead of local workers).")
 def batch_command(manifest, output, workers, scheduler):
     """Refine every sample of MANIFEST (CSV: cif,pattern[,id,refine,fix,thickness,half_width,blur,beams,mask,forward_model,inverse_model]); reruns skip finished samples."""
-    from lacbed_refine.batch import run_batch
+    from lacbed_refine.refine.batch import run_batch
 
     res = run_batch(manifest, output, workers=workers, scheduler=scheduler)
     click.echo(f"{res['done']} done, {res['failed']} failed, {res['skipped']} already finished, of {res['total']}; {res['summary']}")
@@ -134,7 +135,7 @@ def batch_command(manifest, output, workers, scheduler):
 @cli.command("plugins")
 def plugins_command():
     """List the simulators that are installed (built-in and plugins) and whether they can run."""
-    from lacbed_refine.simulators import discover_simulators, get_simulator
+    from lacbed_refine.simulators.registry import discover_simulators, get_simulator
 
     for info in discover_simulators():
         if info.error:
@@ -152,7 +153,7 @@ def plugins_command():
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def potential_command(cif, output, size, form_factors, overwrite):
     """Write the [001] projected potential of CIF (raw [V] and normalised)."""
-    from lacbed_refine.simulation import potential_file
+    from lacbed_refine.simulators.files import potential_file
 
     result = potential_file(cif, output, size=size, form_factors=form_factors, overwrite=overwrite)
     click.echo(f"{result['output']}; preview {result['preview']}")

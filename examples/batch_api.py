@@ -11,7 +11,7 @@ import csv
 import sys
 from pathlib import Path
 
-from lacbed_refine.batch import run_batch
+from lacbed_refine.refine.batch import run_batch
 
 MANIFEST = Path(__file__).parent / "batch" / "manifest.csv"
 

@@ -10,10 +10,11 @@ Run from the repository root: ``python examples/fit_api.py [OUT_DIR]``.
 import sys
 from pathlib import Path
 
-from lacbed_refine.crystal import read_cif
-from lacbed_refine.patterns import read_pattern
-from lacbed_refine.refine import FIT_DEFAULT_BEAMS, FitConfig, refine
-from lacbed_refine.simulation import settings_for
+from lacbed_refine.io.cif import read_cif
+from lacbed_refine.io.images import read_pattern
+from lacbed_refine.refine.config import FIT_DEFAULT_BEAMS, FitConfig
+from lacbed_refine.refine.stages import refine
+from lacbed_refine.simulators.bloch import settings_for
 
 HERE = Path(__file__).parent / "spinel"
 

@@ -14,9 +14,9 @@ import numpy as np
 import tifffile
 import torch
 
-from lacbed_refine.bloch import simulate_lacbed
-from lacbed_refine.crystal import read_cif, write_cif
-from lacbed_refine.geometry import SimulationSettings
+from lacbed_refine.engine.bloch import simulate_lacbed
+from lacbed_refine.io.cif import read_cif, write_cif
+from lacbed_refine.engine.geometry import SimulationSettings
 
 HERE = Path(__file__).parent / "spinel"
 

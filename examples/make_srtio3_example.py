@@ -15,9 +15,10 @@ import numpy as np
 import tifffile
 import torch
 
-from lacbed_refine.bloch import simulate_lacbed
-from lacbed_refine.crystal import Crystal, Site, write_cif
-from lacbed_refine.geometry import SimulationSettings
+from lacbed_refine.engine.bloch import simulate_lacbed
+from lacbed_refine.structure.crystal import Crystal, Site
+from lacbed_refine.io.cif import write_cif
+from lacbed_refine.engine.geometry import SimulationSettings
 
 HERE = Path(__file__).parent / "srtio3"
 

@@ -15,7 +15,7 @@ import pytest
 import tifffile
 from click.testing import CliRunner
 
-from lacbed_refine.batch import read_manifest, run_batch
+from lacbed_refine.refine.batch import read_manifest, run_batch
 from lacbed_refine_cli.main import cli
 
 SPINEL = Path(__file__).resolve().parents[1] / "examples" / "spinel"

@@ -1,4 +1,4 @@
-"""Tests for lacbed_refine.crystal: CIF reading, symmetry expansion and CIF writing."""
+"""Tests for lacbed_refine.structure.crystal: CIF reading, symmetry expansion and CIF writing."""
 
 import csv
 import math
@@ -9,14 +9,8 @@ import gemmi
 import numpy as np
 import pytest
 
-from lacbed_refine.crystal import (
-    DEFAULT_B_ISO,
-    Crystal,
-    CrystalError,
-    Site,
-    read_cif,
-    write_cif,
-)
+from lacbed_refine.structure.crystal import DEFAULT_B_ISO, Crystal, CrystalError, Site
+from lacbed_refine.io.cif import read_cif, write_cif
 
 SPINEL_ORIGIN2_OPS = [op.triplet() for op in gemmi.symops_from_hall("-F 4vw 2vw 3")]
 

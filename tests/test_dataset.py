@@ -19,10 +19,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lacbed_refine.crystal import read_cif, write_cif
+from lacbed_refine.io.cif import read_cif, write_cif
 from lacbed_refine.dataset import BuildSpec, LacbedDataset, build_dataset, dataset_hash, read_info, work_status
 from lacbed_refine.dataset._tasks import Task, cif_tasks, run_task
-from lacbed_refine.synthetic import random_crystal
+from lacbed_refine.dataset.synthetic import random_crystal
 from lacbed_refine_cli.main import cli
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "SrTiO3.cif"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from lacbed_refine.bloch import simulate_lacbed
-from lacbed_refine.crystal import read_cif
-from lacbed_refine.geometry import SimulationSettings
-from lacbed_refine.structure_factors import ug_coefficients
+from lacbed_refine.engine.bloch import simulate_lacbed
+from lacbed_refine.io.cif import read_cif
+from lacbed_refine.engine.geometry import SimulationSettings
+from lacbed_refine.physics.structure_factors import ug_coefficients
 
 DATA = Path(__file__).parent / "data" / "felix"
 SHARED_RUNS = Path(__file__).resolve().parents[2] / "shared" / "data" / "felix-reference" / "runs"

@@ -183,7 +183,7 @@ def test_bird_king_quadrature_matches_adaptive_integration():
 
     from lacbed_refine.conventions import electron_wavelength, relativistic_gamma
     from lacbed_refine.physics import bird_king_form_factors
-    from lacbed_refine.scattering import form_factor_parameters, form_factors
+    from lacbed_refine.physics.form_factors import form_factor_parameters, form_factors
 
     params = torch.as_tensor(form_factor_parameters([31], "kirkland"), dtype=torch.float64)
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from lacbed_refine.bloch import excitation_errors, simulate_lacbed
+from lacbed_refine.engine.bloch import excitation_errors, simulate_lacbed
 from lacbed_refine.conventions import wavevector_2pi
-from lacbed_refine.crystal import read_cif
-from lacbed_refine.geometry import SimulationSettings, tilt_grid, zolz_beams
-from lacbed_refine.propagation import propagate
-from lacbed_refine.structure_factors import ug_coefficients
+from lacbed_refine.io.cif import read_cif
+from lacbed_refine.engine.geometry import SimulationSettings, tilt_grid, zolz_beams
+from lacbed_refine.engine.propagation import propagate
+from lacbed_refine.physics.structure_factors import ug_coefficients
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -265,7 +265,7 @@ def test_engine_gradcheck_coordinates_low_symmetry():
 def test_engine_gradcheck_through_symmetry_constrained_parameters():
     """θ (spinel O 32e displacement along (1,1,1), B of each site) and thickness → pattern, with the
     Fd-3m symmetry kept, so the 8-fold wedge and degenerate eigenvalues are on the gradient path."""
-    from lacbed_refine.parameters import free_parameters
+    from lacbed_refine.structure.parameters import free_parameters
 
     c = read_cif(Path(__file__).parent / "data" / "felix" / "MgAl2O4" / "felix.cif")
     fp = free_parameters(c, refine=("xyz", "b"))

@@ -15,9 +15,10 @@ from click.testing import CliRunner
 
 lf = pytest.importorskip("lacbed_felix", reason="the FELIX plugin is not installed (pip install -e plugins/felix)")
 
-from lacbed_refine.crystal import Site, read_cif  # noqa: E402
-from lacbed_refine.geometry import SimulationSettings  # noqa: E402
-from lacbed_refine.patterns import write_stack  # noqa: E402
+from lacbed_refine.structure.crystal import Site
+from lacbed_refine.io.cif import read_cif  # noqa: E402
+from lacbed_refine.engine.geometry import SimulationSettings  # noqa: E402
+from lacbed_refine.io.images import write_stack  # noqa: E402
 from lacbed_felix.cli import felix_group  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "felix"
@@ -536,7 +537,7 @@ def test_entry_points():
     cmds = {ep.name: ep for ep in entry_points(group="lacbed_refine.commands")}
     assert sims["felix"].load() is lf.FelixSimulator
     assert cmds["felix"].load() is felix_group
-    from lacbed_refine.simulators import Simulator, get_simulator
+    from lacbed_refine.simulators.registry import Simulator, get_simulator
 
     sim = get_simulator("felix")
     assert isinstance(sim, Simulator) and sim.name == "felix"

@@ -14,9 +14,10 @@ import pytest
 
 lf = pytest.importorskip("lacbed_felix", reason="the FELIX plugin is not installed (pip install -e plugins/felix)")
 
-from lacbed_refine.crystal import read_cif  # noqa: E402
-from lacbed_refine.geometry import SimulationSettings  # noqa: E402
-from lacbed_refine.simulators import BlochSimulator, PluginError  # noqa: E402
+from lacbed_refine.io.cif import read_cif  # noqa: E402
+from lacbed_refine.engine.geometry import SimulationSettings  # noqa: E402
+from lacbed_refine.simulators.bloch import BlochSimulator
+from lacbed_refine.simulators.registry import PluginError  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "felix"
 MGO = DATA / "MgO" / "felix.cif"

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 lf = pytest.importorskip("lacbed_felix", reason="the FELIX plugin is not installed (pip install -e plugins/felix)")
 
-from lacbed_refine.crystal import read_cif  # noqa: E402
+from lacbed_refine.io.cif import read_cif  # noqa: E402
 from lacbed_felix.cli import felix_group  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "felix"
@@ -297,7 +297,7 @@ def stand_in(tmp_path: Path) -> Path:
 
 
 def mgo_case():
-    from lacbed_refine.geometry import SimulationSettings
+    from lacbed_refine.engine.geometry import SimulationSettings
 
     crystal = read_cif(DATA / "MgO" / "felix.cif")
     return crystal, SimulationSettings(size=8, half_width=5 / crystal.a, thicknesses=(500.0,), g_limit=8.95 / crystal.a)
@@ -349,7 +349,7 @@ def test_run_felix_refuses_a_bad_timeout(tmp_path, timeout):
 
 def test_check_felix_names_the_variable(tmp_path, monkeypatch):
     """``fit --check felix`` refuses a bad variable before the refinement (through available())."""
-    from lacbed_refine.refine import check_simulator
+    from lacbed_refine.refine.config import check_simulator
 
     monkeypatch.setenv("LACBED_FELIX", str(stand_in(tmp_path)))
     monkeypatch.setenv("LACBED_FELIX_TIMEOUT", "-1")

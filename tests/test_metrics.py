@@ -6,17 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lacbed_refine.metrics import (
-    best_dihedral_shift_r,
-    best_shift_lmse,
-    best_shift_r,
-    error_map,
-    lmse,
-    masked_pearson_r,
-    minmax,
-    pearson_r,
-    zmcc,
-)
+from lacbed_refine.metrics import best_dihedral_shift_r, best_shift_lmse, best_shift_r, error_map, lmse, masked_pearson_r, minmax, pearson_r, zmcc
 
 
 @pytest.fixture

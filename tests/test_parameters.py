@@ -1,4 +1,4 @@
-"""Tests for lacbed_refine.parameters: allowed directions and the differentiable θ → atoms map."""
+"""Tests for lacbed_refine.structure.parameters: allowed directions and the differentiable θ → atoms map."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lacbed_refine.crystal import Crystal, Site
-from lacbed_refine.parameters import FreeParameters, allowed_directions, free_parameters
+from lacbed_refine.structure.crystal import Crystal, Site
+from lacbed_refine.structure.parameters import FreeParameters, allowed_directions, free_parameters
 
 SQ2, SQ3 = math.sqrt(2.0), math.sqrt(3.0)
 

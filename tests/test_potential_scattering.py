@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lacbed_refine.crystal import read_cif
-from lacbed_refine.potential import normalise, projected_potential
-from lacbed_refine.scattering import form_factor_parameters, form_factors
+from lacbed_refine.io.cif import read_cif
+from lacbed_refine.physics.potential import normalise, projected_potential
+from lacbed_refine.physics.form_factors import form_factor_parameters, form_factors
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "SrTiO3.cif"
 

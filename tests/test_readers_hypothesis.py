@@ -31,16 +31,10 @@ hypothesis = pytest.importorskip("hypothesis", reason="property tests need hypot
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from lacbed_refine.batch import read_manifest  # noqa: E402
-from lacbed_refine.crystal import B_ISO_LIMITS, CELL_EDGE_RANGE, CUBIC_SPACE_GROUPS, Crystal, CrystalError, read_cif  # noqa: E402
-from lacbed_refine.patterns import (  # noqa: E402
-    MAX_PATTERN_SIDE,
-    MIN_PATTERN_SIDE,
-    PatternError,
-    check_pattern,
-    read_mask,
-    read_pattern,
-)
+from lacbed_refine.refine.batch import read_manifest  # noqa: E402
+from lacbed_refine.structure.crystal import B_ISO_LIMITS, CELL_EDGE_RANGE, CUBIC_SPACE_GROUPS, Crystal, CrystalError
+from lacbed_refine.io.cif import read_cif  # noqa: E402
+from lacbed_refine.io.images import MAX_PATTERN_SIDE, MIN_PATTERN_SIDE, PatternError, check_pattern, read_mask, read_pattern
 
 # Hypothesis' failure report touches mypy_extensions.TypedDict, which warns; with the project's
 # filterwarnings=error that turned a found failure into a pytest INTERNALERROR without the example.

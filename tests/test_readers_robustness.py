@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from lacbed_refine import crystal as crystal_module
-from lacbed_refine import patterns as patterns_module
-from lacbed_refine.crystal import CrystalError, read_cif
-from lacbed_refine.patterns import PatternError, check_pattern, read_pattern, resample_pattern
+from lacbed_refine.structure import crystal as crystal_module
+from lacbed_refine.io import images as patterns_module
+from lacbed_refine.structure.crystal import CrystalError
+from lacbed_refine.io.cif import read_cif
+from lacbed_refine.io.images import PatternError, check_pattern, read_pattern, resample_pattern
 
 # the limits the readers document (literals here, so that the tests pin them)
 MIN_PATTERN_SIDE = 16

@@ -10,12 +10,13 @@ import tifffile
 import torch
 from click.testing import CliRunner
 
-from lacbed_refine.bloch import simulate_lacbed
-from lacbed_refine.crystal import read_cif
-from lacbed_refine.geometry import SimulationSettings
-from lacbed_refine.parameters import free_parameters
-from lacbed_refine.patterns import PatternError, read_pattern, resample_pattern
-from lacbed_refine.refine import FitConfig, refine
+from lacbed_refine.engine.bloch import simulate_lacbed
+from lacbed_refine.io.cif import read_cif
+from lacbed_refine.engine.geometry import SimulationSettings
+from lacbed_refine.structure.parameters import free_parameters
+from lacbed_refine.io.images import PatternError, read_pattern, resample_pattern
+from lacbed_refine.refine.config import FitConfig
+from lacbed_refine.refine.stages import refine
 from lacbed_refine_cli.main import cli
 
 SPINEL = Path(__file__).resolve().parents[1] / "examples" / "spinel"
@@ -115,7 +116,7 @@ def test_fit_command_writes_outputs_and_rejects_bad_input(tmp_path):
 
 
 def test_b_restart_moves_every_free_b_together_from_their_mean():
-    from lacbed_refine.refine import _overall_b_map
+    from lacbed_refine.refine.objective import _overall_b_map
 
     kinds = ["b", "xyz", "b", "occ", "b", "thickness"]
     x0 = np.array([0.2, 0.0, 0.6, 0.9, 1.0, 100.0])

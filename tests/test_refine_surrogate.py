@@ -12,13 +12,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lacbed_refine.bloch import simulate_lacbed
-from lacbed_refine.crystal import read_cif
-from lacbed_refine.geometry import SimulationSettings
-from lacbed_refine.parameters import free_parameters
-from lacbed_refine.potential import normalise, projected_potential
-from lacbed_refine.refine import FitConfig, _SCALE, refine
-from lacbed_refine.refine_surrogate import seed_from_inverse, surrogate_half_width, surrogate_search
+from lacbed_refine.engine.bloch import simulate_lacbed
+from lacbed_refine.io.cif import read_cif
+from lacbed_refine.engine.geometry import SimulationSettings
+from lacbed_refine.structure.parameters import free_parameters
+from lacbed_refine.physics.potential import normalise, projected_potential
+from lacbed_refine.refine.config import FitConfig
+from lacbed_refine.refine.objective import _SCALE
+from lacbed_refine.refine.stages import refine
+from lacbed_refine.refine.surrogate_search import seed_from_inverse, surrogate_half_width, surrogate_search
 from lacbed_refine.runtime import single_thread
 from lacbed_refine.surrogate import CGAN, DiscriminatorConfig, GeneratorConfig, TaskConfig, TrainConfig, pairs_from_crystals, train
 from lacbed_refine_cli.main import cli
@@ -139,7 +141,7 @@ def test_fit_runs_the_surrogate_stages_and_the_guard_keeps_the_fit_from_getting_
     # the same through the command line, with the report naming the models
     np.save(tmp_path / "m.npy", measured)
     start = tmp_path / "start.cif"
-    from lacbed_refine.crystal import write_cif
+    from lacbed_refine.io.cif import write_cif
 
     write_cif(params.to_crystal(theta), start)
     res = CliRunner().invoke(cli, ["fit", str(start), str(tmp_path / "m.npy"), "-o", str(tmp_path / "out"), "--refine", "xyz,thickness",
@@ -155,7 +157,7 @@ def test_fit_runs_the_surrogate_stages_and_the_guard_keeps_the_fit_from_getting_
 
 
 def test_surrogate_coverage_marks_the_measured_tilt_range():
-    from lacbed_refine.refine_surrogate import surrogate_coverage
+    from lacbed_refine.refine.surrogate_search import surrogate_coverage
 
     a = 8.08
     assert surrogate_coverage(surrogate_half_width(a), a, 32).all()

@@ -16,9 +16,9 @@ import pytest
 import tifffile
 from click.testing import CliRunner
 
-from lacbed_refine.batch import read_manifest, run_batch
-from lacbed_refine.geometry import SimulationSettings
-from lacbed_refine.refine import FitConfig
+from lacbed_refine.refine.batch import read_manifest, run_batch
+from lacbed_refine.engine.geometry import SimulationSettings
+from lacbed_refine.refine.config import FitConfig
 from lacbed_refine_cli.main import cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

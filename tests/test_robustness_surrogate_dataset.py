@@ -26,21 +26,7 @@ from click.testing import CliRunner
 from lacbed_refine.dataset import LacbedDataset, read_info, subset_dataset
 from lacbed_refine.dataset._layout import META_FIELDS, Record, write_dataset
 from lacbed_refine.runtime import available_cpus, single_thread
-from lacbed_refine.surrogate import (
-    CGAN,
-    CheckpointError,
-    DiscriminatorConfig,
-    GeneratorConfig,
-    PairsDataset,
-    TaskConfig,
-    TrainConfig,
-    Trainer,
-    evaluate,
-    load_checkpoint,
-    load_surrogate,
-    make_loader,
-    open_dataset,
-)
+from lacbed_refine.surrogate import CGAN, CheckpointError, DiscriminatorConfig, GeneratorConfig, PairsDataset, TaskConfig, TrainConfig, Trainer, evaluate, load_checkpoint, load_surrogate, make_loader, open_dataset
 from lacbed_refine_cli.main import cli
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "SrTiO3.cif"

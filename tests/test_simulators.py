@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import lacbed_refine.simulators as sims
-from lacbed_refine.crystal import read_cif
-from lacbed_refine.simulation import settings_for
+import lacbed_refine.simulators.registry as sims
+from lacbed_refine.io.cif import read_cif
+from lacbed_refine.simulators.bloch import settings_for
 from lacbed_refine_cli.main import cli
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "SrTiO3.cif"

@@ -15,41 +15,12 @@ import pytest
 import torch
 
 from lacbed_refine import metrics
-from lacbed_refine.crystal import read_cif
-from lacbed_refine.parameters import free_parameters
+from lacbed_refine.io.cif import read_cif
+from lacbed_refine.structure.parameters import free_parameters
 from lacbed_refine.runtime import single_thread
-from lacbed_refine.surrogate import (
-    CGAN,
-    VAE,
-    CheckpointError,
-    DiscriminatorConfig,
-    ForwardSurrogate,
-    GeneratorConfig,
-    InverseSurrogate,
-    TaskConfig,
-    TrainConfig,
-    Trainer,
-    VAEConfig,
-    compare_reports,
-    config_from_dict,
-    evaluate,
-    export_weights,
-    load_checkpoint,
-    load_pretrained,
-    load_surrogate,
-    make_loader,
-    pairs_from_crystals,
-    read_card,
-    train,
-)
+from lacbed_refine.surrogate import CGAN, VAE, CheckpointError, DiscriminatorConfig, ForwardSurrogate, GeneratorConfig, InverseSurrogate, TaskConfig, TrainConfig, Trainer, VAEConfig, compare_reports, config_from_dict, evaluate, export_weights, load_checkpoint, load_pretrained, load_surrogate, make_loader, pairs_from_crystals, read_card, train
 from lacbed_refine.surrogate import _predict
-from lacbed_refine.surrogate._transforms import (
-    align_to,
-    canonical_shift,
-    dihedral_apply,
-    fourier_shift,
-    roll_batch,
-)
+from lacbed_refine.surrogate._transforms import align_to, canonical_shift, dihedral_apply, fourier_shift, roll_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFS = [ROOT / "examples" / "SrTiO3.cif"] + [ROOT / "tests" / "data" / "felix" / m / "felix.cif" for m in ("GaAs", "MgO", "MgAl2O4")]

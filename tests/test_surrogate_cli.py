@@ -16,18 +16,7 @@ from click.testing import CliRunner
 
 from lacbed_refine.runtime import single_thread
 from lacbed_refine.dataset import read_info
-from lacbed_refine.surrogate import (
-    CGAN,
-    DiscriminatorConfig,
-    GeneratorConfig,
-    TaskConfig,
-    TrainConfig,
-    export_weights,
-    load_checkpoint,
-    pairs_from_crystals,
-    score_sample,
-    train,
-)
+from lacbed_refine.surrogate import CGAN, DiscriminatorConfig, GeneratorConfig, TaskConfig, TrainConfig, export_weights, load_checkpoint, pairs_from_crystals, score_sample, train
 from lacbed_refine.surrogate import _predict
 from lacbed_refine_cli.main import cli
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lacbed_refine.bloch import beam_pool, lacbed_from_ug
+from lacbed_refine.engine.bloch import beam_pool, lacbed_from_ug
 from lacbed_refine.conventions import relativistic_gamma
-from lacbed_refine.potential import _VOLT_ANGSTROM2, normalise, projected_potential
+from lacbed_refine.physics.potential import VOLT_ANGSTROM2, normalise, projected_potential
 from lacbed_refine import metrics
 from lacbed_refine.surrogate._prior import PRIOR_VOLTAGE_V, two_beam_prior
 
@@ -41,7 +41,7 @@ def test_prior_is_the_bloch_engine_for_weak_reflections(hk):
     prior = two_beam_prior(norm[None, None].float(), (hi - lo)[None].float(), torch.tensor([A]), torch.tensor([t_nm]),
                            size=N, n_reflections=len(orbit))[0, 0]
 
-    u = relativistic_gamma(PRIOR_VOLTAGE_V) / math.pi * v_g / _VOLT_ANGSTROM2  # Å⁻² (real, centrosymmetric)
+    u = relativistic_gamma(PRIOR_VOLTAGE_V) / math.pi * v_g / VOLT_ANGSTROM2  # Å⁻² (real, centrosymmetric)
     pool = beam_pool(np.array([[0, 0, 0]] + [[gh, gk, 0] for gh, gk in orbit]))
     u_diffs = torch.tensor([u if (int(d[0]), int(d[1])) in orbit else 0.0 for d in pool.diffs], dtype=torch.complex128)
     bloch, _ = lacbed_from_ug(pool, u_diffs, A, torch.tensor([t_nm * 10.0]), voltage=PRIOR_VOLTAGE_V, size=N,

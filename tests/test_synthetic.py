@@ -6,11 +6,11 @@ import gemmi
 import numpy as np
 import pytest
 
-from lacbed_refine.crystal import read_cif, write_cif
-from lacbed_refine.formula import reduced_formula
-from lacbed_refine.splits import assign_split, read_split_files
-from lacbed_refine.synthetic import REAL_A_QUANTILES, SyntheticConfig, random_crystal, synthetic_id
-from lacbed_refine.wyckoff import wyckoff_positions
+from lacbed_refine.io.cif import read_cif, write_cif
+from lacbed_refine.structure.formula import reduced_formula
+from lacbed_refine.dataset.splits import assign_split, read_split_files
+from lacbed_refine.dataset.synthetic import REAL_A_QUANTILES, SyntheticConfig, random_crystal, synthetic_id
+from lacbed_refine.structure.wyckoff import wyckoff_positions
 
 # Multiplicities of every Wyckoff position, International Tables Vol. A (letters a, b, c, …).
 ITA_MULTIPLICITIES = {
@@ -45,10 +45,10 @@ def test_wyckoff_multiplicities_match_international_tables(number):
 @pytest.mark.parametrize("number", [221, 227, 230])
 def test_wyckoff_points_have_their_multiplicity(number):
     """A random point of each position generates an orbit of exactly its multiplicity."""
-    from lacbed_refine.crystal import _operations
-    from lacbed_refine.synthetic import _orbit_positions
+    from lacbed_refine.structure.spacegroup import symmetry_operations
+    from lacbed_refine.dataset.synthetic import _orbit_positions
 
-    rot, tra = _operations(_hall(number))
+    rot, tra = symmetry_operations(_hall(number))
     rng = np.random.default_rng(0)
     for w in wyckoff_positions(_hall(number)):
         frac = w.sample(rng.uniform(0.05, 0.2, w.dimension))
@@ -104,7 +104,7 @@ def _counts(c):
 
 
 def test_cell_edges_follow_the_real_distribution():
-    from lacbed_refine.synthetic import _sample_a
+    from lacbed_refine.dataset.synthetic import _sample_a
 
     rng = np.random.default_rng(0)
     a = np.array([_sample_a(rng, SyntheticConfig()) for _ in range(4000)])

@@ -13,22 +13,13 @@
 The HDF5 layout is documented in :mod:`lacbed_refine.dataset._layout` and the README.
 """
 
-from ._build import BuildResult, build_dataset
-from ._layout import (
-    FORMAT,
-    FORMAT_VERSION,
-    META_FIELDS,
-    DatasetFileError,
-    MissingDatasetError,
-    dataset_hash,
-    open_dataset_file,
-    read_info,
-)
-from ._png import import_png
-from ._subset import subset_dataset
-from ._tasks import DATASET_BEAMS, BuildSpec
-from ._torch import LacbedDataset
-from ._workdir import work_status
+from lacbed_refine.dataset._build import BuildResult, build_dataset
+from lacbed_refine.dataset._layout import FORMAT, FORMAT_VERSION, META_FIELDS, DatasetFileError, MissingDatasetError, dataset_hash, open_dataset_file, read_info
+from lacbed_refine.dataset._png import import_png
+from lacbed_refine.dataset._subset import subset_dataset
+from lacbed_refine.dataset._tasks import DATASET_BEAMS, BuildSpec
+from lacbed_refine.dataset._torch import LacbedDataset
+from lacbed_refine.dataset._workdir import work_status
 
 __all__ = [
     "build_dataset",

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..patterns import check_writable_folder
-from ..runtime import check_workers
-from ..splits import DEFAULT_FRACTIONS, assign_split
-from ._layout import canonical_json, read_info, write_dataset
-from ._tasks import BuildSpec, Task, cif_tasks, run_task, synthetic_tasks
-from ._workdir import WorkDir, remove_trash
+from lacbed_refine.io.files import check_writable_folder
+from lacbed_refine.runtime import check_workers
+from lacbed_refine.dataset.splits import DEFAULT_FRACTIONS, assign_split
+from lacbed_refine.dataset._layout import canonical_json, read_info, write_dataset
+from lacbed_refine.dataset._tasks import BuildSpec, Task, cif_tasks, run_task, synthetic_tasks
+from lacbed_refine.dataset._workdir import WorkDir, remove_trash
 
 __all__ = ["build_dataset", "BuildResult"]
 
@@ -104,7 +104,7 @@ def build_dataset(
     cifs : sequence of path-like
         Folders of CIFs (searched recursively; an ``index.csv`` gives each file's source).
     synthetic : int
-        Number of synthetic structures (:func:`lacbed_refine.synthetic.random_crystal`).
+        Number of synthetic structures (:func:`lacbed_refine.dataset.synthetic.random_crystal`).
     seed : int
         Seed of the synthetic structures.
     spec : BuildSpec, optional
@@ -115,7 +115,7 @@ def build_dataset(
     scheduler : str, optional
         Address of a Dask distributed scheduler (``tcp://host:8786``); its workers compute.
     split_seed : int
-        Seed of the split by formula (:func:`lacbed_refine.splits.assign_split`).
+        Seed of the split by formula (:func:`lacbed_refine.dataset.splits.assign_split`).
     split_fractions : sequence of 3 float
         Train, validation, test fractions (of formulas).
     keep_work : bool
@@ -219,7 +219,7 @@ def _check_engine(name: str) -> None:
     structure would otherwise fail in the workers, one by one)."""
     if name == "bloch":
         return
-    from ..simulators import PluginError, get_simulator
+    from lacbed_refine.simulators.registry import PluginError, get_simulator
 
     try:
         sim = get_simulator(name)
@@ -433,7 +433,7 @@ def _assemble(output: Path, tasks, work: WorkDir, settings: dict, spec: BuildSpe
 def _shard_formula(work: WorkDir, ident: str) -> str:
     import numpy as np
 
-    from ._workdir import _stem
+    from lacbed_refine.dataset._workdir import _stem
 
     with np.load(work.path / f"{_stem(ident)}.npz") as z:
         return json.loads(z["meta"].tobytes().decode())["meta"]["reduced_formula"]

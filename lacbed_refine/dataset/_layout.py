@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from lacbed_refine.version import __version__
 
 __all__ = [
     "FORMAT",

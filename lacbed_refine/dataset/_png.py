@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..patterns import check_new_output
-from ..splits import read_split_files
-from ._layout import Record, canonical_json, write_dataset
+from lacbed_refine.io.files import check_new_output
+from lacbed_refine.dataset.splits import read_split_files
+from lacbed_refine.dataset._layout import Record, canonical_json, write_dataset
 
 __all__ = ["import_png"]
 

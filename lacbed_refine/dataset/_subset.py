@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..patterns import check_new_output
-from ._layout import META_FIELDS, Record, _read_column, open_dataset_file, read_info, source_mask, write_dataset
+from lacbed_refine.io.files import check_new_output
+from lacbed_refine.dataset._layout import META_FIELDS, Record, _read_column, open_dataset_file, read_info, source_mask, write_dataset
 
 __all__ = ["subset_dataset"]
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..geometry import PAPER_THICKNESSES_NM
-from ._layout import Record
+from lacbed_refine.version import __version__
+from lacbed_refine.engine.geometry import PAPER_THICKNESSES_NM
+from lacbed_refine.dataset._layout import Record
 
 __all__ = ["Task", "BuildSpec", "DATASET_BEAMS", "cif_tasks", "synthetic_tasks", "load_crystal", "run_task"]
 
@@ -40,7 +40,7 @@ class Task:
     order : int
         Position in the dataset (real structures first, sorted by id; then synthetic by index).
     id : str
-        Unique id (CIF file stem, or :func:`~lacbed_refine.synthetic.synthetic_id`).
+        Unique id (CIF file stem, or :func:`~lacbed_refine.dataset.synthetic.synthetic_id`).
     kind : {"cif", "synthetic"}
     source : str
         Collection name (``index.csv`` ``source`` column or sub-folder) or ``"synthetic"``.
@@ -112,8 +112,8 @@ class BuildSpec:
         # Every structure is simulated with these values: check them once here, with the rules of
         # SimulationSettings itself, rather than have each worker fail on them and the build
         # record every structure as failed.
-        from ..conventions import NM
-        from ..geometry import SimulationSettings
+        from lacbed_refine.conventions import NM
+        from lacbed_refine.engine.geometry import SimulationSettings
 
         SimulationSettings(size=int(self.size), thicknesses=tuple(t * NM for t in thickness), n_beams=int(self.n_beams))
 
@@ -174,7 +174,7 @@ def cif_tasks(root, *, start: int = 0) -> list[Task]:
 
 def synthetic_tasks(n: int, seed: int, *, start: int = 0) -> list[Task]:
     """Tasks for synthetic structures 0 … n−1 of ``seed``."""
-    from ..synthetic import synthetic_id
+    from lacbed_refine.dataset.synthetic import synthetic_id
 
     if n < 0 or seed < 0:
         raise ValueError(f"synthetic count and seed must be non-negative, got {n!r} and {seed!r}")
@@ -185,13 +185,13 @@ def synthetic_tasks(n: int, seed: int, *, start: int = 0) -> list[Task]:
 
 
 def load_crystal(task: Task):
-    """The task's :class:`~lacbed_refine.crystal.Crystal` (raises on an unreadable CIF)."""
+    """The task's :class:`~lacbed_refine.structure.crystal.Crystal` (raises on an unreadable CIF)."""
     if task.kind == "cif":
-        from ..crystal import read_cif
+        from lacbed_refine.io.cif import read_cif
 
         return read_cif(task.path)
     if task.kind == "synthetic":
-        from ..synthetic import random_crystal
+        from lacbed_refine.dataset.synthetic import random_crystal
 
         return random_crystal(task.seed, task.index)
     raise ValueError(f"unknown task kind {task.kind!r}")
@@ -200,10 +200,10 @@ def load_crystal(task: Task):
 def _compute(task: Task, spec: BuildSpec) -> Record:
     import torch
 
-    from ..crystal import write_cif
-    from ..formula import element_counts, reduced_formula
-    from ..potential import normalise, projected_potential
-    from ..simulation import settings_for, simulate_crystal
+    from lacbed_refine.io.cif import write_cif
+    from lacbed_refine.structure.formula import element_counts, reduced_formula
+    from lacbed_refine.physics.potential import normalise, projected_potential
+    from lacbed_refine.simulators.bloch import settings_for, simulate_crystal
 
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
@@ -217,7 +217,7 @@ def _compute(task: Task, spec: BuildSpec) -> Record:
         stack, info = simulate_crystal(crystal, settings, precision=spec.precision)
         n_beams, symmetry_ops = int(info.n_beams), int(info.symmetry_ops)
     else:
-        from ..simulators import get_simulator
+        from lacbed_refine.simulators.registry import get_simulator
 
         stack = get_simulator(spec.engine).simulate(crystal, settings)
         n_beams, symmetry_ops = int(settings.n_beams or 0), 0

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import torch
 
-from ._layout import DatasetFileError, _h5_open, open_dataset_file, source_mask
+from lacbed_refine.dataset._layout import DatasetFileError, _h5_open, open_dataset_file, source_mask
 
 __all__ = ["LacbedDataset"]
 

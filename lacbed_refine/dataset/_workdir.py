@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._layout import Record, canonical_json
+from lacbed_refine.dataset._layout import Record, canonical_json
 
 __all__ = ["WorkDir", "work_status", "remove_trash"]
 

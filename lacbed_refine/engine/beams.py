@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from ..structure.cell import Cell
-from .zone import ZoneAxis
+from lacbed_refine.structure.cell import Cell
+from lacbed_refine.engine.zone import ZoneAxis
 
 __all__ = ["centring_allowed", "zone_beam_pool", "EWALD_TOLERANCE"]
 
@@ -72,8 +72,8 @@ def zone_beam_pool(
     hkl : ndarray, shape (n, 3), int
         000 first, then ascending |g| (ties in index order, for reproducibility).
     """
-    from ..conventions import electron_wavelength
-    from ..geometry import MAX_BEAMS
+    from lacbed_refine.conventions import electron_wavelength
+    from lacbed_refine.engine.geometry import MAX_BEAMS
 
     if (g_limit is None) == (n_beams is None):
         raise ValueError("give exactly one of g_limit (Å⁻¹) and n_beams")

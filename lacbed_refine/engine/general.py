@@ -5,10 +5,10 @@ Per pixel: tilted wave vector k′ = (k_x, k_y, √(K² − k_x² − k_y²)) in
 (:mod:`.zone`); exact excitation errors s_g for every pool beam (HOLZ included); structure matrix
 A = diag(s_g) + 4π² U_{g_i − g_j} / 2K (U₀₀ = 0, 2π units), optionally FELIX's per-pixel strong-beam
 rule, then divided by √(f_i f_j) with the surface-normal factor f_g = 1 + g·n̂/(k′·n̂); ψ(t) = exp(iAt) e₀
-for all thicknesses from one decomposition (:mod:`lacbed_refine.propagation`); I_g = |ψ_g|² / f_g.
+for all thicknesses from one decomposition (:mod:`lacbed_refine.engine.propagation`); I_g = |ψ_g|² / f_g.
 
 This path computes every pixel (no symmetry wedge yet); the [001] cubic engine
-(:mod:`lacbed_refine.bloch`) keeps its faster specialised path.
+(:mod:`lacbed_refine.engine.bloch`) keeps its faster specialised path.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import math
 import numpy as np
 import torch
 
-from ..bloch import beam_pool, felix_strong_mask
-from ..conventions import wavevector_2pi
-from ..geometry import tilt_grid
-from ..physics.absorption import ABSORPTION_MODELS, absorptive_ug
-from ..propagation import propagate
-from ..runtime import single_thread
-from ..structure.cell import Cell
-from ..structure_factors import ug_for_cell
-from .zone import ZoneAxis, beam_vectors, excitation_errors_3d, normal_factor, tilted_wavevectors
+from lacbed_refine.engine.bloch import beam_pool, felix_strong_mask
+from lacbed_refine.conventions import wavevector_2pi
+from lacbed_refine.engine.geometry import tilt_grid
+from lacbed_refine.physics.absorption import ABSORPTION_MODELS, absorptive_ug
+from lacbed_refine.engine.propagation import propagate
+from lacbed_refine.runtime import single_thread
+from lacbed_refine.structure.cell import Cell
+from lacbed_refine.physics.structure_factors import ug_for_cell
+from lacbed_refine.engine.zone import ZoneAxis, beam_vectors, excitation_errors_3d, normal_factor, tilted_wavevectors
 
 __all__ = ["simulate_zone"]
 

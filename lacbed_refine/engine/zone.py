@@ -3,7 +3,7 @@ errors and the surface-normal factor (FELIX's definitions, felix-spec §3.6 and 
 
 Microscope frame: x̂ = unit(h a* + k b* + l c*) from the image x direction [hkl], ẑ = unit(u a + v b +
 w c) from the incident-beam direction [uvw], ŷ = ẑ × x̂. Pattern pixel ``[row, col]`` has tangential
-tilt (k_x, k_y) on FELIX's grid (:func:`lacbed_refine.geometry.tilt_grid`). Inside this module wave
+tilt (k_x, k_y) on FELIX's grid (:func:`lacbed_refine.engine.geometry.tilt_grid`). Inside this module wave
 vectors carry 2π [rad/Å], as in the engine; inputs and outputs in files stay in 1/d units.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..structure.cell import Cell
+from lacbed_refine.structure.cell import Cell
 
 __all__ = ["ZoneAxis", "beam_vectors", "tilted_wavevectors", "excitation_errors_3d", "normal_factor"]
 

@@ -27,9 +27,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..conventions import electron_wavelength, relativistic_gamma
-from ..scattering import form_factor_parameters, form_factors
-from ..structure_factors import phase_sum
+from lacbed_refine.conventions import electron_wavelength, relativistic_gamma
+from lacbed_refine.physics.form_factors import form_factor_parameters, form_factors
+from lacbed_refine.physics.structure_factors import phase_sum
 
 __all__ = ["ABSORPTION_MODELS", "bird_king_form_factors", "absorptive_ug"]
 

@@ -1,5 +1,5 @@
 """Crystal structure: the unit cell of any crystal system (the crystal model follows here)."""
 
-from .cell import Cell
+from lacbed_refine.structure.cell import Cell
 
 __all__ = ["Cell"]

@@ -17,31 +17,14 @@ parameter and (forward) the potential's scale, log-scaled. See the modules for d
 ``_predict`` (inference, weights, cards), ``_evaluate`` (metrics, report, figures).
 """
 
-from ._commands import evaluate_files, invert_file, predict_file, read_stack, train, train_file
-from ._config import (
-    DiscriminatorConfig,
-    GANLossConfig,
-    GeneratorConfig,
-    TaskConfig,
-    TrainConfig,
-    VAEConfig,
-    config_from_dict,
-)
-from ._data import PairsDataset, open_dataset, pairs_from_crystals
-from ._evaluate import compare_reports, evaluate, summarise
-from ._models import CGAN, VAE
-from ._networks import CoarseToFineGenerator, ConvVAE, MultiscaleDiscriminator
-from ._predict import (
-    WEIGHTS_DIR,
-    ForwardSurrogate,
-    InverseSurrogate,
-    export_weights,
-    load_pretrained,
-    load_surrogate,
-    read_card,
-    score_sample,
-)
-from ._trainer import CheckpointError, Trainer, build_model, load_checkpoint, make_loader
+from lacbed_refine.surrogate._commands import evaluate_files, invert_file, predict_file, read_stack, train, train_file
+from lacbed_refine.surrogate._config import DiscriminatorConfig, GANLossConfig, GeneratorConfig, TaskConfig, TrainConfig, VAEConfig, config_from_dict
+from lacbed_refine.surrogate._data import PairsDataset, open_dataset, pairs_from_crystals
+from lacbed_refine.surrogate._evaluate import compare_reports, evaluate, summarise
+from lacbed_refine.surrogate._models import CGAN, VAE
+from lacbed_refine.surrogate._networks import CoarseToFineGenerator, ConvVAE, MultiscaleDiscriminator
+from lacbed_refine.surrogate._predict import WEIGHTS_DIR, ForwardSurrogate, InverseSurrogate, export_weights, load_pretrained, load_surrogate, read_card, score_sample
+from lacbed_refine.surrogate._trainer import CheckpointError, Trainer, build_model, load_checkpoint, make_loader
 
 __all__ = [
     "CGAN",

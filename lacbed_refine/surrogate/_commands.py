@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..dataset import read_info
-from ..patterns import STACK_SUFFIXES, check_pattern, atomic_path, check_new_output, check_stack_output, write_preview, write_stack
-from ..runtime import resolve_device
-from ._config import ARCHITECTURES, DIRECTIONS, TrainConfig, config_from_dict
-from ._data import in_memory, open_dataset
-from ._evaluate import _check_report_folder, _score, compare_reports, staged_folder, write_report
-from ._predict import ForwardSurrogate, file_sha256, load_pretrained, load_surrogate
-from ._trainer import Trainer, build_model, load_checkpoint, make_loader
+from lacbed_refine.dataset import read_info
+from lacbed_refine.io.images import STACK_SUFFIXES, check_pattern, write_preview, write_stack
+from lacbed_refine.io.files import atomic_path, check_new_output, check_stack_output
+from lacbed_refine.runtime import resolve_device
+from lacbed_refine.surrogate._config import ARCHITECTURES, DIRECTIONS, TrainConfig, config_from_dict
+from lacbed_refine.surrogate._data import in_memory, open_dataset
+from lacbed_refine.surrogate._evaluate import _check_report_folder, _score, compare_reports, staged_folder, write_report
+from lacbed_refine.surrogate._predict import ForwardSurrogate, file_sha256, load_pretrained, load_surrogate
+from lacbed_refine.surrogate._trainer import Trainer, build_model, load_checkpoint, make_loader
 
 __all__ = ["train", "train_file", "evaluate_files", "predict_file", "invert_file", "read_stack"]
 
@@ -156,7 +157,7 @@ def train_file(direction: str, data, out, *, arch: str | None = None, epochs: in
     }
     log.info("training %s %s on %d structures (%s)", direction, model.arch, len(train_set), data)
     result = train(model, train_set, cfg, val_set=val_set, checkpoint=out, resume=resume, metadata=metadata, progress=progress)
-    from ._evaluate import plot_history
+    from lacbed_refine.surrogate._evaluate import plot_history
 
     result["curves"] = plot_history(load_checkpoint(out).get("history", []), out.with_suffix(".curves.png"))
     return result
@@ -218,7 +219,7 @@ def evaluate_files(models, data, *, split: str = "test", report=None, batch_size
               for label, model in zip(labels, surrogates)}
     reports = {label: rep for label, (rep, _, _) in scored.items()}
     if report is not None:
-        from ._evaluate import plot_history
+        from lacbed_refine.surrogate._evaluate import plot_history
 
         with staged_folder(report) as tmp:
             for (label, (rep, keep, mean_error)), path in zip(scored.items(), models):
@@ -309,8 +310,8 @@ def _surrogate_meta(s) -> dict:
 def check_surrogate_thickness(thickness, given) -> None:
     """Thicknesses [nm] a surrogate can be asked for: finite, > 0 and ≤ 5000 nm (those far outside
     the training range, 50–200 nm, are extrapolation: warned, not refused)."""
-    from ..geometry import MAX_THICKNESS_A
-    from ..conventions import NM
+    from lacbed_refine.engine.geometry import MAX_THICKNESS_A
+    from lacbed_refine.conventions import NM
 
     t_max = MAX_THICKNESS_A / NM
     if not thickness or not all(math.isfinite(t) and 0 < t <= t_max for t in thickness):
@@ -325,7 +326,7 @@ def check_surrogate_thickness(thickness, given) -> None:
 
 def check_surrogate_cell(a, option: str = "--a") -> float:
     """A cubic cell edge [Å] for a surrogate: finite, in the range the crystal reader accepts."""
-    from ..crystal import CELL_EDGE_RANGE
+    from lacbed_refine.structure.crystal import CELL_EDGE_RANGE
 
     try:
         a = float(a)
@@ -364,7 +365,7 @@ def predict_file(source, out, *, thickness_nm, model=None, a_angstrom: float | N
     surrogate = _model(model, "forward", dev)
     source = Path(source)
     if source.suffix.lower() == ".cif":
-        from ..crystal import read_cif
+        from lacbed_refine.io.cif import read_cif
 
         crystal = read_cif(source)
         a, name = crystal.a, crystal.name

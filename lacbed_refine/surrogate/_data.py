@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..potential import normalise, projected_potential
+from lacbed_refine.physics.potential import normalise, projected_potential
 
 __all__ = ["PairsDataset", "pairs_from_crystals", "open_dataset", "in_memory"]
 
@@ -89,8 +89,8 @@ def pairs_from_crystals(crystals, *, thickness_nm=(50.0, 100.0, 150.0, 200.0), s
     workers : int
         Engine worker processes.
     """
-    from ..crystal import read_cif
-    from ..simulation import settings_for, simulate_crystal
+    from lacbed_refine.io.cif import read_cif
+    from lacbed_refine.simulators.bloch import settings_for, simulate_crystal
 
     pots, pats, a, scale, names, groups = [], [], [], [], [], []
     for c in crystals:
@@ -125,8 +125,8 @@ def open_dataset(path, split: str, source: str | None = None):
     """
     path = Path(path)
     try:
-        from ..dataset import LacbedDataset
-        from ..dataset._layout import open_dataset_file
+        from lacbed_refine.dataset import LacbedDataset
+        from lacbed_refine.dataset._layout import open_dataset_file
     except ImportError:
         raise ValueError(f"{path}: reading datasets needs lacbed_refine.dataset, which this installation lacks") from None
     split = {"val": "validation", "valid": "validation"}.get(split, split)

@@ -28,18 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__, metrics
-from ..patterns import atomic_path
-from ._models import decode_scale, known_scale, prepare_input
-from ._predict import ForwardSurrogate, InverseSurrogate, _symmetrised, generator_predict, load_surrogate
-from ._trainer import make_loader
-from ._transforms import (
-    condition_vector,
-    dihedral_apply,
-    fourier_shift,
-    minmax_with_range,
-    roll_batch,
-)
+from lacbed_refine.version import __version__
+from lacbed_refine import metrics
+from lacbed_refine.io.files import atomic_path
+from lacbed_refine.surrogate._models import decode_scale, known_scale, prepare_input
+from lacbed_refine.surrogate._predict import ForwardSurrogate, InverseSurrogate, _symmetrised, generator_predict, load_surrogate
+from lacbed_refine.surrogate._trainer import make_loader
+from lacbed_refine.surrogate._transforms import condition_vector, dihedral_apply, fourier_shift, minmax_with_range, roll_batch
 
 __all__ = ["evaluate", "compare_reports", "summarise", "staged_folder"]
 
@@ -255,7 +250,7 @@ def evaluate(model, dataset, *, report_dir=None, split: str = "", batch_size: in
 
 def _loaded(model, device, name):
     """The surrogate (loaded from a file when given one, moved to ``device``) and its label."""
-    from ..runtime import resolve_device
+    from lacbed_refine.runtime import resolve_device
 
     dev = resolve_device(device, option="device") if device is not None else None
     if isinstance(model, (str, Path)):

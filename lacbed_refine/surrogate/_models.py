@@ -23,19 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import metrics
-from ._config import DiscriminatorConfig, GANLossConfig, GeneratorConfig, TaskConfig, VAEConfig
-from ._networks import CoarseToFineGenerator, ConvVAE, MultiscaleDiscriminator
-from ._transforms import (
-    SCALE_REFERENCE_V,
-    align_to,
-    canonical_shift,
-    condition_vector,
-    dihedral_apply,
-    fourier_shift,
-    minmax_with_range,
-    roll_batch,
-)
+from lacbed_refine import metrics
+from lacbed_refine.surrogate._config import DiscriminatorConfig, GANLossConfig, GeneratorConfig, TaskConfig, VAEConfig
+from lacbed_refine.surrogate._networks import CoarseToFineGenerator, ConvVAE, MultiscaleDiscriminator
+from lacbed_refine.surrogate._transforms import SCALE_REFERENCE_V, align_to, canonical_shift, condition_vector, dihedral_apply, fourier_shift, minmax_with_range, roll_batch
 
 __all__ = ["CGAN", "VAE", "SurrogateModel", "decode_scale", "known_scale", "prepare_input"]
 

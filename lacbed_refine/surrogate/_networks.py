@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import metrics
-from ._config import DiscriminatorConfig, GeneratorConfig, VAEConfig
-from ._prior import two_beam_prior
-from ._transforms import COND_REFERENCE
+from lacbed_refine import metrics
+from lacbed_refine.surrogate._config import DiscriminatorConfig, GeneratorConfig, VAEConfig
+from lacbed_refine.surrogate._prior import two_beam_prior
+from lacbed_refine.surrogate._transforms import COND_REFERENCE
 
 __all__ = ["CoarseToFineGenerator", "MultiscaleDiscriminator", "PatchDiscriminator", "ConvVAE"]
 

@@ -20,14 +20,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import __version__, metrics
-from ..patterns import atomic_path
-from ..potential import projected_potential
-from ..runtime import resolve_device
-from ._config import TaskConfig
-from ._models import decode_scale, prepare_input
-from ._trainer import CheckpointError, build_model, load_checkpoint, save_checkpoint
-from ._transforms import condition_vector, dihedral_apply
+from lacbed_refine.version import __version__
+from lacbed_refine import metrics
+from lacbed_refine.io.files import atomic_path
+from lacbed_refine.physics.potential import projected_potential
+from lacbed_refine.runtime import resolve_device
+from lacbed_refine.surrogate._config import TaskConfig
+from lacbed_refine.surrogate._models import decode_scale, prepare_input
+from lacbed_refine.surrogate._trainer import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from lacbed_refine.surrogate._transforms import condition_vector, dihedral_apply
 
 __all__ = [
     "ForwardSurrogate",
@@ -165,17 +166,17 @@ class ForwardSurrogate(_Surrogate):
     def from_atoms(self, atoms: dict, a_angstrom: float, thickness_nm, *, centring: str = "P", table: str = "kirkland",
                    symmetrise: bool = False):
         """Predict from a cell's atoms (``frac``, ``Z``, ``occupancy``, ``b_iso``; tensors may carry
-        gradients) through :func:`lacbed_refine.potential.projected_potential`."""
+        gradients) through :func:`lacbed_refine.physics.potential.projected_potential`."""
         rho = projected_potential(atoms, a_angstrom, centring=centring, size=self.image_size, table=table)
         return self.forward(rho, thickness_nm, a_angstrom, symmetrise=symmetrise)
 
     def from_crystal(self, crystal, thickness_nm, *, table: str = "kirkland", symmetrise: bool = False):
-        """Predict from a :class:`lacbed_refine.crystal.Crystal`."""
+        """Predict from a :class:`lacbed_refine.structure.crystal.Crystal`."""
         return self.from_atoms(crystal.atoms(), crystal.a, thickness_nm, centring=crystal.spacegroup_symbol[0], table=table,
                                symmetrise=symmetrise)
 
     def from_theta(self, params, theta: torch.Tensor, thickness_nm, *, table: str = "kirkland", symmetrise: bool = False):
-        """Predict from free parameters θ (:class:`lacbed_refine.parameters.FreeParameters`),
+        """Predict from free parameters θ (:class:`lacbed_refine.structure.parameters.FreeParameters`),
         differentiable in ``theta`` and ``thickness_nm``."""
         crystal = params.crystal
         return self.from_atoms(params.atoms(theta), crystal.a, thickness_nm, centring=crystal.spacegroup_symbol[0], table=table,
@@ -304,7 +305,7 @@ def _data_record(data: dict) -> dict:
     """The training data's record, with the dataset's content hash added when the checkpoint
     predates it and the file is still where training read it."""
     if "content_hash" not in data and data.get("path") and Path(data["path"]).is_file():
-        from ..dataset import read_info
+        from lacbed_refine.dataset import read_info
 
         data = {**data, "content_hash": read_info(data["path"]).get("content_hash")}
     return data
@@ -401,8 +402,8 @@ def export_weights(checkpoint, out, *, report=None, half: bool = False, extra: d
 def score_sample(model, sample) -> dict:
     """Mean and median R (origin-insensitive for the inverse) of ``model`` on every pattern of the
     small dataset file ``sample``, with the file's name and content hash."""
-    from ..dataset import LacbedDataset, read_info
-    from ._evaluate import evaluate
+    from lacbed_refine.dataset import LacbedDataset, read_info
+    from lacbed_refine.surrogate._evaluate import evaluate
 
     rep = evaluate(model, LacbedDataset(sample), split="all", invariance=0)
     key = "R_shift" if rep["model"]["kind"] == "inverse" else "R"

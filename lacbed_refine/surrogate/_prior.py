@@ -15,7 +15,7 @@ learns what it misses (many-beam interaction near the zone axis). Optional
 (``GeneratorConfig.physics_prior``) and off in the shipped recipe: in a pilot it raised validation
 R by 0.007 for ~1.4 ms per pattern batched, beyond the forward model's speed budget (README).
 
-Conventions are those of :mod:`lacbed_refine.conventions` and :mod:`lacbed_refine.potential`: the
+Conventions are those of :mod:`lacbed_refine.conventions` and :mod:`lacbed_refine.physics.potential`: the
 potential image ``[row, col] = [y, x]`` spans one cell, so its 2-D FFT at ``[k, h]`` is V_(h k 0)
 · n²; pattern pixel ``(r, c)`` sits at tilt ``((c − N + ½)Δ, (r − N + ½)Δ)``.
 """
@@ -26,8 +26,8 @@ import math
 
 import torch
 
-from ..conventions import electron_wavelength, relativistic_gamma
-from ..potential import _VOLT_ANGSTROM2
+from lacbed_refine.conventions import electron_wavelength, relativistic_gamma
+from lacbed_refine.physics.potential import VOLT_ANGSTROM2
 
 __all__ = ["two_beam_prior", "PRIOR_VOLTAGE_V", "HALF_WIDTH_CELLS"]
 
@@ -72,7 +72,7 @@ def two_beam_prior(potential: torch.Tensor, potential_scale_v: torch.Tensor, a_a
     lam = electron_wavelength(voltage_v)
     # U_g [Å⁻²] = γ/π · V_g / (h²/(2π m₀ e)); V_g = scale · FFT(normalised)/n²
     spec = torch.fft.fft2(potential[:, 0].to(dt)) / (n * n)
-    u_abs = spec.abs() * (potential_scale_v.to(dt).reshape(-1, 1, 1) * relativistic_gamma(voltage_v) / (math.pi * _VOLT_ANGSTROM2))
+    u_abs = spec.abs() * (potential_scale_v.to(dt).reshape(-1, 1, 1) * relativistic_gamma(voltage_v) / (math.pi * VOLT_ANGSTROM2))
     # average over (±h, ±k): every cubic [001] projection has 2mm with mirrors on the axes, so this
     # changes nothing for a cubic crystal (but rounding), and it makes the prior exactly mirror
     # symmetric, so that one quadrant of it is computed

@@ -33,10 +33,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .. import __version__, metrics
-from ..patterns import atomic_path
-from ._config import ARCHITECTURES, DIRECTIONS, TrainConfig, config_from_dict
-from ._models import CGAN, VAE, SurrogateModel
+from lacbed_refine.version import __version__
+from lacbed_refine import metrics
+from lacbed_refine.io.files import atomic_path
+from lacbed_refine.surrogate._config import ARCHITECTURES, DIRECTIONS, TrainConfig, config_from_dict
+from lacbed_refine.surrogate._models import CGAN, VAE, SurrogateModel
 
 __all__ = [
     "Trainer",
@@ -437,7 +438,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Mean R and ℓMSE of the (EMA) generator on the validation loader (origin-insensitive R
         for the inverse map)."""
-        from ._predict import generator_predict
+        from lacbed_refine.surrogate._predict import generator_predict
 
         gen = self.ema if self.ema is not None else self.model.generator
         rs, ls = [], []

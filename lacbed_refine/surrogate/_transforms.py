@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .. import metrics
+from lacbed_refine import metrics
 
 __all__ = [
     "condition_vector",

@@ -24,7 +24,7 @@ from pathlib import Path
 import gemmi
 import numpy as np
 
-from lacbed_refine.crystal import Crystal
+from lacbed_refine.structure.crystal import Crystal
 
 from ._version import __version__
 
@@ -431,7 +431,7 @@ def refined_crystal(template: Crystal, refined: RefinedStructure) -> tuple[Cryst
     -------
     crystal : Crystal
     uncertainties : dict
-        ``{(site_label, field): sigma}``, ready for :func:`lacbed_refine.crystal.write_cif`.
+        ``{(site_label, field): sigma}``, ready for :func:`lacbed_refine.io.cif.write_cif`.
 
     Raises
     ------

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lacbed_refine.crystal import Crystal
-from lacbed_refine.geometry import SimulationSettings
+from lacbed_refine.structure.crystal import Crystal
+from lacbed_refine.engine.geometry import SimulationSettings
 
 from ._cif import felix_chem, format_felix_cif, wyckoff_letters, write_felix_cif
 from ._files import experimental_folder_name, image_name, parse_image_name, read_image, write_hkl, write_image
@@ -284,7 +284,7 @@ def _coordinates_unsupported(crystal: Crystal, sites) -> tuple[str, str] | None:
     unknown = [crystal.sites[i - 1].label for i in sites if not letters[i - 1]]
     if unknown:
         return "wyckoff", f"FELIX needs the Wyckoff letters of the refined sites; unknown for {', '.join(unknown)}"
-    from lacbed_refine.parameters import allowed_directions
+    from lacbed_refine.structure.parameters import allowed_directions
 
     if not any(len(allowed_directions(crystal, i - 1)) for i in sites):
         names = ", ".join(crystal.sites[i - 1].label for i in sites)
@@ -433,7 +433,7 @@ def export_refinement(
         if not np.isfinite(images).all():
             raise ValueError("pattern has non-finite values")
     if settings is None:
-        from lacbed_refine.simulation import settings_for
+        from lacbed_refine.simulators.bloch import settings_for
 
         settings = settings_for(crystal, size=images.shape[-1] if images is not None else None)
     elif images is not None and settings.size != images.shape[-1]:
@@ -584,11 +584,11 @@ def export_file(cif, out_dir, *, pattern=None, refine: str | None = None, reflec
     overwrite : bool
         Replace an earlier export in ``out_dir``.
     **setting_options
-        Options of :func:`lacbed_refine.simulation.settings_for` (``kv``, ``half_width``,
+        Options of :func:`lacbed_refine.simulators.bloch.settings_for` (``kv``, ``half_width``,
         ``n_beams``, ``g_limit``, ``strong_beams``, ``absorption``, ``form_factors``).
     """
-    from lacbed_refine.crystal import read_cif
-    from lacbed_refine.simulation import settings_for
+    from lacbed_refine.io.cif import read_cif
+    from lacbed_refine.simulators.bloch import settings_for
 
     grid = thickness_grid_nm(thickness_nm) if thickness_nm is not None else None
     crystal = read_cif(cif)
@@ -624,7 +624,7 @@ def thickness_grid_nm(values) -> list[float]:
         :data:`MAX_GRID_THICKNESSES` thicknesses.
     """
     from lacbed_refine.conventions import NM
-    from lacbed_refine.geometry import MAX_THICKNESS_A
+    from lacbed_refine.engine.geometry import MAX_THICKNESS_A
 
     try:
         start, stop, step = (float(x) for x in values)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lacbed_refine.patterns import atomic_path
+from lacbed_refine.io.files import atomic_path
 
 __all__ = [
     "image_name",
@@ -499,7 +499,7 @@ def simulation_to_stack(folder, out, *, chem: str | None = None) -> tuple[Path, 
     The stack is float32 (T, R, size, size) with the thicknesses and reflections in its metadata,
     like ``lacbed-refine simulate`` writes.
     """
-    from lacbed_refine.patterns import write_stack
+    from lacbed_refine.io.images import write_stack
 
     sim = read_simulation(folder, chem=chem)
     pages = [f"t={t / 10:g}nm hkl={r[0]} {r[1]} {r[2]}" for t in sim.thicknesses for r in sim.reflections]

@@ -25,7 +25,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from lacbed_refine.simulators import PluginError
+from lacbed_refine.simulators.registry import PluginError
 
 from ._inp import FelixInputError, read_felix_inp
 

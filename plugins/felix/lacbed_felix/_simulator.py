@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lacbed_refine.crystal import Crystal
-from lacbed_refine.geometry import SimulationSettings
+from lacbed_refine.structure.crystal import Crystal
+from lacbed_refine.engine.geometry import SimulationSettings
 
 from ._cif import write_felix_cif
 from ._files import read_simulation, write_hkl

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from lacbed_refine.simulators import PluginError
+from lacbed_refine.simulators.registry import PluginError
 
 __all__ = ["felix_group"]
 
@@ -30,7 +30,7 @@ class _Group(click.Group):
 def _triple_list(text):
     if text is None:
         return None
-    from lacbed_refine.simulation import parse_reflections
+    from lacbed_refine.simulators.files import parse_reflections
 
     return parse_reflections(text)
 

@@ -1,28 +1,7 @@
-"""Cubic crystal model: CIF in and out through gemmi, and symmetry expansion to the full cell.
-
-A :class:`Crystal` holds the asymmetric unit (one :class:`Site` per CIF ``_atom_site`` row) and the
-space group; :meth:`Crystal.orbits` gives, for every site, the symmetry operations that generate its
-distinct positions in the conventional cell. Keeping the operations (not just the positions) lets the
-refinement move a site along its symmetry-allowed directions and regenerate the cell differentiably
-(:mod:`lacbed_refine.parameters`).
-
-Units: cell edge ``a`` in Å, fractional coordinates, ``b_iso`` in Å².
-
-Positions closer than 1e-3 (fractional, per component, modulo 1) are the same position, as in the
-shared cubic-CIF collection. :func:`read_cif` moves a site that lies within that tolerance of a special
-position onto it exactly (e.g. 0.1249 → 0.125), so that its multiplicity, site symmetry and allowed
-displacements are exact.
-
-What :func:`read_cif` refuses (:class:`CrystalError`, one line naming the file) and what it only warns
-about is listed in its docstring; the limits are :data:`CELL_EDGE_RANGE` and :data:`B_ISO_LIMITS`.
-
-Wyckoff letters are not computed: gemmi (0.7.5) has no Wyckoff tables. A letter given in the CIF
-(``_atom_site_Wyckoff_symbol``) is kept in :attr:`Site.wyckoff` and written back by :func:`write_cif`;
-otherwise ``?`` is written. The site multiplicity is always written.
+"""TODO docstring
 """
 
 from __future__ import annotations
-
 import gzip
 import math
 import os
@@ -30,318 +9,24 @@ import re
 import warnings
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field, replace
-
+from dataclasses import replace
 import gemmi
 import numpy as np
+from lacbed_refine.version import __version__
+from lacbed_refine.structure.crystal import B_ISO_LIMITS, CELL_EDGE_RANGE, CUBIC_SPACE_GROUPS, Crystal, CrystalError, DEFAULT_B_ISO, Site, orbit_of
+from lacbed_refine.structure.spacegroup import POS_TOL, shared_position_groups, snap_to_special, symmetry_operations, wrap_diff
 
-from . import __version__
-
-__all__ = [
-    "CrystalError",
-    "Site",
-    "Crystal",
-    "Orbit",
-    "read_cif",
-    "write_cif",
-    "DEFAULT_B_ISO",
-    "CUBIC_SPACE_GROUPS",
-    "CELL_EDGE_RANGE",
-    "B_ISO_LIMITS",
-]
-
-#: B_iso [Å²] used for a site whose CIF gives neither B nor U (FELIX's RDebyeWallerConstant in the
-#: reference runs; a typical room-temperature value for inorganic solids).
-DEFAULT_B_ISO = 0.5
-
-#: International Tables numbers of the cubic space groups.
-CUBIC_SPACE_GROUPS = range(195, 231)
-
-#: Cubic cell edges [Å] that :func:`read_cif` accepts. The smallest cubic cells are ~2.4 Å (CsCl-type
-#: intermetallics, bcc metals at 2.5-3 Å); the largest cubic inorganic frameworks are ~90 Å (MIL-101).
-#: Outside 1-200 Å the number is a typo or a unit slip (nm, pm), and a Bloch-wave simulation of such a
-#: cell would need an absurd beam pool anyway.
-CELL_EDGE_RANGE = (1.0, 200.0)
-
-#: (warn, refuse) thresholds for B_iso [Å²]. Room-temperature inorganic solids have B of 0.1-5 Å²;
-#: the shared cubic-CIF collection has 4 files of 2433 with B > 20 Å² (up to 31 Å², water and
-#: rattling cations in cages), so those are read with a warning. B > 100 Å² (rms displacement
-#: above 1.1 Å) does not describe a located atom and is refused.
-B_ISO_LIMITS = (20.0, 100.0)
-
-# Two positions closer than this (fractional, per component, modulo 1) are the same position.
-_POS_TOL = 1e-3
 # Summed occupancy of the rows sharing one position may exceed 1 by this much (rounding in the
 # source); such groups are rescaled to sum to 1. More is an error.
 _OCC_EXCESS_TOL = 0.05
+
+
 # Cubic groups that ITA tabulates with two origin choices.
 _TWO_ORIGIN_GROUPS = frozenset({201, 203, 222, 224, 227, 228})
+
+
 # Fields that write_cif accepts in ``uncertainties``.
 _SU_FIELDS = ("x", "y", "z", "b_iso", "occupancy")
-
-
-class CrystalError(ValueError):
-    """A CIF that cannot be turned into a cubic :class:`Crystal`; the message names file and reason."""
-
-
-@dataclass(frozen=True)
-class Site:
-    """One asymmetric-unit site.
-
-    Attributes
-    ----------
-    label : str
-        CIF ``_atom_site_label``.
-    element : str
-        Element symbol (``"O"``, ``"Sr"``), charge stripped.
-    frac : tuple of 3 float
-        Fractional coordinates in the conventional cubic cell.
-    occupancy : float
-        Site occupancy in [0, 1].
-    b_iso : float
-        Isotropic Debye–Waller factor B [Å²] (``8π² U_iso``).
-    wyckoff : str
-        Wyckoff letter as given by the source CIF (``"e"``), or ``""`` when unknown. Not computed.
-    """
-
-    label: str
-    element: str
-    frac: tuple[float, float, float]
-    occupancy: float = 1.0
-    b_iso: float = DEFAULT_B_ISO
-    wyckoff: str = ""
-
-    @property
-    def atomic_number(self) -> int:
-        return gemmi.Element(self.element).atomic_number
-
-
-@dataclass(frozen=True)
-class Orbit:
-    """The distinct images of one site under the space group.
-
-    ``rotations[k] @ frac + translations[k]`` (mod 1) is the k-th position; the operations are kept
-    so that a displaced site (moved along its allowed directions) regenerates a consistent orbit.
-
-    Attributes
-    ----------
-    rotations : ndarray, shape (M, 3, 3)
-        Integer rotation parts acting on fractional coordinates.
-    translations : ndarray, shape (M, 3)
-        Fractional translation parts.
-    """
-
-    rotations: np.ndarray
-    translations: np.ndarray
-
-    @property
-    def multiplicity(self) -> int:
-        return len(self.rotations)
-
-
-@dataclass(frozen=True)
-class Crystal:
-    """A cubic crystal: cell edge, space group and asymmetric unit.
-
-    Attributes
-    ----------
-    name : str
-        Short name (chemical formula when the CIF gives one).
-    a : float
-        Cubic cell edge [Å].
-    hall : str
-        Hall symbol of the space-group setting (fixes origin choice).
-    sites : tuple of Site
-        Asymmetric unit.
-    source : str
-        Where the crystal came from (a file path, or ``""``).
-    """
-
-    name: str
-    a: float
-    hall: str
-    sites: tuple[Site, ...]
-    source: str = ""
-    _orbits: tuple = field(default=None, repr=False, compare=False)
-
-    # -- space group ------------------------------------------------------------------------
-    @property
-    def spacegroup(self) -> gemmi.SpaceGroup:
-        return gemmi.find_spacegroup_by_ops(gemmi.symops_from_hall(self.hall))
-
-    @property
-    def spacegroup_number(self) -> int:
-        return self.spacegroup.number
-
-    @property
-    def spacegroup_symbol(self) -> str:
-        return self.spacegroup.hm
-
-    @property
-    def volume(self) -> float:
-        """Cell volume [Å³]."""
-        return self.a**3
-
-    def operations(self) -> tuple[np.ndarray, np.ndarray]:
-        """All space-group operations of the conventional cell, centring included.
-
-        Returns
-        -------
-        rotations : ndarray, shape (S, 3, 3), int
-        translations : ndarray, shape (S, 3), float (fractional, in [0, 1))
-        """
-        return _operations(self.hall)
-
-    def site_symmetry(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The space-group operations that leave site ``index`` in place (its site-symmetry group).
-
-        An operation (R, t) belongs to it when ``R r + t ≡ r`` (mod 1, within 1e-3), centring
-        included. The translations returned absorb the lattice shift, so ``R r + t = r``.
-
-        Parameters
-        ----------
-        index : int
-            Index into :attr:`sites`.
-
-        Returns
-        -------
-        rotations : ndarray, shape (H, 3, 3), int
-        translations : ndarray, shape (H, 3), float (fractional)
-        """
-        rot, tra = self.operations()
-        return _stabilizer(np.asarray(self.sites[index].frac, dtype=float), rot, tra)
-
-    # -- expansion --------------------------------------------------------------------------
-    def orbits(self) -> tuple[Orbit, ...]:
-        """One :class:`Orbit` per site (cached)."""
-        if self._orbits is None:
-            rot, tra = self.operations()
-            orbits = tuple(_orbit(np.asarray(s.frac, dtype=float), rot, tra) for s in self.sites)
-            object.__setattr__(self, "_orbits", orbits)
-        return self._orbits
-
-    def atoms(self) -> dict[str, np.ndarray]:
-        """The full conventional cell as arrays.
-
-        Returns
-        -------
-        dict with
-            ``frac`` (N, 3) float64 fractional positions in [0, 1); ``Z`` (N,) int atomic numbers;
-            ``occupancy`` (N,); ``b_iso`` (N,) [Å²]; ``site`` (N,) index into :attr:`sites`.
-        """
-        frac, z, occ, b, idx = [], [], [], [], []
-        for i, (site, orb) in enumerate(zip(self.sites, self.orbits())):
-            pos = np.einsum("mij,j->mi", orb.rotations, np.asarray(site.frac)) + orb.translations
-            frac.append(np.mod(pos, 1.0))
-            n = orb.multiplicity
-            z += [site.atomic_number] * n
-            occ += [site.occupancy] * n
-            b += [site.b_iso] * n
-            idx += [i] * n
-        return {
-            "frac": np.concatenate(frac) if frac else np.zeros((0, 3)),
-            "Z": np.asarray(z, dtype=np.int64),
-            "occupancy": np.asarray(occ, dtype=float),
-            "b_iso": np.asarray(b, dtype=float),
-            "site": np.asarray(idx, dtype=np.int64),
-        }
-
-    def with_sites(self, sites) -> "Crystal":
-        """A copy with another asymmetric unit (orbits recomputed)."""
-        return replace(self, sites=tuple(sites), _orbits=None)
-
-    def shifted(self, shift) -> "Crystal":
-        """The same structure with every site translated by ``shift`` (fractional, 3-vector).
-
-        The space-group operations are conjugated by the translation, so the result is the same
-        crystal described from another origin. Wyckoff letters are dropped (an origin shift can
-        relabel Wyckoff positions).
-        """
-        shift = np.asarray(shift, dtype=float)
-        ops = gemmi.symops_from_hall(self.hall)
-        den = 24
-        tr = gemmi.Op("x,y,z")
-        tr.tran = [int(round(s * den)) % den * (gemmi.Op.DEN // den) for s in shift]
-        if not np.allclose(np.asarray(tr.tran) / gemmi.Op.DEN, np.mod(shift, 1.0)):
-            raise ValueError(f"shift must be a multiple of 1/24, got {shift!r}")
-        new_ops = gemmi.GroupOps([tr.combine(op).combine(tr.inverse()) for op in ops])
-        hall = gemmi.find_spacegroup_by_ops(new_ops)
-        if hall is None:
-            raise ValueError(f"shift {shift!r} gives a setting gemmi does not tabulate")
-        sites = [
-            replace(s, frac=tuple(np.mod(np.asarray(s.frac) + shift, 1.0)), wyckoff="")
-            for s in self.sites
-        ]
-        return replace(self, hall=hall.hall, sites=tuple(sites), _orbits=None)
-
-    @property
-    def formula(self) -> str:
-        """Cell content, e.g. ``"Mg8Al16O32"`` (occupancy-weighted)."""
-        return "".join(f"{el}{_fmt_count(n)}" for el, n in _element_counts(self).items())
-
-
-def _element_counts(crystal: Crystal) -> dict[str, float]:
-    counts: dict[str, float] = {}
-    for site, orb in zip(crystal.sites, crystal.orbits()):
-        counts[site.element] = counts.get(site.element, 0.0) + site.occupancy * orb.multiplicity
-    return counts
-
-
-def _fmt_count(n: float) -> str:
-    if abs(n - round(n)) < 1e-6:
-        return "" if round(n) == 1 else str(int(round(n)))
-    return f"{n:.3g}"
-
-
-def _operations(hall: str) -> tuple[np.ndarray, np.ndarray]:
-    return _ops_arrays(gemmi.symops_from_hall(hall))
-
-
-def _ops_arrays(ops) -> tuple[np.ndarray, np.ndarray]:
-    ops = list(ops)
-    rot = np.array([op.rot for op in ops], dtype=float) / gemmi.Op.DEN
-    tra = np.mod(np.array([op.tran for op in ops], dtype=float) / gemmi.Op.DEN, 1.0)
-    return np.rint(rot).astype(np.int64), tra
-
-
-def _wrap_diff(d: np.ndarray) -> np.ndarray:
-    return d - np.rint(d)
-
-
-def _orbit(frac: np.ndarray, rot: np.ndarray, tra: np.ndarray) -> Orbit:
-    pos = np.einsum("sij,j->si", rot, frac) + tra
-    keep: list[int] = []
-    for s in range(len(pos)):
-        if not any(np.all(np.abs(_wrap_diff(pos[s] - pos[k])) < _POS_TOL) for k in keep):
-            keep.append(s)
-    return Orbit(rotations=rot[keep].copy(), translations=tra[keep].copy())
-
-
-def _stabilizer(frac: np.ndarray, rot: np.ndarray, tra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Operations (R, t - n) with R r + t = r + n within tolerance; t - n makes the equality exact."""
-    d = np.einsum("sij,j->si", rot, frac) + tra - frac
-    n = np.rint(d)
-    keep = np.all(np.abs(d - n) < _POS_TOL, axis=1)
-    return rot[keep].copy(), (tra - n)[keep]
-
-
-def _snap(frac: np.ndarray, rot: np.ndarray, tra: np.ndarray) -> np.ndarray:
-    """Move a position within tolerance of a special position onto it (mean over its stabilizer).
-
-    The mean of the images ``R r + t - n`` over a site-symmetry group is fixed by every element of
-    that group, so one pass suffices; the loop only guards against a tolerance-set that is not a
-    group. The result is rounded to 1e-12 and wrapped to [0, 1).
-    """
-    r = np.asarray(frac, dtype=float)
-    for _ in range(8):
-        srot, stra = _stabilizer(r, rot, tra)
-        new = np.mean(np.einsum("sij,j->si", srot, r) + stra, axis=0)
-        done = np.max(np.abs(new - r)) < 1e-13
-        r = new
-        if done:
-            break
-    r = np.mod(np.round(r, 12), 1.0)
-    return np.where(np.abs(r - 1.0) < 1e-12, 0.0, r) + 0.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -621,15 +306,15 @@ def _choose_origin(number: int, sites_frac: np.ndarray, sites_occ, where: str) -
     settings = [sg for sg in gemmi.spacegroup_table() if sg.number == number]
     scores = []
     for sg in settings:
-        rot, tra = _operations(sg.hall)
-        snapped = [_snap(r, rot, tra) for r in sites_frac]
+        rot, tra = symmetry_operations(sg.hall)
+        snapped = [snap_to_special(r, rot, tra) for r in sites_frac]
         fits = not any(
             sum(sites_occ[i] for i in group) > 1.0 + _OCC_EXCESS_TOL
-            for group in _shared_position_groups(snapped, rot, tra)
+            for group in shared_position_groups(snapped, rot, tra)
         )
         pos = []
         for r in snapped:
-            orb = _orbit(r, rot, tra)
+            orb = orbit_of(r, rot, tra)
             pos.append(np.einsum("mij,j->mi", orb.rotations, r) + orb.translations)
         scores.append((fits, tuple(np.round(sorted(_nearest_neighbours(pos)), 6))))
     best = max(range(len(settings)), key=lambda k: scores[k])
@@ -651,9 +336,9 @@ def _nearest_neighbours(positions: list[np.ndarray]) -> list[float]:
     everything = np.concatenate(positions)
     out = []
     for pos in positions:
-        d = _wrap_diff(pos[0][None, :] - everything)
+        d = wrap_diff(pos[0][None, :] - everything)
         dist = np.sqrt(np.sum(d * d, axis=-1))
-        dist = dist[dist > math.sqrt(3) * _POS_TOL]
+        dist = dist[dist > math.sqrt(3) * POS_TOL]
         out.append(float(dist.min()) if dist.size else 1.0)
     return out
 
@@ -738,13 +423,13 @@ def _crystal_from_small(small, block, path, *, cell, default_b_iso) -> tuple[Cry
             f"{where}: cell ({a:g}, {b_len:g}, {c_len:g}, {alpha:g}, {beta:g}, "
             f"{gamma:g}) is not cubic although the space group is {sg.hm}"
         )
-    rot, tra = _operations(sg.hall)
+    rot, tra = symmetry_operations(sg.hall)
 
     sites = []
     for i, s in enumerate(small.sites):
         wyck = cols["_atom_site_Wyckoff_symbol"][i]
         wyck = "" if wyck in (None, "?", ".") else gemmi.cif.as_string(wyck).strip()
-        frac = _snap(fracs[i], rot, tra)
+        frac = snap_to_special(fracs[i], rot, tra)
         sites.append(
             Site(
                 label=s.label,
@@ -805,32 +490,9 @@ def _column(block, tag: str, n: int, where: str) -> list:
     return values
 
 
-def _shared_position_groups(fracs, rot, tra) -> list[list[int]]:
-    """Groups (of ≥ 2 site indices) whose sites lie on one position (orbits that coincide)."""
-    n = len(fracs)
-    parent = list(range(n))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    images = [np.einsum("sij,j->si", rot, np.asarray(r, dtype=float)) + tra for r in fracs]
-    for i in range(n):
-        for j in range(i + 1, n):
-            d = _wrap_diff(images[i] - np.asarray(fracs[j], dtype=float))
-            if np.any(np.all(np.abs(d) < _POS_TOL, axis=1)):
-                parent[find(j)] = find(i)
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(find(i), []).append(i)
-    return [g for g in groups.values() if len(g) > 1]
-
-
 def _check_shared_occupancy(sites, rot, tra, where) -> list[Site]:
     sites = list(sites)
-    for group in _shared_position_groups([s.frac for s in sites], rot, tra):
+    for group in shared_position_groups([s.frac for s in sites], rot, tra):
         total = sum(sites[i].occupancy for i in group)
         labels = ", ".join(sites[i].label for i in group)
         if total > 1.0 + _OCC_EXCESS_TOL:
@@ -958,7 +620,7 @@ def _cif_text(crystal: Crystal, su: dict) -> str:
         raise ValueError(f"Hall symbol {crystal.hall!r} matches no tabulated space group")
     ops = gemmi.symops_from_hall(crystal.hall)
     a = repr(float(crystal.a))
-    formula = " ".join(f"{el}{_fmt_count(n)}" for el, n in _element_counts(crystal).items())
+    formula = crystal.formula_sum
     lines = [
         f"# Written by lacbed-refine {__version__}",
         f"data_{_block_name(crystal.name)}",

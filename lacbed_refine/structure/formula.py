@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from functools import reduce
 
-from .crystal import Crystal
+from lacbed_refine.structure.crystal import Crystal
 
 __all__ = ["element_counts", "reduced_formula", "hill_order"]
 

@@ -7,28 +7,17 @@ arguments and returns an object following :class:`Simulator`.
 """
 
 from __future__ import annotations
-
 import logging
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Protocol, runtime_checkable
-
 import numpy as np
-
-from .crystal import Crystal
-from .geometry import SimulationSettings
-
-__all__ = [
-    "ENTRY_POINT_GROUP",
-    "Simulator",
-    "PluginError",
-    "SimulatorInfo",
-    "BlochSimulator",
-    "discover_simulators",
-    "get_simulator",
-]
+from lacbed_refine.structure.crystal import Crystal
+from lacbed_refine.engine.geometry import SimulationSettings
+from lacbed_refine.simulators.bloch import BlochSimulator
 
 ENTRY_POINT_GROUP = "lacbed_refine.simulators"
+
 
 log = logging.getLogger(__name__)
 
@@ -58,26 +47,6 @@ class Simulator(Protocol):
         """Patterns of ``crystal`` for ``settings``: float32, shape (T, R, size, size), fractions of
         the incident beam, ``[row, col] = [k_y, k_x]`` (see :mod:`lacbed_refine.conventions`)."""
         ...
-
-
-class BlochSimulator:
-    """The built-in differentiable Bloch-wave engine (:mod:`lacbed_refine.bloch`)."""
-
-    name = "bloch"
-
-    def __init__(self, precision: str = "fast"):
-        self.precision = precision
-
-    def available(self) -> tuple[bool, str]:
-        return True, "built-in Bloch-wave engine"
-
-    def simulate(self, crystal, settings, *, device="cpu", workers=1, progress=False):
-        from .simulation import simulate_crystal
-
-        stack, _ = simulate_crystal(
-            crystal, settings, device=device, precision=self.precision, progress=progress, workers=workers
-        )
-        return stack
 
 
 @dataclass(frozen=True)

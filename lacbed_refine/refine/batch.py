@@ -29,8 +29,8 @@ import time
 import traceback
 from pathlib import Path
 
-from .patterns import atomic_path, check_writable_folder
-from .runtime import check_workers
+from lacbed_refine.io.files import atomic_path, check_writable_folder
+from lacbed_refine.runtime import check_workers
 
 __all__ = ["read_manifest", "run_batch", "fit_sample"]
 
@@ -111,7 +111,8 @@ def _fingerprint(sample: dict) -> dict:
 def fit_sample(sample: dict, out_dir: str, threads: int | None = None) -> dict:
     """Refine one manifest row into ``out_dir/<id>``; never raises (errors become the status).
     ``threads``: the engine's threads for this sample (None: every CPU this process may use)."""
-    from .refine import FitConfig, fit_files
+    from lacbed_refine.refine.config import FitConfig
+    from lacbed_refine.refine.files import fit_files
 
     folder = Path(out_dir) / sample["id"]
     t0 = time.perf_counter()

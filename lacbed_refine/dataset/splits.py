@@ -1,6 +1,6 @@
 """Train / validation / test splits by chemical formula, stable and leak-free.
 
-A structure's split is a function of its normalised formula (:func:`lacbed_refine.formula.reduced_formula`)
+A structure's split is a function of its normalised formula (:func:`lacbed_refine.structure.formula.reduced_formula`)
 and a seed only: ``sha256("<seed>:<formula>")`` mapped to [0, 1) and cut at the split fractions.
 So every structure of one compound lands in the same split, adding or removing structures never
 moves another one, and the same seed always gives the same split. The test split is never trained on.

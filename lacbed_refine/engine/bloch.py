@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .conventions import wavevector_2pi
-from .geometry import SimulationSettings, tilt_grid, zolz_beams
-from .propagation import propagate
-from .runtime import single_thread
-from .structure_factors import ug_coefficients
-from .symmetry import DIHEDRAL_OPS, pattern_symmetry, pixel_wedge, realifying_shift
+from lacbed_refine.conventions import wavevector_2pi
+from lacbed_refine.engine.geometry import SimulationSettings, tilt_grid, zolz_beams
+from lacbed_refine.engine.propagation import propagate
+from lacbed_refine.runtime import single_thread
+from lacbed_refine.physics.structure_factors import ug_coefficients
+from lacbed_refine.engine.pattern_symmetry import DIHEDRAL_OPS, pattern_symmetry, pixel_wedge, realifying_shift
 
 __all__ = ["BeamPool", "beam_pool", "excitation_errors", "felix_strong_mask", "simulate_lacbed", "lacbed_from_ug", "EngineInfo", "engine_chunk"]
 
@@ -423,12 +423,12 @@ def engine_chunk(n_pool: int, n_matrix: int, *, chunk: int = 1024) -> int:
     Raises
     ------
     ValueError
-        A pool of more than :data:`~lacbed_refine.geometry.MAX_BEAMS` beams, or one whose tables and
+        A pool of more than :data:`~lacbed_refine.engine.geometry.MAX_BEAMS` beams, or one whose tables and
         a single pixel's matrices would not fit in memory (with the estimate in GiB).
     """
     import os
 
-    from .geometry import MAX_BEAMS
+    from lacbed_refine.engine.geometry import MAX_BEAMS
 
     if n_pool > MAX_BEAMS:
         raise ValueError(f"beam pool of {n_pool} beams (--beams/--g-limit): more than {MAX_BEAMS}; "

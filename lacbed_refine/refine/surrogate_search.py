@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
-from .metrics import masked_pearson_r
-from .patterns import resample_pattern
-from .potential import projected_potential
+from lacbed_refine.metrics import masked_pearson_r
+from lacbed_refine.io.images import resample_pattern
+from lacbed_refine.physics.potential import projected_potential
 
 __all__ = ["SurrogateModels", "load_models", "surrogate_half_width", "surrogate_coverage", "to_surrogate_grid", "seed_from_inverse", "surrogate_search"]
 
@@ -52,7 +52,7 @@ def load_models(forward_path: str | None, inverse_path: str | None, *, device: s
     *shipped* model is not an error, it only switches its stages off. Returns the models and one
     note per model that is absent.
     """
-    from .surrogate import load_pretrained, load_surrogate
+    from lacbed_refine.surrogate import load_pretrained, load_surrogate
 
     models, notes = SurrogateModels(None, None), []
     for direction, path in (("forward", forward_path), ("inverse", inverse_path)):
@@ -89,7 +89,7 @@ def to_surrogate_grid(image: np.ndarray, half_width: float, a: float, size: int)
 def surrogate_coverage(half_width: float, a: float, size: int) -> np.ndarray:
     """Pixels of the surrogates' grid (bool, shape (size, size)) inside a measured tilt range of
     ±``half_width`` [Å⁻¹]: outside it a resampled pattern only repeats its edge."""
-    from .geometry import tilt_grid
+    from lacbed_refine.engine.geometry import tilt_grid
 
     kx, ky = tilt_grid(size, surrogate_half_width(a))
     return (np.abs(kx) <= half_width) & (np.abs(ky) <= half_width)
@@ -134,7 +134,7 @@ def seed_from_inverse(inverse, params, x0: np.ndarray, scale: np.ndarray, bounds
         1 − r between the seeded structure's potential and the generated one (aligned).
     note : str
     """
-    from .surrogate._transforms import align_to
+    from lacbed_refine.surrogate._transforms import align_to
 
     crystal = params.crystal
     centring = crystal.spacegroup_symbol[0]

@@ -15,7 +15,7 @@ drawn, in which order or by how many workers:
 - composition: with probability 0.65 an ionic compound (one anion species from O, S, F, N, Se, Cl,
   … and one to three cation species), otherwise an intermetallic of one to three metals; elements
   are weighted by how many real cubic structures contain them (:data:`ELEMENT_WEIGHTS`);
-- sites: Wyckoff positions (:func:`lacbed_refine.wyckoff.wyckoff_positions`) chosen at random among
+- sites: Wyckoff positions (:func:`lacbed_refine.structure.wyckoff.wyckoff_positions`) chosen at random among
   those that still fit, free coordinates uniform, accepted only when every interatomic distance
   (periodic, cell images included) is at least ``0.85 (r_i + r_j)`` (covalent radii; 2.2 Å between
   anions, 1.5 Å at least) and the site's orbit has the position's full multiplicity;
@@ -30,8 +30,9 @@ from dataclasses import dataclass
 import gemmi
 import numpy as np
 
-from .crystal import _POS_TOL, CUBIC_SPACE_GROUPS, Crystal, Site, _operations, _wrap_diff
-from .wyckoff import wyckoff_positions
+from lacbed_refine.structure.spacegroup import POS_TOL, symmetry_operations, wrap_diff
+from lacbed_refine.structure.crystal import CUBIC_SPACE_GROUPS, Crystal, Site
+from lacbed_refine.structure.wyckoff import wyckoff_positions
 
 __all__ = [
     "SyntheticConfig",
@@ -193,15 +194,15 @@ def write_synthetic_cifs(folder, n: int, *, seed: int = 0, start: int = 0, overw
     Returns
     -------
     list of pathlib.Path
-        The files written (atomically, by :func:`lacbed_refine.crystal.write_cif`).
+        The files written (atomically, by :func:`lacbed_refine.io.cif.write_cif`).
     """
     from pathlib import Path
 
     from tqdm.auto import tqdm
 
-    from .crystal import write_cif
+    from lacbed_refine.io.cif import write_cif
 
-    from .patterns import check_writable_folder
+    from lacbed_refine.io.files import check_writable_folder
 
     if not 1 <= n <= MAX_SYNTHETIC:
         raise ValueError(f"N {n!r}: write 1–{MAX_SYNTHETIC} synthetic structures at a time")
@@ -272,7 +273,7 @@ def _try_crystal(rng: np.random.Generator, hall: str, config: SyntheticConfig) -
     else:
         return None
     anions, cations = _composition(rng, config)
-    rot, tra = _operations(hall)
+    rot, tra = symmetry_operations(hall)
 
     sites: list[Site] = []
     positions = np.zeros((0, 3))
@@ -324,13 +325,13 @@ def _place(rng, w, element, a, positions, elements, rot, tra, config, tries: int
         if len(pos) != w.multiplicity:
             continue  # too close to a more special position
         if len(pos) > 1:
-            d = _wrap_diff(pos[:, None, :] - pos[None, :, :]) * a
+            d = wrap_diff(pos[:, None, :] - pos[None, :, :]) * a
             dist = np.sqrt((d * d).sum(-1))
             dist[np.diag_indices(len(pos))] = np.inf
             if dist.min() < d_self:
                 continue
         if limits is not None:
-            d = _wrap_diff(pos[:, None, :] - positions[None, :, :]) * a
+            d = wrap_diff(pos[:, None, :] - positions[None, :, :]) * a
             dist = np.sqrt((d * d).sum(-1))
             if (dist < limits[None, :]).any():
                 continue
@@ -341,12 +342,12 @@ def _place(rng, w, element, a, positions, elements, rot, tra, config, tries: int
 def _orbit_positions(frac: np.ndarray, rot: np.ndarray, tra: np.ndarray) -> np.ndarray:
     """Distinct images of ``frac`` (within the crystal module's 1e-3 tolerance), shape (M, 3)."""
     pos = np.mod(np.einsum("sij,j->si", rot, frac) + tra, 1.0)
-    same = np.all(np.abs(_wrap_diff(pos[:, None, :] - pos[None, :, :])) < _POS_TOL, axis=-1)
+    same = np.all(np.abs(wrap_diff(pos[:, None, :] - pos[None, :, :])) < POS_TOL, axis=-1)
     first = ~np.any(np.tril(same, k=-1), axis=1)
     return pos[first]
 
 
 def _name(crystal: Crystal) -> str:
-    from .formula import element_counts, reduced_formula
+    from lacbed_refine.structure.formula import element_counts, reduced_formula
 
     return reduced_formula(element_counts(crystal))

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .crystal import _POS_TOL, Crystal, _shared_position_groups, _wrap_diff
-from .wyckoff import _rref
+from lacbed_refine.structure.spacegroup import POS_TOL, shared_position_groups, wrap_diff
+from lacbed_refine.structure.crystal import Crystal
+from lacbed_refine.structure.wyckoff import rref
 
 __all__ = ["FreeParameters", "free_parameters", "allowed_directions", "REFINABLE"]
 
@@ -71,7 +72,7 @@ def _fixed_space(rotations: np.ndarray) -> np.ndarray:
     basis = vt[rank:]
     if len(basis) == 0:
         return np.zeros((0, 3))
-    basis = _rref(basis)
+    basis = rref(basis)
     out: list[np.ndarray] = []
     for v in basis:
         for q in out:
@@ -239,7 +240,7 @@ class FreeParameters:
     @property
     def _groups(self) -> list[list[int]]:
         rot, tra = self.crystal.operations()
-        return _shared_position_groups([s.frac for s in self.crystal.sites], rot, tra)
+        return shared_position_groups([s.frac for s in self.crystal.sites], rot, tra)
 
     def _check_theta(self, theta) -> torch.Tensor:
         if not isinstance(theta, torch.Tensor):
@@ -323,7 +324,7 @@ def free_parameters(
     rot, tra = crystal.operations()
     groups = []
     if tie_shared:
-        groups = _shared_position_groups([s.frac for s in crystal.sites], rot, tra)
+        groups = shared_position_groups([s.frac for s in crystal.sites], rot, tra)
     lead = list(range(n_sites))
     for g in groups:
         for i in g:
@@ -424,11 +425,11 @@ def _displacement_bound(crystal: Crystal, index: int, n_dir: int) -> float:
     site, orb = crystal.sites[index], crystal.orbits()[index]
     pos = np.einsum("mij,j->mi", orb.rotations, np.asarray(site.frac)) + orb.translations
     if len(pos) > 1:
-        d = _wrap_diff(pos[:, None, :] - pos[None, :, :])
+        d = wrap_diff(pos[:, None, :] - pos[None, :, :])
         dist = np.sqrt(np.sum(d * d, axis=-1))
         shortest = float(dist[~np.eye(len(pos), dtype=bool)].min()) * crystal.a
     else:
         shortest = crystal.a  # the lattice repeat
     # Images closer than √3 × tolerance may be merged; each image moves by |δ| ≤ √K × bound.
-    room = max(0.0, shortest - math.sqrt(3.0) * _POS_TOL * crystal.a) / 2.0
+    room = max(0.0, shortest - math.sqrt(3.0) * POS_TOL * crystal.a) / 2.0
     return min(MAX_DISPLACEMENT, 0.9 * room / math.sqrt(n_dir))

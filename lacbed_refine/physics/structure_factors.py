@@ -14,8 +14,8 @@ import math
 import numpy as np
 import torch
 
-from .conventions import relativistic_gamma
-from .scattering import form_factor_parameters, form_factors
+from lacbed_refine.conventions import relativistic_gamma
+from lacbed_refine.physics.form_factors import form_factor_parameters, form_factors
 
 __all__ = ["structure_factors", "ug_coefficients", "ug_for_cell", "phase_sum"]
 

@@ -209,7 +209,7 @@ def check_settings(s: "SimulationSettings") -> None:
 
     Called on construction, so the CLI, the library and batch rows are all checked before any work.
     """
-    from .conventions import NM, electron_wavelength
+    from lacbed_refine.conventions import NM, electron_wavelength
 
     if not _finite(s.voltage) or not VOLTAGE_RANGE_V[0] <= s.voltage <= VOLTAGE_RANGE_V[1]:
         raise ValueError(f"--kv {float(s.voltage) / 1e3:g}: the accelerating voltage must be "

@@ -18,9 +18,9 @@ import math
 import numpy as np
 import torch
 
-from .conventions import ELECTRON_MASS, ELEMENTARY_CHARGE, PLANCK_H
-from .geometry import zolz_beams
-from .structure_factors import structure_factors
+from lacbed_refine.conventions import ELECTRON_MASS, ELEMENTARY_CHARGE, PLANCK_H
+from lacbed_refine.engine.geometry import zolz_beams
+from lacbed_refine.physics.structure_factors import structure_factors
 
 __all__ = ["projected_potential", "normalise", "potential_reflections", "PAPER_POTENTIAL_TERMS"]
 
@@ -28,7 +28,7 @@ __all__ = ["projected_potential", "normalise", "potential_reflections", "PAPER_P
 PAPER_POTENTIAL_TERMS = 2500
 
 # h²/(2π m₀ e) in V·Å²: converts Σf/V [Å⁻²] to volts.
-_VOLT_ANGSTROM2 = PLANCK_H**2 / (2 * math.pi * ELECTRON_MASS * ELEMENTARY_CHARGE) * 1e20
+VOLT_ANGSTROM2 = PLANCK_H**2 / (2 * math.pi * ELECTRON_MASS * ELEMENTARY_CHARGE) * 1e20
 
 
 def potential_reflections(a: float, centring: str, size: int, n_terms: int = PAPER_POTENTIAL_TERMS) -> np.ndarray:
@@ -82,7 +82,7 @@ def projected_potential(
     grid = grid.index_put((rows, cols), f, accumulate=True)
     # ifft2 carries exp(+2πi (k·row + h·col)/n) and a 1/n² that we undo.
     rho = torch.fft.ifft2(grid).real * (size * size) / a**3
-    return rho * _VOLT_ANGSTROM2
+    return rho * VOLT_ANGSTROM2
 
 
 def normalise(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

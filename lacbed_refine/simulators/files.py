@@ -1,28 +1,19 @@
-"""High-level simulation: a Crystal and settings in, pattern stack and files out.
-
-This is the library behind ``lacbed-refine simulate`` and ``lacbed-refine potential``; the CLI only
-parses options.
+"""TODO docstring
 """
 
 from __future__ import annotations
-
 import logging
 import time
-from dataclasses import replace
-from pathlib import Path
-
 import numpy as np
 import torch
-
-from .bloch import EngineInfo, simulate_lacbed
-from .conventions import NM
-from .crystal import Crystal, read_cif
-from .geometry import SimulationSettings, paper_preset
-from .patterns import check_stack_output, write_preview, write_stack
-from .runtime import check_workers, resolve_device
-from .potential import normalise, projected_potential
-
-__all__ = ["settings_for", "simulate_crystal", "simulate_file", "potential_file", "parse_reflections"]
+from lacbed_refine.conventions import NM
+from lacbed_refine.io.cif import read_cif
+from lacbed_refine.engine.geometry import SimulationSettings
+from lacbed_refine.io.files import check_stack_output
+from lacbed_refine.io.images import write_preview, write_stack
+from lacbed_refine.runtime import check_workers, resolve_device
+from lacbed_refine.physics.potential import normalise, projected_potential
+from lacbed_refine.simulators.bloch import settings_for, simulate_crystal
 
 log = logging.getLogger(__name__)
 
@@ -49,129 +40,6 @@ def parse_reflections(text: str) -> tuple[tuple[int, int, int], ...]:
     if not out:
         raise ValueError("--reflections: no reflections given")
     return tuple(out)
-
-
-def settings_for(
-    crystal: Crystal,
-    *,
-    preset: str = "paper",
-    thickness_nm=None,
-    kv: float | None = None,
-    size: int | None = None,
-    half_width: float | None = None,
-    n_beams: int | None = None,
-    g_limit: float | None = None,
-    strong_beams: int | None = None,
-    reflections=None,
-    absorption: float | None = None,
-    form_factors: str | None = None,
-    strong_rule: str | None = None,
-) -> SimulationSettings:
-    """Settings from a preset plus overrides (None keeps the preset's value).
-
-    Parameters
-    ----------
-    preset : {"paper"}
-        Base settings (:func:`~lacbed_refine.geometry.paper_preset`).
-    thickness_nm : sequence of float
-        Thicknesses [nm].
-    kv : float
-        Accelerating voltage [kV].
-    half_width : float
-        Tilt half-width [Å⁻¹, 1/d units].
-    n_beams, g_limit
-        Beam pool by count (whole shells) or |g| limit [Å⁻¹]; either replaces the preset's pool, and
-        then every pool beam is used at every pixel unless ``strong_beams`` is given.
-    absorption : float
-        Proportional absorption [%].
-    """
-    if preset != "paper":
-        raise ValueError(f"unknown preset {preset!r}; available: 'paper'")
-    s = paper_preset(crystal.a)
-    changes = {}
-    if thickness_nm is not None:
-        # the values are checked once, by SimulationSettings, wherever they come from
-        changes["thicknesses"] = tuple(float(x) * NM for x in thickness_nm)
-    if kv is not None:
-        changes["voltage"] = float(kv) * 1e3
-    if size is not None:
-        changes["size"] = int(size)
-    if half_width is not None:
-        changes["half_width"] = float(half_width)
-    if n_beams is not None or g_limit is not None:
-        if n_beams is not None and g_limit is not None:
-            raise ValueError("give either a beam count or a |g| limit, not both")
-        changes.update(n_beams=n_beams, g_limit=g_limit, strong_beams=None)
-    if strong_beams is not None:
-        changes["strong_beams"] = int(strong_beams)
-    if strong_rule is not None:
-        changes["strong_rule"] = strong_rule
-    if reflections is not None:
-        changes["reflections"] = tuple(reflections)
-    if absorption is not None:
-        changes["absorption"] = float(absorption)
-    if form_factors is not None:
-        changes["form_factors"] = form_factors
-    return replace(s, **changes)
-
-
-def simulate_crystal(
-    crystal: Crystal,
-    settings: SimulationSettings,
-    *,
-    device: str = "cpu",
-    precision: str = "fast",
-    progress: bool = False,
-    workers: int = 1,
-) -> tuple[np.ndarray, EngineInfo]:
-    """Simulate a crystal's LACBED stack.
-
-    Parameters
-    ----------
-    precision : {"fast", "reference"}
-        "fast": float32 eigenproblem and the symmetry wedge; "reference": float64, every pixel.
-    workers : int
-        Engine worker processes (see :func:`~lacbed_refine.bloch.lacbed_from_ug`).
-
-    Returns
-    -------
-    stack : ndarray, float32, shape (T, R, size, size)
-    info : EngineInfo
-    """
-    if precision not in ("fast", "reference"):
-        raise ValueError(f"precision must be 'fast' or 'reference', got {precision!r}")
-    dtype = torch.float32 if precision == "fast" else torch.float64
-    bar = None
-    callback = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=None, unit="px", desc=f"Bloch {crystal.name}", leave=False)
-
-        def callback(done):
-            bar.n = done
-            bar.refresh()
-
-    try:
-        with torch.no_grad():
-            stack, info = simulate_lacbed(
-                crystal.atoms(),
-                crystal.a,
-                settings,
-                centring=crystal.spacegroup_symbol[0],
-                dtype=dtype,
-                use_symmetry=precision == "fast",
-                device=device,
-                progress=callback,
-                workers=workers,
-            )
-    finally:
-        if bar is not None:
-            bar.close()
-    stack = stack.cpu().numpy().astype(np.float32)
-    if not np.isfinite(stack).all():
-        raise FloatingPointError(f"{crystal.name}: the engine produced non-finite intensities")
-    return stack, info
 
 
 def _labels(settings: SimulationSettings) -> tuple[list[str], list[str], list[str]]:
@@ -203,7 +71,7 @@ def simulate_file(
     resolve_device(device)
     workers = check_workers(workers)
     if engine != "bloch":
-        from .simulators import PluginError, get_simulator
+        from lacbed_refine.simulators.registry import PluginError, get_simulator
 
         try:  # an unknown engine is named before anything else
             get_simulator(engine)
@@ -218,7 +86,7 @@ def simulate_file(
             crystal, settings, device=device, precision=precision, progress=progress, workers=workers
         )
     else:
-        from .simulators import get_simulator
+        from lacbed_refine.simulators.registry import get_simulator
 
         stack = np.asarray(get_simulator(engine).simulate(crystal, settings, device=device, workers=workers,
                                                           progress=progress), dtype=np.float32)
@@ -256,9 +124,9 @@ def simulate_file(
 def potential_file(cif, out, *, size: int = 128, form_factors: str = "kirkland", overwrite: bool = False) -> dict:
     """Write the [001] projected potential of ``cif``: raw [V] and normalised pages, plus a PNG.
 
-    ``size`` [pixels] is 16 … :data:`~lacbed_refine.geometry.MAX_SIZE`; an existing output is
+    ``size`` [pixels] is 16 … :data:`~lacbed_refine.engine.geometry.MAX_SIZE`; an existing output is
     replaced only with ``overwrite``."""
-    from .geometry import MAX_SIZE
+    from lacbed_refine.engine.geometry import MAX_SIZE
 
     # below 16 pixels a cell's potential no longer resolves its atoms
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 16 <= size <= MAX_SIZE:

@@ -30,7 +30,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .crystal import _operations
+from lacbed_refine.structure.spacegroup import symmetry_operations
 
 __all__ = ["WyckoffPosition", "wyckoff_positions"]
 
@@ -70,7 +70,7 @@ class WyckoffPosition:
         return np.mod(self.point + u @ self.directions, 1.0)
 
 
-def _rref(m: np.ndarray) -> np.ndarray:
+def rref(m: np.ndarray) -> np.ndarray:
     """Reduced row echelon form (pivots 1) of a full-rank (K, 3) matrix."""
     m = m.astype(float).copy()
     row = 0
@@ -120,7 +120,7 @@ def wyckoff_positions(hall: str) -> tuple[WyckoffPosition, ...]:
 
 @functools.lru_cache(maxsize=64)
 def _wyckoff_cached(hall: str) -> tuple[WyckoffPosition, ...]:
-    rot, tra = _operations(hall)
+    rot, tra = symmetry_operations(hall)
     n_ops = len(rot)
     tra_grid = tra * _GRID
     if not np.allclose(tra_grid, np.rint(tra_grid), atol=1e-9):
@@ -188,7 +188,7 @@ def _integer_null_space(rotations: np.ndarray) -> np.ndarray:
     basis = vt[rank:]
     if len(basis) == 0:
         return np.zeros((0, 3), dtype=np.int64)
-    m = _rref(basis)
+    m = rref(basis)
     out = np.rint(m).astype(np.int64)
     if not np.allclose(out, m, atol=1e-9):
         raise ValueError(f"fixed subspace has no integer basis: {m.tolist()}")

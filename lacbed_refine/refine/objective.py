@@ -1,0 +1,137 @@
+"""TODO docstring
+"""
+
+from __future__ import annotations
+import logging
+import math
+from dataclasses import replace
+import numpy as np
+import torch
+from lacbed_refine.engine.bloch import simulate_lacbed
+from lacbed_refine.conventions import NM
+from lacbed_refine.metrics import masked_pearson_r
+from lacbed_refine.io.images import resample_pattern
+from lacbed_refine.runtime import available_cpus
+
+log = logging.getLogger(__name__)
+
+
+#: Typical size of each kind of parameter, used to scale the optimiser's variables.
+_SCALE = {"xyz": 0.05, "b": 0.5, "occ": 0.2, "thickness": 10.0}
+
+
+# ------------------------------------------------------------------------------------------------
+def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma <= 0:
+        return img
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=img.dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    y = torch.nn.functional.pad(img[None, None], (radius, radius, radius, radius), mode="replicate")
+    y = torch.nn.functional.conv2d(y, k.view(1, 1, 1, -1))
+    y = torch.nn.functional.conv2d(y, k.view(1, 1, -1, 1))
+    return y[0, 0]
+
+
+class _Problem:
+    """θ (scaled) → figure of merit, with exact gradients from the Bloch engine."""
+
+    def __init__(self, crystal, settings, params, measured, mask, config, centring):
+        self.crystal, self.settings, self.params = crystal, settings, params
+        self.config, self.centring = config, centring
+        self.theta0 = params.initial()
+        self.kinds = list(params.kinds) + ["thickness"]
+        self.scale = np.array([_SCALE[k] for k in self.kinds])
+        self.refine_t = "thickness" in config.refine
+        self.threads = config.threads or available_cpus()
+        self.set_grid(settings.size, measured, mask)
+
+    def set_grid(self, size, measured, mask):
+        self.size = size
+        self.meas = torch.as_tensor(measured, dtype=torch.float64)
+        self.mask = None if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+        self.grid_settings = replace(self.settings, size=size)
+
+    def simulate(self, theta, t_nm, *, dtype=torch.float32, thicknesses=None):
+        t = torch.atleast_1d(t_nm * NM) if thicknesses is None else thicknesses
+        stack, _ = simulate_lacbed(
+            self.params.atoms(theta), self.crystal.a, self.grid_settings, centring=self.centring,
+            thickness=t, dtype=dtype, workers=self.threads,
+        )
+        return stack[:, 0]
+
+    def fom_and_grad(self, z: np.ndarray, x0: np.ndarray):
+        x = torch.as_tensor(x0 + z * self.scale, dtype=torch.float64).requires_grad_()
+        theta, t_nm = x[:-1], x[-1]
+        sim = self.simulate(theta, t_nm)[0].to(torch.float64)
+        r = masked_pearson_r(_blur(sim, self.config.blur_sigma), self.meas, self.mask)
+        f = 1.0 - r
+        (g,) = torch.autograd.grad(f, x)
+        g = g.numpy() * self.scale
+        if not self.refine_t:
+            g[-1] = 0.0
+        return float(f.detach()), g
+
+
+def _bounds(params, x0, config):
+    """Parameter bounds; the thickness stays within the window around the given start thickness
+    (or, without one, around the current value)."""
+    centre = config.thickness_nm if config.thickness_nm is not None else x0[-1]
+    lo = np.concatenate([params.lower, [max(1.0, min(x0[-1], centre) - config.thickness_window_nm)]])
+    hi = np.concatenate([params.upper, [max(x0[-1], centre) + config.thickness_window_nm]])
+    return lo, hi
+
+
+def _overall_b_map(kinds, x0, scale, zlo, zhi, z):
+    """The one-overall-B reduction of the polish variables around ``z``, or None when fewer than
+    two B are free.
+
+    Returns ``(M, z_base, bounds)``: the scaled variables become ``z_base + M y``, where
+    ``z_base`` is ``z`` with every free B moved to the mean of those B (``x = x0 + z · scale``),
+    the last component of ``y`` moves all of them together and the others move one variable each;
+    ``bounds`` are y's bounds.
+    """
+    zlo, zhi, z = np.asarray(zlo), np.asarray(zhi), np.asarray(z)
+    free = zlo < zhi
+    b = [i for i, k in enumerate(kinds) if k == "b" and free[i]]
+    if len(b) < 2:
+        return None
+    x_b = x0[b] + z[b] * scale[b]
+    z_base = z.copy()
+    z_base[b] = (np.mean(x_b) - x0[b]) / scale[b]
+    others = [i for i in range(len(kinds)) if i not in b]
+    M = np.zeros((len(kinds), len(others) + 1))
+    M[others, np.arange(len(others))] = 1.0
+    M[b, -1] = 1.0
+    lo, hi = zlo - z_base, zhi - z_base
+    bounds = [(lo[i], hi[i]) for i in others] + [(max(lo[b]), min(hi[b]))]
+    return M, z_base, bounds
+
+
+def _level_data(pattern, mask, half_width, level, size):
+    """The measured pattern and mask on a ``level``×``level`` grid of the same tilt range."""
+    if level == size:
+        return pattern, mask
+    meas = resample_pattern(pattern, half_width, level, half_width)
+    lmask = None if mask is None else resample_pattern(mask.astype(float), half_width, level, half_width) > 0.5
+    return meas, lmask
+
+
+def _hessian(problem, z_opt, x0, eps=1e-3):
+    n = len(z_opt)
+    _, g0 = problem.fom_and_grad(z_opt, x0)
+    H = np.zeros((n, n))
+    for i in range(n):
+        dz = np.zeros(n)
+        dz[i] = eps
+        _, g1 = problem.fom_and_grad(z_opt + dz, x0)
+        H[:, i] = (g1 - g0) / eps
+    return 0.5 * (H + H.T)
+
+
+def _bloch_fom(problem, x: np.ndarray) -> float:
+    """1 − r of the Bloch simulation at parameters ``x`` on the problem's current grid."""
+    with torch.no_grad():
+        sim = problem.simulate(torch.as_tensor(x[:-1]), torch.tensor(float(x[-1])))[0].to(torch.float64)
+    return 1.0 - float(masked_pearson_r(_blur(sim, problem.config.blur_sigma), problem.meas, problem.mask))

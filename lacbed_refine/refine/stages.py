@@ -1,0 +1,380 @@
+"""Structure refinement against a measured bright-field LACBED pattern.
+
+Parameters θ: symmetry-allowed displacements of every site [Å], B_iso [Å²], occupancies, and the
+specimen thickness [nm] (:mod:`.parameters`). Figure of merit: ``1 − r`` between the (optionally
+blurred) simulated and the measured pattern over the (optionally masked) pixels — correlation-based,
+like FELIX's, so the intensity scale and offset of the measurement never matter.
+
+Stages, each logged with its figure of merit and wall time, each switchable:
+1. thickness scan — one eigen-decomposition per pixel gives every thickness, so a fine scan is cheap;
+2. seed from the inverse generator, 3. surrogate gradient search (:mod:`.refine_surrogate`) —
+   these need trained surrogate weights (given files or the shipped ones; without any the stage is
+   skipped and says so) and are kept only when the Bloch engine confirms the improvement;
+4. Bloch polish — L-BFGS-B with exact gradients through the engine, first on a half-resolution grid,
+   then on the full grid;
+5. final check with the chosen simulator (built-in Bloch engine in float64, or a plugin such as FELIX).
+Uncertainties come from the curvature of the figure of merit at the optimum (finite differences of
+the exact gradient): σ_i = sqrt(2 Δf [H⁻¹]_ii), with Δf the figure-of-merit noise level (FELIX's
+RPrecision, 2e-5 by default).
+"""
+
+from __future__ import annotations
+import logging
+import time
+from dataclasses import replace
+import numpy as np
+import torch
+from lacbed_refine.conventions import NM
+from lacbed_refine.structure.crystal import Crystal
+from lacbed_refine.engine.geometry import SimulationSettings
+from lacbed_refine.metrics import masked_pearson_r
+from lacbed_refine.structure.parameters import free_parameters
+from lacbed_refine.io.images import check_pattern, resample_pattern
+from lacbed_refine.runtime import single_thread
+from lacbed_refine.refine.config import FitConfig, check_mask
+from lacbed_refine.refine.result import RefinementResult, StageLog
+from lacbed_refine.refine.objective import _Problem, _bloch_fom, _blur, _bounds, _hessian, _level_data, _overall_b_map
+
+log = logging.getLogger(__name__)
+
+
+def _scan_peaks(grid: np.ndarray, rs: np.ndarray, k: int, min_gap_nm: float = 5.0) -> list[float]:
+    """The thicknesses [nm] of the ``k`` highest local maxima of r(t), at least ``min_gap_nm`` apart."""
+    inner = [i for i in range(len(rs)) if (i == 0 or rs[i] >= rs[i - 1]) and (i == len(rs) - 1 or rs[i] >= rs[i + 1])]
+    peaks: list[float] = []
+    for i in sorted(inner, key=lambda i: -rs[i]):
+        if all(abs(grid[i] - p) >= min_gap_nm for p in peaks):
+            peaks.append(float(grid[i]))
+        if len(peaks) == k:
+            break
+    return peaks
+
+
+def _thickness_scan(problem, x, config, around: float | None = None) -> tuple[float, float, list[float]]:
+    start, stop, step = config.thickness_scan_nm
+    if around is not None:  # a start was given: scan only the window the polish may reach
+        start = max(step, around - config.thickness_window_nm)
+        stop = around + config.thickness_window_nm
+        step = min(step, 1.0)
+    grid = torch.arange(start, stop + 0.5 * step, step, dtype=torch.float64)
+    with torch.no_grad():
+        sims = problem.simulate(torch.as_tensor(x[:-1]), None, thicknesses=grid * NM)
+    rs = torch.stack([masked_pearson_r(_blur(s.double(), config.blur_sigma), problem.meas, problem.mask) for s in sims])
+    peaks = _scan_peaks(grid.numpy(), rs.numpy(), config.thickness_starts)
+    k = int(torch.argmax(rs))
+    t = float(grid[k])
+    if 0 < k < len(grid) - 1:  # parabola through the best three points
+        y0, y1, y2 = (float(rs[k - 1]), float(rs[k]), float(rs[k + 1]))
+        den = y0 - 2 * y1 + y2
+        if den < 0:
+            t += 0.5 * step * (y0 - y2) / den
+    return t, float(rs[k]), peaks
+
+
+def _thickness_starts(t_now: float, peaks: list[float], config) -> list[float]:
+    """Thicknesses [nm] to try first: the current one, the other peaks of the scan and the given
+    start, at least 5 nm apart."""
+    out = [t_now]
+    for t in list(peaks) + ([config.thickness_nm] if config.thickness_nm is not None else []):
+        if all(abs(t - u) >= 5.0 for u in out):
+            out.append(float(t))
+    return out
+
+
+def _log_minimise(stages, say, name, res, t1, verdict=""):
+    nit = getattr(res, "nit", 0)  # scipy leaves it out when no variable is free
+    note = f"{nit} iterations, {res.nfev} evaluations; {res.message}" + (f"; {verdict}" if verdict else "")
+    stages.append(StageLog(name, float(res.fun), time.perf_counter() - t1, note))
+    say(f"{name}: 1-r = {res.fun:.6f} ({nit} it){'; ' + verdict if verdict else ''}")
+
+
+def refine(
+    crystal: Crystal,
+    pattern: np.ndarray,
+    settings: SimulationSettings,
+    *,
+    config: FitConfig = FitConfig(),
+    pattern_half_width: float | None = None,
+    mask: np.ndarray | None = None,
+    progress=None,
+    models=None,
+) -> RefinementResult:
+    """Refine ``crystal`` against a measured bright-field ``pattern``.
+
+    Parameters
+    ----------
+    crystal : Crystal
+        Starting structure.
+    pattern : ndarray, shape (H, W)
+        Measured pattern, any units; resampled onto the simulation grid if its shape differs.
+    settings : SimulationSettings
+        Simulation settings (voltage, size, half-width, beams); its thicknesses are ignored.
+    config : FitConfig
+    pattern_half_width : float, optional
+        Tilt half-width of ``pattern`` [Å⁻¹]; default: the simulation's.
+    mask : ndarray of bool, shape (H, W), optional
+        Pixels to use (True), on the measured pattern's grid.
+    progress : callable, optional
+        Called with a short message at each stage.
+    models : refine_surrogate.SurrogateModels, optional
+        Loaded surrogates (saves loading them for every sample of a batch); default: those of
+        ``config`` (files, else the shipped weights).
+
+    Returns
+    -------
+    RefinementResult
+    """
+    pattern = check_pattern(pattern)
+    # the figure of merit is a correlation, blind to scale and offset: standardise the measurement
+    # so that any finite range (1e-300 … 1e300) gives the same, finite numbers downstream
+    pattern = pattern / np.abs(pattern).max()
+    pattern = (pattern - pattern.mean()) / pattern.std()
+    size = settings.size
+    if pattern.shape != (size, size) or pattern_half_width not in (None, settings.half_width):
+        hw = settings.half_width if pattern_half_width is None else pattern_half_width
+        pattern = resample_pattern(pattern, hw, size, settings.half_width)
+        if mask is not None:
+            mask = resample_pattern(mask.astype(float), hw, size, settings.half_width) > 0.5
+    if mask is not None:
+        check_mask(mask, pattern)
+    kinds = tuple(k for k in config.refine if k != "thickness")
+    params = free_parameters(crystal, refine=kinds, fix=config.fix)
+    say = progress or (lambda msg: log.info(msg))
+    if kinds and not len(params):
+        say(f"note: --refine {','.join(config.refine)} frees no parameter of {crystal.name} "
+            f"(fixed sites or no free coordinates); only the thickness can move")
+    model_notes: list[str] = []
+    if models is None and (config.seed or config.surrogate):
+        from lacbed_refine.refine import surrogate_search as rs
+
+        # a bad model file is found here, before the thickness scan, not after it
+        models, model_notes = rs.load_models(config.forward_model if config.surrogate else None,
+                                             config.inverse_model if config.seed else None, device=config.device)
+    centring = crystal.spacegroup_symbol[0]
+    problem = _Problem(crystal, settings, params, pattern, mask, config, centring)
+    stages: list[StageLog] = []
+
+    x = np.concatenate([problem.theta0.numpy(), [config.thickness_nm or 100.0]])
+    # 1. thickness scan
+    t0 = time.perf_counter()
+    t_peaks: list[float] = []
+    if config.thickness_nm is None or "thickness" in config.refine:
+        t_scan, r_scan, t_peaks = _thickness_scan(problem, x, config, around=config.thickness_nm)
+        if "thickness" in config.refine or config.thickness_nm is None:
+            x[-1] = t_scan
+        stages.append(StageLog("thickness scan", 1 - r_scan, time.perf_counter() - t0, f"best {t_scan:.1f} nm"))
+        say(f"thickness scan: {t_scan:.1f} nm, 1-r = {1 - r_scan:.5f}")
+    t_start = float(x[-1])
+    # 2-3. surrogate stages
+    # one torch thread, as for the engine's solves (runtime.py): the surrogates' batch-1 passes are
+    # latency-bound, and with two threads on a busy machine a 3×3 convolution's forward and backward
+    # took 97 ms instead of 1 ms (the spinel example's surrogate search: 361 s against 9.6 s)
+    with single_thread():
+        x, model_info = _surrogate_stages(problem, params, x, pattern, mask, config, models, stages, say, model_notes)
+    # 4. Bloch polish: thickness candidates, half-resolution grid, then full grid, B restart
+    if config.polish and (len(params) or "thickness" in config.refine):
+        x, sigma = _bloch_polish(problem, params, x, pattern, mask, settings, config, t_peaks, stages, say)
+    else:
+        # no polish, so no curvature: the uncertainties are unknown, not zero
+        why = "switched off" if not config.polish else "nothing free to refine"
+        stages.append(StageLog("Bloch polish", None, 0.0, why))
+        say(f"Bloch polish: {why}; no uncertainties")
+        sigma = np.full(len(x), np.nan)
+    # 5. final check
+    t1 = time.perf_counter()
+    theta = torch.as_tensor(x[:-1])
+    refined_crystal = params.to_crystal(theta)
+    check_error = None
+    if config.check == "bloch":
+        with torch.no_grad():
+            sim = problem.simulate(theta, torch.tensor(x[-1]), dtype=torch.float64)[0]
+    else:
+        from lacbed_refine.simulators.registry import get_simulator
+
+        try:
+            stack = get_simulator(config.check).simulate(refined_crystal, replace(settings, thicknesses=(x[-1] * NM,)))
+            sim = torch.as_tensor(np.asarray(stack)[0, 0], dtype=torch.float64)
+            if not torch.isfinite(sim).all():
+                raise FloatingPointError(f"{config.check} returned non-finite intensities")
+        except Exception as exc:  # a plugin's failure, whatever its type: keep the refinement
+            # the refined structure is still good; check it with the built-in engine instead and
+            # report the failure rather than lose the whole refinement
+            check_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            say(f"final check ({config.check}) failed: {check_error}; checking with the built-in engine")
+            with torch.no_grad():
+                sim = problem.simulate(theta, torch.tensor(x[-1]), dtype=torch.float64)[0]
+    sim = _blur(sim.to(torch.float64), config.blur_sigma)
+    r = float(masked_pearson_r(sim, problem.meas, problem.mask))
+    checked_with = config.check if check_error is None else "bloch"
+    stages.append(StageLog(f"final check ({checked_with})", 1 - r, time.perf_counter() - t1,
+                           "" if check_error is None else f"{config.check} failed: {check_error}"))
+    say(f"final check ({checked_with}): r = {r:.6f}")
+    return RefinementResult(
+        crystal_start=crystal,
+        crystal=refined_crystal,
+        names=list(params.names),
+        start=[float(v) for v in problem.theta0],
+        refined=[float(v) for v in x[:-1]],
+        sigma=[float(v) for v in sigma[:-1]],
+        thickness_start_nm=t_start,
+        thickness_nm=float(x[-1]),
+        thickness_sigma_nm=float(sigma[-1]),
+        r=r,
+        stages=stages,
+        measured=pattern,
+        simulated=sim.numpy(),
+        settings=settings,
+        config=config,
+        extra={"surrogates": model_info, **({"check_failed": check_error} if check_error else {})},
+    )
+
+
+def _bloch_polish(problem, params, x, pattern, mask, settings, config, t_peaks, stages, say):
+    """The Bloch polish (stage 4) from parameters ``x`` = [θ, thickness_nm]: a short polish from
+    each candidate thickness, L-BFGS-B with exact gradients on a half-resolution grid then the full
+    one, the one-overall-B restart, and the uncertainties from the finite-difference Hessian.
+    Returns the refined parameters and their σ (same order and units)."""
+    from scipy.optimize import minimize
+
+    size = settings.size
+    lo, hi = _bounds(params, x, config)
+    x0 = x.copy()
+    zlo, zhi = (lo - x0) / problem.scale, (hi - x0) / problem.scale
+    if "thickness" not in config.refine:
+        zlo[-1] = zhi[-1] = 0.0
+    z = np.zeros_like(x0)
+    levels = [size // 2, size] if size > 64 else [size]
+    options = {"maxiter": config.max_iter, "ftol": 1e-12, "gtol": 1e-9, "maxls": 10}  # float32 noise ends line searches; fail those fast
+    bounds = list(zip(zlo, zhi))
+    starts = _thickness_starts(x0[-1], t_peaks, config) if "thickness" in config.refine else []
+    if len(starts) > 1:
+        # a poor start can put the best of the thickness scan on a false peak (CoAs₃ in
+        # benchmarks/refine_truth.py): give each candidate a short polish, go on with the best
+        t1 = time.perf_counter()
+        level = levels[0]
+        problem.set_grid(level, *_level_data(pattern, mask, settings.half_width, level, size))
+        tried = []
+        for t_c in starts:
+            zc = z.copy()
+            zc[-1] = np.clip((t_c - x0[-1]) / problem.scale[-1], zlo[-1], zhi[-1])
+            rc = minimize(problem.fom_and_grad, zc, args=(x0,), jac=True, method="L-BFGS-B", bounds=bounds,
+                          options={**options, "maxiter": config.screen_iter})
+            tried.append((float(rc.fun), t_c, rc.x))
+        best = min(tried, key=lambda c: c[0])
+        z = best[2]
+        note = ", ".join(f"{t_c:.1f} nm: {f:.5f}" for f, t_c, _ in tried)
+        stages.append(StageLog("thickness starts", best[0], time.perf_counter() - t1,
+                               f"{config.screen_iter} iterations from each ({note}); best {best[1]:.1f} nm"))
+        say(f"thickness starts: {note}; going on from {best[1]:.1f} nm")
+    for level in levels:
+        t1 = time.perf_counter()
+        problem.set_grid(level, *_level_data(pattern, mask, settings.half_width, level, size))
+        res = minimize(problem.fom_and_grad, z, args=(x0,), jac=True, method="L-BFGS-B", bounds=bounds, options=options)
+        z = res.x
+        _log_minimise(stages, say, f"Bloch polish {level}x{level}", res, t1)
+    tie = _overall_b_map(problem.kinds, x0, problem.scale, zlo, zhi, z) if config.b_restart else None
+    if tie is not None:
+        # B of different sites can trade against each other into a false minimum (SrTiO₃'s Sr/Ti
+        # in benchmarks/refine_truth.py): restart from one overall B, then free them again, and
+        # keep whichever optimum fits better
+        t1 = time.perf_counter()
+        M, z_base, y_bounds = tie
+
+        def reduced(y):
+            f, g = problem.fom_and_grad(z_base + M @ y, x0)
+            return f, M.T @ g
+
+        res_b = minimize(reduced, np.zeros(M.shape[1]), jac=True, method="L-BFGS-B", bounds=y_bounds, options=options)
+        _log_minimise(stages, say, f"B restart {size}x{size}: one overall B", res_b, t1)
+        t1 = time.perf_counter()
+        res2 = minimize(problem.fom_and_grad, z_base + M @ res_b.x, args=(x0,), jac=True, method="L-BFGS-B",
+                        bounds=bounds, options=options)
+        kept = res2.fun < res.fun
+        _log_minimise(stages, say, f"B restart {size}x{size}: every B", res2, t1,
+                      "kept" if kept else "rejected: the first optimum fits better")
+        if kept:
+            z = res2.x
+    x = x0 + z * problem.scale
+    problem.set_grid(size, pattern, mask)
+    t1 = time.perf_counter()
+    try:
+        H = _hessian(problem, z, x0)
+        free = np.array([zl < zh for zl, zh in zip(zlo, zhi)])
+        cov = np.zeros_like(H)
+        w, v = np.linalg.eigh(H[np.ix_(free, free)])
+        # directions of zero or negative curvature (noise, bounds) are unconstrained: give them
+        # the largest variance the positive curvature allows rather than a negative one
+        w = np.clip(w, max(w.max(), 0.0) * 1e-9 + 1e-300, None)
+        cov[np.ix_(free, free)] = 2 * config.fom_noise * (v / w) @ v.T
+        sigma = np.sqrt(np.clip(np.diag(cov), 0, None)) * problem.scale
+    except np.linalg.LinAlgError:
+        sigma = np.full(len(x), np.nan)
+    stages.append(StageLog("uncertainties", None, time.perf_counter() - t1, "finite-difference Hessian"))
+    return x, sigma
+
+
+def _surrogate_stages(problem, params, x, pattern, mask, config, models, stages, say, notes=()):
+    """Seed from the inverse generator, then the surrogate search; each result is kept only when
+    the Bloch engine finds it fits better than the stage's starting point. Returns the new
+    parameters and a description of the models used (for the report)."""
+    from lacbed_refine.refine import surrogate_search as rs
+
+    wanted = {"inverse-generator seed": config.seed, "surrogate search": config.surrogate}
+    info: dict = {}
+    if not any(wanted.values()):
+        for name in wanted:
+            stages.append(StageLog(name, None, 0.0, "switched off"))
+        return x, info
+    notes = list(notes)
+    if models is None:
+        models, notes = rs.load_models(config.forward_model if config.surrogate else None,
+                                       config.inverse_model if config.seed else None, device=config.device)
+    for direction in ("forward", "inverse"):
+        model = getattr(models, direction)
+        if model is not None:
+            card = (model.info or {}).get("card") or {}
+            info[direction] = {"source": getattr(models, f"{direction}_source"), "step": model.info.get("step"),
+                               "version": model.info.get("version"), "data_sha256": card.get("data_sha256")}
+    crystal = params.crystal
+    lo, hi = _bounds(params, x, config)
+    bloch_f = _bloch_fom(problem, x)
+    for name, direction in (("inverse-generator seed", "inverse"), ("surrogate search", "forward")):
+        model = getattr(models, direction)
+        if not wanted[name]:
+            stages.append(StageLog(name, None, 0.0, "switched off"))
+            continue
+        if model is None:
+            stages.append(StageLog(name, None, 0.0, "skipped: " + next(n for n in notes if direction in n)))
+            continue
+        if direction == "inverse" and not len(params):
+            stages.append(StageLog(name, None, 0.0, "skipped: no structural parameter is free"))
+            continue
+        t1 = time.perf_counter()
+        n = model.image_size
+        meas = rs.to_surrogate_grid(pattern, problem.settings.half_width, crystal.a, n)
+        covered = rs.surrogate_coverage(problem.settings.half_width, crystal.a, n)
+        bounds = list(zip((lo - x) / problem.scale, (hi - x) / problem.scale))
+        if direction == "inverse":
+            if covered.mean() < 0.9:
+                stages.append(StageLog(name, None, 0.0, f"skipped: the pattern covers {100 * covered.mean():.0f} % of the "
+                                                        "generator's tilt range (it needs the whole pattern)"))
+                continue
+            x_new, f_sur, note = rs.seed_from_inverse(model, params, x, problem.scale, bounds, meas)
+        else:
+            smask = covered if mask is None else covered & (rs.to_surrogate_grid(
+                mask.astype(float), problem.settings.half_width, crystal.a, n) > 0.5)
+            x_new, f_sur, note = rs.surrogate_search(
+                model, params, x, problem.scale, bounds, meas, smask, refine_thickness="thickness" in config.refine,
+                # σ is given in simulation pixels; the surrogate grid has pixels of another size
+                blur=lambda img: _blur(img, config.blur_sigma * (problem.settings.half_width / problem.settings.size)
+                                       / (rs.surrogate_half_width(crystal.a) / n)),
+                restarts=config.surrogate_restarts)
+        f_new = _bloch_fom(problem, x_new)
+        kept = f_new < bloch_f
+        if kept:
+            x, bloch_f = x_new, f_new
+        verdict = "kept" if kept else "rejected"
+        stages.append(StageLog(name, bloch_f, time.perf_counter() - t1,
+                               f"{note}; Bloch 1-r {f_new:.5f}: {verdict}"))
+        say(f"{name}: {note}; Bloch 1-r {f_new:.5f} ({verdict})")
+    return x, info
