@@ -40,7 +40,8 @@ import _felix_ref as ref  # noqa: E402
 
 from lacbed_refine.engine.bloch import simulate_lacbed  # noqa: E402
 from lacbed_refine.io.cif import read_cif  # noqa: E402
-from lacbed_refine.engine.geometry import SimulationSettings, zolz_beams  # noqa: E402
+from lacbed_refine.engine.geometry import SimulationSettings  # noqa: E402
+from lacbed_refine.structure.reflections import zolz_beams  # noqa: E402
 
 log = logging.getLogger("felix_agreement")
 

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from lacbed_refine.conventions import wavevector_2pi
-from lacbed_refine.engine.geometry import SimulationSettings, tilt_grid, zolz_beams
+from lacbed_refine.engine.geometry import SimulationSettings, tilt_grid
+from lacbed_refine.structure.reflections import zolz_beams
 from lacbed_refine.engine.propagation import propagate
 from lacbed_refine.runtime import single_thread
 from lacbed_refine.physics.structure_factors import ug_coefficients

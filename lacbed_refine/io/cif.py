@@ -1,4 +1,9 @@
-"""TODO docstring
+"""CIF in and out through gemmi.
+
+:func:`read_cif` gives a :class:`~lacbed_refine.structure.crystal.Crystal`; what it refuses
+(:class:`~lacbed_refine.structure.crystal.CrystalError`, one line naming the file) and what it only
+warns about is listed in its docstring. :func:`write_cif` writes a crystal (with standard
+uncertainties when given) atomically.
 """
 
 from __future__ import annotations

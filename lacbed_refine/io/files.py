@@ -1,4 +1,5 @@
-"""TODO docstring
+"""Output files: checks before any work (may this path be written?) and the one atomic write
+(:func:`atomic_path`: a temporary file in the same folder, renamed into place when complete).
 """
 
 from __future__ import annotations

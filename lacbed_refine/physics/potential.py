@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lacbed_refine.conventions import ELECTRON_MASS, ELEMENTARY_CHARGE, PLANCK_H
-from lacbed_refine.engine.geometry import zolz_beams
+from lacbed_refine.structure.reflections import zolz_beams
 from lacbed_refine.physics.structure_factors import structure_factors
 
 __all__ = ["projected_potential", "normalise", "potential_reflections", "PAPER_POTENTIAL_TERMS"]

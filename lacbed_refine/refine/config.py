@@ -1,4 +1,7 @@
-"""TODO docstring
+"""Fit settings and their checks: :class:`FitConfig`, the mask and simulator checks.
+
+Every value is checked where it enters (``FitConfig.__post_init__``), so the CLI, the Python API and
+batch rows give the same one-line error. Thickness in the config is in nm.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""TODO docstring
+"""Fit from files: a CIF and a measured pattern in, the refined CIF, a JSON report and a PNG out
+(``lacbed-refine fit``); and writing a FELIX refinement seeded by a result.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""TODO docstring
+"""The figure of merit of a fit: ``1 − r`` between the (blurred) simulated and measured patterns over
+the masked pixels, as a function of the optimiser's scaled variables, with exact gradients through the
+Bloch engine.
+
+The optimiser's vector is ``x = [θ, thickness_nm]`` (θ: free parameters in Å, Å², fractions; see
+:mod:`lacbed_refine.structure.parameters`), scaled by :data:`_SCALE` so that its components are of
+order one.
 """
 
 from __future__ import annotations

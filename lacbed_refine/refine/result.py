@@ -1,4 +1,5 @@
-"""TODO docstring
+"""What a fit returns: :class:`RefinementResult` (crystal, thickness, figure of merit, uncertainties,
+stage log) and its figure (measured vs simulated, PNG).
 """
 
 from __future__ import annotations

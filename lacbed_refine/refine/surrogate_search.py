@@ -134,7 +134,7 @@ def seed_from_inverse(inverse, params, x0: np.ndarray, scale: np.ndarray, bounds
         1 − r between the seeded structure's potential and the generated one (aligned).
     note : str
     """
-    from lacbed_refine.surrogate._transforms import align_to
+    from lacbed_refine.surrogate import align_to
 
     crystal = params.crystal
     centring = crystal.spacegroup_symbol[0]

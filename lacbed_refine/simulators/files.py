@@ -1,4 +1,7 @@
-"""TODO docstring
+"""Simulation from files: a CIF and options in, a pattern stack and a preview PNG out.
+
+This is the library behind ``lacbed-refine simulate`` and ``lacbed-refine potential``; the CLI only
+parses options. Output layout (thickness, reflection, row, col).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""TODO docstring
+"""Space-group operations as arrays, and the fractional-coordinate tolerances used everywhere.
+
+Operations come from gemmi (a Hall symbol in, rotation matrices ``(n, 3, 3)`` and translations
+``(n, 3)`` out, fractional). Positions closer than :data:`POS_TOL` (fractional, per component,
+modulo 1) are the same position.
 """
 
 from __future__ import annotations

@@ -23,10 +23,13 @@ from lacbed_refine.surrogate._data import PairsDataset, open_dataset, pairs_from
 from lacbed_refine.surrogate._evaluate import compare_reports, evaluate, summarise
 from lacbed_refine.surrogate._models import CGAN, VAE
 from lacbed_refine.surrogate._networks import CoarseToFineGenerator, ConvVAE, MultiscaleDiscriminator
-from lacbed_refine.surrogate._predict import WEIGHTS_DIR, ForwardSurrogate, InverseSurrogate, export_weights, load_pretrained, load_surrogate, read_card, score_sample
+from lacbed_refine.surrogate._export import export_weights, score_sample
+from lacbed_refine.surrogate._predict import WEIGHTS_DIR, ForwardSurrogate, InverseSurrogate, load_pretrained, load_surrogate, read_card
+from lacbed_refine.surrogate._transforms import align_to
 from lacbed_refine.surrogate._trainer import CheckpointError, Trainer, build_model, load_checkpoint, make_loader
 
 __all__ = [
+    "align_to",
     "CGAN",
     "VAE",
     "CheckpointError",

@@ -126,7 +126,7 @@ def open_dataset(path, split: str, source: str | None = None):
     path = Path(path)
     try:
         from lacbed_refine.dataset import LacbedDataset
-        from lacbed_refine.dataset._layout import open_dataset_file
+        from lacbed_refine.dataset import open_dataset_file
     except ImportError:
         raise ValueError(f"{path}: reading datasets needs lacbed_refine.dataset, which this installation lacks") from None
     split = {"val": "validation", "valid": "validation"}.get(split, split)

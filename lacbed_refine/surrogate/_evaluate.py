@@ -32,7 +32,8 @@ from lacbed_refine.version import __version__
 from lacbed_refine import metrics
 from lacbed_refine.io.files import atomic_path
 from lacbed_refine.surrogate._models import decode_scale, known_scale, prepare_input
-from lacbed_refine.surrogate._predict import ForwardSurrogate, InverseSurrogate, _symmetrised, generator_predict, load_surrogate
+from lacbed_refine.surrogate._models import generator_predict
+from lacbed_refine.surrogate._predict import ForwardSurrogate, InverseSurrogate, _symmetrised, load_surrogate
 from lacbed_refine.surrogate._trainer import make_loader
 from lacbed_refine.surrogate._transforms import condition_vector, dihedral_apply, fourier_shift, minmax_with_range, roll_batch
 

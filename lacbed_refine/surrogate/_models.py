@@ -244,3 +244,10 @@ class VAE(SurrogateModel):
         scale = self._scale_loss(out["scale"], p["scale_target"])
         g = z + self.vae_config.beta * kl + self.vae_config.scale * scale
         return {"g": g, "Z": z, "kl": kl, "scale": scale}
+
+
+def generator_predict(generator: nn.Module, arch: str, x: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Run a generator on prepared input; ``normalised`` is the min–max normalised output (B, n, n),
+    ``scale`` the raw scalar head (B, k)."""
+    out = generator(x, cond)
+    return {"normalised": metrics.minmax(out["image"][:, 0]), "scale": out["scale"]}

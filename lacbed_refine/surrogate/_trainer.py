@@ -438,7 +438,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Mean R and ℓMSE of the (EMA) generator on the validation loader (origin-insensitive R
         for the inverse map)."""
-        from lacbed_refine.surrogate._predict import generator_predict
+        from lacbed_refine.surrogate._models import generator_predict
 
         gen = self.ema if self.ema is not None else self.model.generator
         rs, ls = [], []

@@ -26,7 +26,8 @@ import numpy as np
 
 from lacbed_refine.conventions import wavevector_2pi
 from lacbed_refine.structure.crystal import DEFAULT_B_ISO, Crystal
-from lacbed_refine.engine.geometry import SimulationSettings, centring_allows
+from lacbed_refine.engine.geometry import SimulationSettings
+from lacbed_refine.structure.reflections import centring_allows
 
 from ._version import __version__
 
@@ -569,7 +570,7 @@ def felix_beam_pool(
     FELIX fills shells of width a* outward, in its loop order within a shell, keeping reflections
     allowed by the lattice centring that lie within 8 % of |g| of the Ewald sphere, until the pool
     holds ``n_beams`` or the shell passes ``g_limit``. Two things differ from
-    :func:`lacbed_refine.engine.geometry.zolz_beams`: a positive ``g_limit`` is rounded *up* to a whole
+    :func:`lacbed_refine.structure.reflections.zolz_beams`: a positive ``g_limit`` is rounded *up* to a whole
     number of shells (|g| ≤ ceil(g_limit·a)/a), and a count cap can cut a shell, and the pool can
     hold near-ZOLZ (l ≠ 0) reflections for large cells.
 
