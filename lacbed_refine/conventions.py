@@ -77,3 +77,13 @@ def relativistic_gamma(voltage: float) -> float:
 def wavevector_2pi(voltage: float) -> float:
     """Vacuum wave number K = 2π/λ [rad/Å] (2π units, the Bloch engine's internal unit)."""
     return 2.0 * math.pi / electron_wavelength(voltage)
+
+
+#: The paper's tilt half-width in units of the cubic reciprocal cell edge a* = 1/a: the half-width is
+#: 7.266/a Å⁻¹ (its data scripts; the [001] surrogates are trained on that grid).
+PAPER_HALF_WIDTH_CELLS = 7.266
+
+
+def paper_half_width(a: float) -> float:
+    """The paper's tilt half-width [Å⁻¹] for a cubic cell edge ``a`` [Å]: 7.266/a."""
+    return PAPER_HALF_WIDTH_CELLS / a

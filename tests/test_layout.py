@@ -181,3 +181,13 @@ def test_import_is_light():
     code = "import sys, lacbed_refine; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('lacbed_refine.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['lacbed_refine.version']"
+
+
+def test_every_package_is_installed():
+    # pyproject lists packages explicitly: a package missing there is absent from a non-editable install.
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {_module_name(p.parent) if p.parent != PACKAGE else "lacbed_refine"
+             for p in PACKAGE.rglob("__init__.py") if "weights" not in p.parts}
+    assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"

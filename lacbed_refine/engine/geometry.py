@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lacbed_refine.conventions import paper_half_width
 from lacbed_refine.structure.reflections import MAX_BEAMS
 
 __all__ = [
@@ -193,7 +194,7 @@ def paper_preset(a: float, **overrides) -> SimulationSettings:
     settings = dict(
         voltage=200e3,
         size=128,
-        half_width=7.266 / a,
+        half_width=paper_half_width(a),
         thicknesses=tuple(t * 10.0 for t in PAPER_THICKNESSES_NM),
         n_beams=pool,
         strong_beams=max(1, pool // 4),

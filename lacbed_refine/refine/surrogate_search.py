@@ -27,13 +27,10 @@ from scipy.optimize import minimize
 
 from lacbed_refine.metrics import masked_pearson_r
 from lacbed_refine.io.images import resample_pattern
+from lacbed_refine.conventions import paper_half_width
 from lacbed_refine.physics.potential import projected_potential
 
 __all__ = ["SurrogateModels", "load_models", "surrogate_half_width", "surrogate_coverage", "to_surrogate_grid", "seed_from_inverse", "surrogate_search"]
-
-#: Tilt half-width of the surrogates' training data times a [Å⁻¹·Å] (the paper preset).
-_PAPER_HALF_WIDTH_TIMES_A = 7.266
-
 
 @dataclass
 class SurrogateModels:
@@ -78,7 +75,7 @@ def load_models(forward_path: str | None, inverse_path: str | None, *, device: s
 
 def surrogate_half_width(a: float) -> float:
     """Tilt half-width [Å⁻¹] of the surrogates' grid for cell edge ``a`` [Å]."""
-    return _PAPER_HALF_WIDTH_TIMES_A / a
+    return paper_half_width(a)
 
 
 def to_surrogate_grid(image: np.ndarray, half_width: float, a: float, size: int) -> np.ndarray:

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from lacbed_refine.conventions import electron_wavelength, relativistic_gamma
+from lacbed_refine.conventions import PAPER_HALF_WIDTH_CELLS, electron_wavelength, relativistic_gamma
 from lacbed_refine.physics.potential import VOLT_ANGSTROM2
 
 __all__ = ["two_beam_prior", "PRIOR_VOLTAGE_V", "HALF_WIDTH_CELLS"]
@@ -34,7 +34,7 @@ __all__ = ["two_beam_prior", "PRIOR_VOLTAGE_V", "HALF_WIDTH_CELLS"]
 #: Accelerating voltage of the paper preset [V], which the surrogates are trained on.
 PRIOR_VOLTAGE_V = 200e3
 #: Tilt half-width of the paper preset in units of a* (half-width = 7.266/a Å⁻¹).
-HALF_WIDTH_CELLS = 7.266
+HALF_WIDTH_CELLS = PAPER_HALF_WIDTH_CELLS
 
 
 def two_beam_prior(potential: torch.Tensor, potential_scale_v: torch.Tensor, a_angstrom: torch.Tensor,
