@@ -37,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lacbed_refine import __version__
 from lacbed_refine.conventions import electron_wavelength
+from lacbed_refine.version import __version__
 
 __all__ = [
-    "DIALECTS",
     "DEFAULT_DEBYE_WALLER",
+    "DIALECTS",
     "REFINE_LETTERS",
     "FelixInput",
     "FelixInputError",
@@ -268,8 +268,9 @@ class FelixInput:
         Raises
         ------
         FelixInputError
-            If the zone axis or the x direction is [0,0,0], or x is not perpendicular to the beam
-            (h·u + k·v + l·w ≠ 0: image +x must lie in the zero-order Laue zone).
+            If the zone axis, x direction or normal is [0,0,0], x is not perpendicular to the beam
+            (h·u + k·v + l·w ≠ 0: image +x must lie in the zero-order Laue zone), or the half-width
+            reaches past the Ewald sphere (λ · half_width ≥ 1).
         """
         where = self.source or "felix.inp"
         for name, v in (("beam_direction", self.beam_direction), ("x_direction", self.x_direction),
@@ -514,7 +515,7 @@ _PORT_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=", re.ASCII)
 # ------------------------------------------------------------------------------------------------
 def _nint(x: float) -> int:
     """Fortran NINT: round half away from zero."""
-    return int(math.floor(abs(x) + 0.5)) * (1 if x >= 0 else -1)
+    return math.floor(abs(x) + 0.5) * (1 if x >= 0 else -1)
 
 
 def _vec(v) -> str:
@@ -745,9 +746,10 @@ def _parse_port(lines: list[str], source: str) -> tuple[dict, dict]:
             continue
         m = _PORT_LINE.match(line)
         if m is None:
-            # Text the port ignores (its help block), unless it starts with a key it would then miss.
-            word = stripped.split()[0]
-            if word in known and "=" not in line:
+            # Text the port ignores (its help block), unless it is "key value" with the "=" left out.
+            words = stripped.split()
+            word = words[0]
+            if word in known and len(words) == 2:
                 raise FelixInputError(f"{source}: line {lineno} ({word}): {_shown(line)} has no '='; write {word} = value")
             continue
         key = m.group(1)
@@ -759,7 +761,7 @@ def _parse_port(lines: list[str], source: str) -> tuple[dict, dict]:
         if key not in known:
             near = [k for k in known if k.lower() == key.lower()]
             hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise FelixInputError(f"{source}: line {lineno}: unknown key {key!r} in a Python-port felix.inp{hint}")
+            raise FelixInputError(f"{source}: line {lineno} ({key}): unknown key {key!r} in a Python-port felix.inp{hint}")
         canonical = _PORT_ALIASES.get(key, key)
         if canonical in seen:
             l0, k0 = seen[canonical]
@@ -787,7 +789,7 @@ def _literal(raw: str):
         raise ValueError("no value after '='")
     try:
         return ast.literal_eval(text)
-    except Exception:  # SyntaxError, ValueError, RecursionError, MemoryError...: all "not a literal"
+    except Exception:  # noqa: BLE001  SyntaxError, ValueError, RecursionError, MemoryError: "not a literal"
         raise ValueError(f"{_shown(text)} is not a Python literal (number, 'text' or [list])") from None
 
 
@@ -1136,7 +1138,7 @@ def read_hkl(path) -> np.ndarray:
         raise FelixInputError(
             f"{path}: line {line} is not text (byte 0x{raw[exc.start]:02x}); not a felix.hkl?"
         ) from None
-    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+    lines = [ln.removesuffix("\r") for ln in text.split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()
     out = []
