@@ -17,6 +17,21 @@ def _floats(text, option="--thickness"):
         raise click.UsageError(f"{option} {text!r}: expected comma-separated numbers") from None
 
 
+def _triple(text, option):
+    """"1,1,0", "1 1 0" or "[1,1,0]" → (1, 1, 0); None stays None. A bad value is a ValueError: one
+    line naming the option, exit status 2."""
+    if text is None:
+        return None
+    parts = text.strip().strip("[]").replace(",", " ").split()
+    try:
+        vec = tuple(int(x) for x in parts)
+    except ValueError:
+        vec = ()
+    if len(vec) != 3:
+        raise ValueError(f"{option} {text!r}: expected three integers, e.g. 1,1,0 or \"1 1 0\"")
+    return vec
+
+
 def _command_line() -> str:
     return " ".join(shlex.quote(a) for a in ["lacbed-refine", *sys.argv[1:]])
 
@@ -38,17 +53,29 @@ def dataset_group():
 @click.option("--workers", type=int, default=None, help="Worker processes, one structure each (default: all CPUs; more are capped there).")
 @click.option("--scheduler", default=None, help="Dask distributed scheduler address; its workers compute.")
 @click.option("--engine", default="bloch", show_default=True, help="Simulator: bloch (built-in) or an installed plugin (e.g. felix).")
+@click.option("--zone", default=None, help="Beam direction [uvw], e.g. 1,1,0 (default 0,0,1: the paper's, and the shipped surrogates', geometry).")
+@click.option("--x-direction", default=None, help="Reciprocal vector [hkl] along image +x, perpendicular to the zone (default 1,0,0 at [001], else the shortest).")
+@click.option("--normal", default=None, help="Specimen surface normal [uvw] (default: the zone).")
 @click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the train/validation/test split by formula.")
 @click.option("--overwrite", is_flag=True, help="Replace an output built from other inputs or settings.")
 @click.option("--keep-work", is_flag=True, help="Keep the work folder of per-structure shards after assembly.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @click.option("--throttle", "throttle_s", type=float, default=0.0, hidden=True, help="Pause [s] after each result (tests).")
-def build_command(cifs, synthetic, seed, output, thickness, preset, beams, size, workers, engine, **options):
-    """Simulate CIF folders and/or synthetic structures into one HDF5 dataset (resumable)."""
+def build_command(cifs, synthetic, seed, output, thickness, preset, beams, size, workers, engine, zone, x_direction, normal,
+                  **options):
+    """Simulate CIF folders and/or synthetic structures into one HDF5 dataset (resumable).
+
+    The default geometry is the paper's [001] zone with x along [100]; --zone (with --x-direction
+    and --normal) builds the pairs of another zone axis, the potential projected along it. The
+    shipped surrogates are cubic [001] 128x128 models: they do not train on other zones' files.
+    """
     from lacbed_refine.dataset import BuildSpec, build_dataset
     from lacbed_refine.runtime import available_cpus
 
-    spec = BuildSpec(**{k: v for k, v in dict(preset=preset, thickness_nm=_floats(thickness), n_beams=beams, size=size, engine=engine).items() if v is not None})
+    geometry = dict(zone=_triple(zone, "--zone"), x_direction=_triple(x_direction, "--x-direction"),
+                    normal=_triple(normal, "--normal"))
+    spec = BuildSpec(**{k: v for k, v in dict(preset=preset, thickness_nm=_floats(thickness), n_beams=beams, size=size,
+                                              engine=engine, **geometry).items() if v is not None})
     # None means "all CPUs"; any number given (0 and negatives included) is checked by build_dataset
     r = build_dataset(output, cifs=cifs, synthetic=synthetic, seed=seed, spec=spec,
                       workers=available_cpus() if workers is None else workers, command=_command_line(), **options)
@@ -136,6 +163,7 @@ def _format_info(info: dict) -> str:
         f"  structures     {info['n_structures']} ({', '.join(f'{k}: {v}' for k, v in info['per_source'].items())}), "
         f"{info['n_failed']} failed",
         f"  thickness nm   {', '.join(f'{t:g}' for t in info['thickness_nm'])}; {info['size']}x{info['size']} px",
+        f"  zone axis      {_geometry_text(info.get('geometry'))}",
         "  splits         " + ", ".join(f"{k or 'unassigned'}: {v}" for k, v in info["per_split"].items()),
         "  space group        real  synthetic",
     ]
@@ -144,3 +172,18 @@ def _format_info(info: dict) -> str:
     for f in info["failed"]:
         lines.append(f"  failed {f['id']} ({f['source']}): {f['reason']}")
     return "\n".join(lines)
+
+
+def _geometry_text(geometry) -> str:
+    if not geometry:
+        return "[0 0 1], x [1 0 0]"
+
+    def vec(v):
+        return "[" + " ".join(str(int(i)) for i in v) + "]"
+
+    text = f"{vec(geometry['zone'])}, x {vec(geometry['x_direction']) if geometry.get('x_direction') else 'default'}"
+    if geometry.get("normal") is not None:
+        text += f", normal {vec(geometry['normal'])}"
+    if not geometry.get("standard", True):
+        text += " (not the shipped [001] surrogates' geometry)"
+    return text

@@ -13,7 +13,9 @@ Layout (N structures, T thicknesses, S×S pixels; every array readable with plai
 
 Images are chunked one image per chunk, gzip-compressed with the shuffle filter. File attributes:
 ``format``, ``format_version``, ``content_hash``, ``settings`` (JSON), ``engine_version``,
-``versions`` (JSON), ``created_utc``, ``command``, ``n_structures``, ``n_failed``, ``size``.
+``versions`` (JSON), ``created_utc``, ``command``, ``n_structures``, ``n_failed``, ``size``. A build
+at a zone axis other than [001] records ``zone``, ``x_direction`` and ``normal`` in ``settings["spec"]``
+(:func:`zone_of` reads them back; absent means [001], x [100]).
 
 Content hash: SHA-256 over, in order, a format tag, the settings as canonical JSON (sorted keys),
 then per structure in the file's order its hashed metadata (:data:`HASHED_FIELDS`, canonical JSON)
@@ -51,6 +53,7 @@ __all__ = [
     "open_dataset_file",
     "DatasetFileError",
     "MissingDatasetError",
+    "zone_of",
 ]
 
 FORMAT = "lacbed-refine-dataset"
@@ -494,13 +497,41 @@ def _settings(f, path) -> dict:
     return settings
 
 
+def zone_of(settings: dict) -> dict:
+    """The geometry a dataset was built at, from its ``settings`` attribute (as :func:`read_info`
+    returns it): ``zone`` [u, v, w], ``x_direction`` [h, k, l] and ``normal`` [u, v, w] or None (along
+    the beam), and ``standard`` (True for [001] with x along [100] and the normal along the beam:
+    the paper's geometry, the only one the shipped surrogates know).
+
+    A build records the zone only when it is not [001] (:class:`~lacbed_refine.dataset.BuildSpec`);
+    files without it (older builds, PNG imports of the paper's data) are [001], x [100]."""
+    settings = settings if isinstance(settings, dict) else {}
+    spec = settings.get("spec") if isinstance(settings.get("spec"), dict) else {}
+
+    def triple(value, default):
+        try:
+            t = [int(v) for v in value]
+        except (TypeError, ValueError):
+            return default
+        return t if len(t) == 3 else default
+
+    zone = triple(spec.get("zone"), [0, 0, 1])
+    x = triple(spec.get("x_direction"), None)
+    normal = triple(spec.get("normal"), None)
+    if x is None and zone == [0, 0, 1]:
+        x = [1, 0, 0]
+    standard = zone == [0, 0, 1] and x == [1, 0, 0] and normal in (None, [0, 0, 1])
+    return {"zone": zone, "x_direction": x, "normal": normal, "standard": standard}
+
+
 def read_info(path) -> dict:
     """Summary of a dataset file: attributes, counts per split and per space group, failures.
 
     Returns
     -------
     dict with ``content_hash``, ``settings`` (dict), ``n_structures``, ``n_failed``,
-    ``thickness_nm``, ``per_split`` and ``per_spacegroup`` (counts), ``failed`` (list of dict).
+    ``thickness_nm``, ``per_split`` and ``per_spacegroup`` (counts), ``failed`` (list of dict),
+    ``geometry`` (:func:`zone_of`: zone axis, x direction, normal).
     """
     with open_dataset_file(path) as f:
         numbers = _read_column(f["meta"], "spacegroup_number", "int")
@@ -519,10 +550,12 @@ def read_info(path) -> dict:
         per_split: dict = {}
         for s in splits:
             per_split[s] = per_split.get(s, 0) + 1
+        settings = _settings(f, path)
         return {
             "path": str(path),
             "content_hash": str(f.attrs["content_hash"]),
-            "settings": _settings(f, path),
+            "settings": settings,
+            "geometry": zone_of(settings),
             "engine_version": str(f.attrs.get("engine_version", "")),
             "created_utc": str(f.attrs.get("created_utc", "")),
             "n_structures": len(numbers),

@@ -85,6 +85,22 @@ class BuildSpec:
         Engine path.
     engine : str
         Simulator: "bloch" (built-in) or an installed plugin such as "felix".
+    zone : (u, v, w)
+        Beam direction (FELIX ``IIncidentBeamDirection``); default [001], the paper's (and the
+        shipped surrogates') geometry. Away from [001] the patterns come from the general engine
+        (HOLZ beams in the pool, exact excitation errors) and the potential is that zone's projection
+        (:func:`~lacbed_refine.physics.potential.zone_projected_potential`).
+    x_direction : (h, k, l) or None
+        Reciprocal-lattice vector along the image +x axis, perpendicular to ``zone``. None at [001]
+        means [100]; for another zone the cubic default
+        (:func:`~lacbed_refine.engine.zone.default_x_direction`) is filled in, so the file records
+        the direction used.
+    normal : (u, v, w) or None
+        Specimen surface normal (FELIX ``INormalDirection``); None means along ``zone``.
+
+    ``engine``, ``zone``, ``x_direction`` and ``normal`` enter :meth:`to_dict` (the recorded
+    settings, hence the content hash) only when they differ from the defaults, so a spec that does
+    not set them records exactly what it did before they existed; ``--zone 0,0,1`` is the default.
     """
 
     preset: str = "paper"
@@ -94,6 +110,9 @@ class BuildSpec:
     potential_terms: int = 2500
     precision: str = "fast"
     engine: str = "bloch"
+    zone: tuple[int, int, int] = (0, 0, 1)
+    x_direction: tuple[int, int, int] | None = None
+    normal: tuple[int, int, int] | None = None
 
     def __post_init__(self):
         if self.preset != "paper":
@@ -115,16 +134,62 @@ class BuildSpec:
         from lacbed_refine.conventions import NM
         from lacbed_refine.engine.geometry import SimulationSettings
 
-        SimulationSettings(size=int(self.size), thicknesses=tuple(t * NM for t in thickness), n_beams=int(self.n_beams))
+        checked = SimulationSettings(size=int(self.size), thicknesses=tuple(t * NM for t in thickness),
+                                     n_beams=int(self.n_beams), zone=self.zone, x_direction=self.x_direction,
+                                     normal=self.normal)
+        # Directions only: [2 2 0] is [1 1 0]; a normal along the beam is the default.
+        zone, x, normal = (None if v is None else _primitive(v) for v in (checked.zone, checked.x_direction, checked.normal))
+        if zone == (0, 0, 1):
+            x = None if x == (1, 0, 0) else x
+        normal = None if normal == zone else normal
+        if not (zone == (0, 0, 1) and x is None and normal is None):
+            from lacbed_refine.engine.zone import ZoneAxis, default_x_direction
+            from lacbed_refine.structure.cell import Cell
+
+            cubic = Cell.cubic(1.0)  # the dataset's crystals are cubic: these directions hold for every edge a
+            if x is None:
+                x = _primitive(default_x_direction(cubic, zone))
+            ZoneAxis(zone, x, normal).normal_vector(cubic)  # a normal far from the beam, named as --normal
+        object.__setattr__(self, "zone", zone)
+        object.__setattr__(self, "x_direction", x)
+        object.__setattr__(self, "normal", normal)
+
+    @property
+    def standard_zone(self) -> bool:
+        """True for the paper's geometry ([001], x along [100], normal along the beam)."""
+        return self.zone == (0, 0, 1) and self.x_direction is None and self.normal is None
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if self.engine == "bloch":  # recorded only when it is not the default, so specs stay comparable
+        # recorded only when not the default, so specs (and content hashes) stay comparable
+        if self.engine == "bloch":
             d.pop("engine")
+        if self.zone == (0, 0, 1):
+            d.pop("zone")
+        else:
+            d["zone"] = list(self.zone)
+        for key in ("x_direction", "normal"):
+            if d[key] is None:
+                d.pop(key)
+            else:
+                d[key] = list(d[key])
         d["thickness_nm"] = [float(t) for t in self.thickness_nm]
         d["engine_version"] = __version__
-        d["beam_rule"] = f"whole-shell ZOLZ pool of >= {self.n_beams} beams, all used at every pixel"
+        if self.standard_zone:
+            d["beam_rule"] = f"whole-shell ZOLZ pool of >= {self.n_beams} beams, all used at every pixel"
+        else:
+            d["beam_rule"] = (f"general engine: FELIX's pool (beams near the Ewald sphere, HOLZ included) of >= "
+                              f"{self.n_beams} beams in whole shells, all used at every pixel")
         return d
+
+
+def _primitive(vector) -> tuple[int, int, int]:
+    """An integer direction divided by the gcd of its components: (2, 2, 0) → (1, 1, 0)."""
+    import math
+
+    t = tuple(int(i) for i in vector)
+    d = math.gcd(*t) or 1
+    return tuple(i // d for i in t)
 
 
 def _file_digest(path: Path) -> str:
@@ -189,7 +254,9 @@ def load_crystal(task: Task):
     if task.kind == "cif":
         from lacbed_refine.io.cif import read_cif
 
-        return read_cif(task.path)
+        crystal = read_cif(task.path)
+        crystal.require_cubic("lacbed-refine datasets")
+        return crystal
     if task.kind == "synthetic":
         from lacbed_refine.dataset.synthetic import random_crystal
 
@@ -202,7 +269,7 @@ def _compute(task: Task, spec: BuildSpec) -> Record:
 
     from lacbed_refine.io.cif import write_cif
     from lacbed_refine.structure.formula import element_counts, reduced_formula
-    from lacbed_refine.physics.potential import normalise, projected_potential
+    from lacbed_refine.physics.potential import normalise
     from lacbed_refine.simulators.bloch import settings_for, simulate_crystal
 
     if torch.get_num_threads() != 1:
@@ -211,8 +278,12 @@ def _compute(task: Task, spec: BuildSpec) -> Record:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         crystal = load_crystal(task)
-    settings = settings_for(crystal, preset=spec.preset, thickness_nm=spec.thickness_nm, size=spec.size,
-                            n_beams=spec.n_beams)
+    if spec.standard_zone:  # exactly the call of the [001] datasets, so their content does not change
+        settings = settings_for(crystal, preset=spec.preset, thickness_nm=spec.thickness_nm, size=spec.size,
+                                n_beams=spec.n_beams)
+    else:
+        settings = settings_for(crystal, preset=spec.preset, thickness_nm=spec.thickness_nm, size=spec.size,
+                                n_beams=spec.n_beams, zone=spec.zone, x_direction=spec.x_direction, normal=spec.normal)
     if spec.engine == "bloch":
         stack, info = simulate_crystal(crystal, settings, precision=spec.precision)
         n_beams, symmetry_ops = int(info.n_beams), int(info.symmetry_ops)
@@ -226,8 +297,7 @@ def _compute(task: Task, spec: BuildSpec) -> Record:
         raise FloatingPointError("the engine produced non-finite intensities")
     atoms = crystal.atoms()
     with torch.no_grad():
-        raw = projected_potential(atoms, crystal.a, centring=crystal.spacegroup_symbol[0], size=spec.size,
-                                  n_terms=spec.potential_terms, table=settings.form_factors)
+        raw = _potential(crystal, atoms, settings, spec)
     norm, lo, hi = normalise(raw)
     raw_np = raw.numpy().astype(np.float32)
     if not (np.isfinite(raw_np).all() and float(hi) > float(lo)):
@@ -254,6 +324,24 @@ def _compute(task: Task, spec: BuildSpec) -> Record:
     extra = {"warnings": [str(w.message) for w in caught]}
     return Record(meta=meta, potential=norm.numpy().astype(np.float32), potential_raw=raw_np, pattern=pattern,
                   extra=extra)
+
+
+def _potential(crystal, atoms, settings, spec: BuildSpec):
+    """The raw projected potential [V] along the spec's zone, over one cell edge a, on the pattern's
+    grid size: at [001] with x = [100] the paper's Eq. (1) image
+    (:func:`~lacbed_refine.physics.potential.projected_potential`, bit for bit what the [001]
+    datasets hold); at any other zone the projection along it, x̂ and ŷ those of the patterns
+    (:func:`~lacbed_refine.physics.potential.zone_projected_potential`). The normal does not
+    change a projection."""
+    from lacbed_refine.physics.potential import projected_potential, zone_projected_potential
+    from lacbed_refine.simulators.bloch import centring_vectors, zone_axis
+
+    if spec.zone == (0, 0, 1) and spec.x_direction is None:
+        return projected_potential(atoms, crystal.a, centring=crystal.spacegroup_symbol[0], size=spec.size,
+                                   n_terms=spec.potential_terms, table=settings.form_factors)
+    frame = zone_axis(crystal, settings).frame(crystal.cell)
+    return zone_projected_potential(atoms, crystal.cell, spec.zone, frame[:2], centring=centring_vectors(crystal),
+                                    size=spec.size, n_terms=spec.potential_terms, table=settings.form_factors)
 
 
 def _cif_text(crystal, write_cif) -> str:

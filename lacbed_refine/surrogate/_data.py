@@ -12,6 +12,7 @@ Every item is a dict (the dataset interface the surrogates are written against):
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -95,6 +96,7 @@ def pairs_from_crystals(crystals, *, thickness_nm=(50.0, 100.0, 150.0, 200.0), s
     pots, pats, a, scale, names, groups = [], [], [], [], [], []
     for c in crystals:
         crystal = read_cif(c) if isinstance(c, (str, Path)) else c
+        crystal.require_cubic("the [001] surrogates' training pairs")
         settings = settings_for(crystal, thickness_nm=thickness_nm, size=size, n_beams=n_beams)
         stack, _ = simulate_crystal(crystal, settings, workers=workers)
         with torch.no_grad():
@@ -116,19 +118,34 @@ def open_dataset(path, split: str, source: str | None = None):
     ``space_group`` from the file's metadata; ``source`` ("real" or "synthetic") keeps only those
     structures (None or "all": every one).
 
+    The surrogates are cubic [001] models (the shipped ones 128×128): a dataset built at another
+    zone axis (``dataset build --zone``) is refused here, where every dataset enters training and
+    evaluation.
+
     Raises
     ------
     ValueError
         One line naming the file: missing (also a ``FileNotFoundError``), not HDF5, truncated, not
-        a dataset or damaged (e.g. arrays shorter than the metadata table), the split unknown or
-        empty, or the dataset module missing.
+        a dataset or damaged (e.g. arrays shorter than the metadata table), built at a zone axis
+        other than [001] (x [100]), the split unknown or empty, or the dataset module missing.
     """
     path = Path(path)
     try:
         from lacbed_refine.dataset import LacbedDataset
-        from lacbed_refine.dataset import open_dataset_file
+        from lacbed_refine.dataset import open_dataset_file, zone_of
     except ImportError:
         raise ValueError(f"{path}: reading datasets needs lacbed_refine.dataset, which this installation lacks") from None
+    with open_dataset_file(path) as f:  # opens and checks the file
+        try:
+            geometry = zone_of(json.loads(f.attrs["settings"]))
+        except (TypeError, ValueError):  # a damaged settings attribute: the dataset module's own check says so below
+            geometry = {"standard": True}
+    if not geometry["standard"]:
+        where = " ".join(str(i) for i in geometry["zone"])
+        x = " ".join(str(i) for i in geometry["x_direction"] or ())
+        normal = f", normal [{' '.join(str(i) for i in geometry['normal'])}]" if geometry["normal"] else ""
+        raise ValueError(f"{path}: dataset built at zone [{where}] (x [{x}]{normal}); the surrogates are cubic [001] "
+                         "models (x [100]) and train and evaluate on [001] datasets only")
     split = {"val": "validation", "valid": "validation"}.get(split, split)
     source = None if source in (None, "all") else source
     base = LacbedDataset(path, split=split, thickness="all", source=source)  # opens and checks the file
