@@ -1,10 +1,10 @@
-"""Wyckoff positions of a cubic space group, derived from its operations (gemmi has no tables).
+"""Wyckoff positions of any space group, derived from its operations (gemmi has no tables).
 
 A Wyckoff position is the set of points whose site-symmetry groups are conjugate in the space group
 G. We find them on the grid of points with coordinates k/24 (k = 0 … 23), which is closed under
-every cubic space-group operation (their translations are multiples of 1/4, or of 1/8 after an
-origin shift) and holds every special point of the cubic groups (coordinates multiples of 1/8) and
-points of every special line and plane:
+every operation of a tabulated setting (translations are multiples of 1/12 or 1/8, also after an
+origin shift on the same grid) and holds every special point of the 230 groups (coordinates multiples
+of 1/8 or 1/6, e.g. 1/3, 2/3 in hexagonal groups) and points of every special line and plane:
 
 1. For every grid point, its site-symmetry group H = {(R, t) ∈ G : R r + t ≡ r (mod 1)}.
 2. Grid points are joined when one operation maps one onto the other (same orbit) and when their
@@ -12,8 +12,9 @@ points of every special line and plane:
    The classes left are the Wyckoff positions.
 3. Each class is described by one representative grid point ``r0`` of it and the free directions
    of its fixed subspace {r : R r + t = r for all (R, t) ∈ H}: the null space of the stacked
-   (R − I), as integer vectors (``x,x,x`` gives (1, 1, 1)), so that ``r0 + Σ u_k d_k`` with
-   u_k ∈ [0, 1) covers the subspace modulo the lattice.
+   (R − I), as the smallest integer vectors (``x,x,x`` gives (1, 1, 1), hexagonal ``2x,x,z`` gives
+   (2, 1, 0) and (0, 0, 1)), so that ``r0 + Σ u_k d_k`` with u_k ∈ [0, 1) covers the subspace
+   modulo the lattice.
 
 Multiplicities are per conventional cell, centring included, so they agree with the International
 Tables. ITA Wyckoff *letters* are not assigned (their order among positions of equal multiplicity is a
@@ -23,7 +24,9 @@ table convention); positions are sorted by multiplicity, then dimension, then si
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import gemmi
 import numpy as np
@@ -96,7 +99,8 @@ def wyckoff_positions(hall: str) -> tuple[WyckoffPosition, ...]:
     Parameters
     ----------
     hall : str
-        Hall symbol of a cubic space-group setting (e.g. ``Crystal.hall``).
+        Hall symbol of a space-group setting (e.g. ``Crystal.hall``; a change-of-basis suffix is
+        allowed).
 
     Returns
     -------
@@ -180,7 +184,8 @@ def _point_group_order(rotations: np.ndarray) -> int:
 
 
 def _integer_null_space(rotations: np.ndarray) -> np.ndarray:
-    """Integer basis (reduced row echelon, entries in {0, ±1} for cubic groups) of {d : R d = d}."""
+    """Integer basis of {d : R d = d}: the reduced row echelon form, each row scaled to the smallest
+    integers (entries in {0, ±1} for cubic groups; (2, 1, 0) for a hexagonal ``2x,x,z``)."""
     eye = np.eye(3, dtype=np.int64)
     stacked = (np.asarray(rotations, dtype=np.int64) - eye).reshape(-1, 3).astype(float)
     _, sv, vt = np.linalg.svd(np.vstack([stacked, np.zeros((1, 3))]))
@@ -189,7 +194,11 @@ def _integer_null_space(rotations: np.ndarray) -> np.ndarray:
     if len(basis) == 0:
         return np.zeros((0, 3), dtype=np.int64)
     m = rref(basis)
-    out = np.rint(m).astype(np.int64)
-    if not np.allclose(out, m, atol=1e-9):
+    rows = []
+    for row in m:
+        scale = math.lcm(*(Fraction(float(x)).limit_denominator(12).denominator for x in row))
+        rows.append(row * scale)
+    out = np.rint(np.array(rows)).astype(np.int64)
+    if not np.allclose(out, np.array(rows), atol=1e-9):
         raise ValueError(f"fixed subspace has no integer basis: {m.tolist()}")
     return out
