@@ -126,20 +126,33 @@ def test_shared_cif_sample(shared_dir):
 
 
 # -- rejections -------------------------------------------------------------------------------
-def test_non_cubic_rejected_naming_space_group(tmp_path):
+def test_monoclinic_with_operators_is_read(tmp_path):
+    # formerly refused as "not cubic": every space group is read now
     ops = ["x,y,z", "-x,y+1/2,-z+1/2", "-x,-y,-z", "x,-y+1/2,z+1/2"]
     text = make_cif(a="5.0", hm="P 1 21/c 1", ops=ops, rows=[("O1", "O", "0.1", "0.2", "0.3")])
+    text = text.replace("_cell_length_b 5.0", "_cell_length_b 6.0").replace("_cell_angle_beta 90", "_cell_angle_beta 101.5")
+    crystal = read_cif(write(tmp_path, text))
+    assert (crystal.spacegroup_number, crystal.spacegroup_symbol) == (14, "P 1 21/c 1")
+    assert (crystal.cell.b, crystal.cell.beta) == (6.0, 101.5)
+    assert multiplicities(crystal) == {"O1": 4}
+    assert not crystal.is_cubic
+
+
+def test_monoclinic_symbol_only_is_read(tmp_path):
+    path = write(tmp_path, make_cif(a="5.0", hm="P 21/c", rows=[("O1", "O", "0.1", "0.2", "0.3")]))
+    crystal = read_cif(path)
+    assert crystal.spacegroup_symbol == "P 1 21/c 1"
+    assert len(crystal.atoms()["frac"]) == 4
+
+
+def test_cell_that_fits_no_monoclinic_axis_is_refused(tmp_path):
+    text = make_cif(a="5.0", hm="P 21/c", rows=[("O1", "O", "0.1", "0.2", "0.3")])
+    text = text.replace("_cell_angle_alpha 90", "_cell_angle_alpha 100").replace("_cell_angle_beta 90", "_cell_angle_beta 100")
     path = write(tmp_path, text)
-    with pytest.raises(CrystalError, match=r"P 1 21/c 1 \(No\. 14\) is not cubic") as info:
+    with pytest.raises(CrystalError, match=r"is not monoclinic although the space group is P 1 21/c 1 \(No\. 14") as info:
         read_cif(path)
     assert str(path) in str(info.value)
     assert "\n" not in str(info.value)
-
-
-def test_non_cubic_symbol_only_rejected(tmp_path):
-    path = write(tmp_path, make_cif(a="5.0", hm="P 21/c", rows=[("O1", "O", "0.1", "0.2", "0.3")]))
-    with pytest.raises(CrystalError, match=r"No\. 14\) is not cubic"):
-        read_cif(path)
 
 
 @pytest.mark.parametrize(

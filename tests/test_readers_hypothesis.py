@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from lacbed_refine.refine.batch import read_manifest  # noqa: E402
-from lacbed_refine.structure.crystal import B_ISO_LIMITS, CELL_EDGE_RANGE, CUBIC_SPACE_GROUPS, Crystal, CrystalError
+from lacbed_refine.structure.crystal import B_ISO_LIMITS, CELL_ANGLE_RANGE, CELL_EDGE_RANGE, Crystal, CrystalError  # noqa: E402
 from lacbed_refine.io.cif import read_cif  # noqa: E402
 from lacbed_refine.io.images import MAX_PATTERN_SIDE, MIN_PATTERN_SIDE, PatternError, check_pattern, read_mask, read_pattern
 
@@ -129,7 +129,8 @@ OCCUPANCIES = st.one_of(st.sampled_from(["1", "1.0", "0.5", "0.52", "0.25(1)", "
                         st.floats(0, 1).map(lambda x: f"{x:.3f}"))
 SYMBOLS = st.sampled_from(["F m -3 m", "F d -3 m", "F d -3 m:2", "F d -3 m Z", "P m -3 m", "I m -3 m", "F -4 3 m",
                            "P 21 3", "I a -3 d", "P m -3 n", "F d -3 m:1", "P n -3 m S",
-                           "P 1 21/c 1", "P 4/m m m", "X 9 9", "", "F m -3 mé"])
+                           "P 1 21/c 1", "P 4/m m m", "X 9 9", "", "F m -3 mé", "P 63 m c", "R 3 c", "R -3 m:R",
+                           "P 21/c", "C 1 2/c 1", "P n m a", "P 42/m n m", "P -1", "I 41/a m d"])
 ELEMENTS = st.sampled_from(["Mg", "O", "O2-", "Si", "Sr", "Ti", "Al", "Fe3+", "Ga", "As", "Ca", "F", "D", "Cs", "Cl"])
 BAD_ELEMENTS = st.sampled_from(["Q", "", "X1", "?", ".", "Uuo", "'O'"])
 LABELS = st.sampled_from(["Mg1", "O1", "Si1", "Al1", "X", "'a b'", "?", ".", "O1"])
@@ -177,8 +178,13 @@ def cif_texts(draw) -> str:
     missing or replaced by random text, random tokens in between, a second block, a random cut."""
     lines = [pick(draw, ["data_", "", "data_x\ndata_y", "data_t"]) if coin(draw, 20) else "data_x"]
     a = draw(CELL_EDGES)
+    # mostly a cubic cell; sometimes another c, a hexagonal γ or a rhombohedral angle
+    c = draw(CELL_EDGES) if coin(draw, 3) else a
+    angle = pick(draw, ["90", "90", "120", "75", "101.5"])
     for tag in ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma"):
-        value = draw(CELL_BAD) if coin(draw, 12) else "90" if tag.startswith("angle") else a
+        good = {"length_c": c, "angle_gamma": angle, "angle_alpha": angle if angle == "75" else "90",
+                "angle_beta": angle if angle in ("75", "101.5") else "90"}.get(tag, a)
+        value = draw(CELL_BAD) if coin(draw, 12) else good
         if value is not None:
             lines.append(f"_cell_{tag} {value}")
     if not coin(draw, 5):
@@ -254,8 +260,13 @@ def encoded(text_strategy):
 def check_crystal(crystal: Crystal):
     assert isinstance(crystal, Crystal)
     lo, hi = CELL_EDGE_RANGE
-    assert math.isfinite(crystal.a) and lo <= crystal.a <= hi
-    assert crystal.spacegroup_number in CUBIC_SPACE_GROUPS
+    cell = crystal.cell
+    assert crystal.a == cell.a
+    assert all(math.isfinite(x) and lo <= x <= hi for x in (cell.a, cell.b, cell.c))
+    lo, hi = CELL_ANGLE_RANGE
+    assert all(math.isfinite(x) and lo <= x <= hi for x in (cell.alpha, cell.beta, cell.gamma))
+    assert cell.volume > 0
+    assert 1 <= crystal.spacegroup_number <= 230
     assert crystal.sites
     labels = [s.label for s in crystal.sites]
     assert len(set(labels)) == len(labels)

@@ -18,16 +18,22 @@ from dataclasses import replace
 import gemmi
 import numpy as np
 from lacbed_refine.version import __version__
-from lacbed_refine.structure.crystal import B_ISO_LIMITS, CELL_EDGE_RANGE, CUBIC_SPACE_GROUPS, Crystal, CrystalError, DEFAULT_B_ISO, Site, orbit_of
-from lacbed_refine.structure.spacegroup import POS_TOL, shared_position_groups, snap_to_special, symmetry_operations, wrap_diff
+from lacbed_refine.structure.cell import Cell
+from lacbed_refine.structure.crystal import (
+    B_ISO_LIMITS, CELL_ANGLE_RANGE, CELL_EDGE_RANGE, Crystal, CrystalError, DEFAULT_B_ISO, Site, orbit_of,
+)
+from lacbed_refine.structure.spacegroup import (
+    POS_TOL, cell_constraint, crystal_system, find_setting, fit_cell, setting_of, shared_position_groups,
+    snap_to_special, symmetry_operations, wrap_diff,
+)
 
 # Summed occupancy of the rows sharing one position may exceed 1 by this much (rounding in the
 # source); such groups are rescaled to sum to 1. More is an error.
 _OCC_EXCESS_TOL = 0.05
 
 
-# Cubic groups that ITA tabulates with two origin choices.
-_TWO_ORIGIN_GROUPS = frozenset({201, 203, 222, 224, 227, 228})
+# Groups that ITA tabulates with two origin choices (24 of them: orthorhombic, tetragonal, cubic).
+_TWO_ORIGIN_GROUPS = frozenset(sg.number for sg in gemmi.spacegroup_table() if sg.ext in ("1", "2"))
 
 
 # Fields that write_cif accepts in ``uncertainties``.
@@ -82,7 +88,7 @@ def _read_cell(block, where: str) -> tuple[float, ...]:
         name = f"_cell_{tag}"
         raw = block.find_value(name)
         if raw is None:
-            raise CrystalError(f"{where}: no {name} (a cubic cell needs _cell_length_a/b/c and _cell_angle_alpha/beta/gamma)")
+            raise CrystalError(f"{where}: no {name} (the cell needs _cell_length_a/b/c and _cell_angle_alpha/beta/gamma)")
         if raw in ("?", "."):
             raise CrystalError(f"{where}: {name} is {_shown(raw)} (unknown); the cell must be given")
         x = _cif_number(raw)
@@ -90,8 +96,11 @@ def _read_cell(block, where: str) -> tuple[float, ...]:
             raise CrystalError(f"{where}: {name} {_shown(raw)} is not a number")
         if tag.startswith("length") and not x > 0:
             raise CrystalError(f"{where}: {name} {_shown(raw)} must be a positive length (Å)")
-        if tag.startswith("angle") and not 0 < x < 180:
-            raise CrystalError(f"{where}: {name} {_shown(raw)} must be an angle between 0 and 180 degrees")
+        lo, hi = CELL_ANGLE_RANGE
+        if tag.startswith("angle") and not lo <= x <= hi:
+            raise CrystalError(
+                f"{where}: {name} {_shown(raw)} must be an angle between {lo:g} and {hi:g} degrees"
+            )
         cell.append(x)
     return tuple(cell)
 
@@ -145,7 +154,7 @@ def _has_value(block, tag: str) -> bool:
 
 
 def read_cif(path, *, default_b_iso: float = DEFAULT_B_ISO) -> Crystal:
-    """Read a cubic crystal from a CIF.
+    """Read a crystal of any of the 230 space groups from a CIF.
 
     The structure comes from the first data block that has atom sites (``_atom_site_fract_x``) and
     a cell edge (``_cell_length_a``), else from the first with atom sites. Blocks without atom sites
@@ -154,11 +163,21 @@ def read_cif(path, *, default_b_iso: float = DEFAULT_B_ISO) -> Crystal:
     gzip-compressed and must be ASCII or UTF-8 (a byte-order mark is allowed).
 
     The space group comes from the symmetry operators when the file lists them (centring
-    translations are added from the symbol if the list lacks them), else from the Hall symbol, else
-    from the Hermann–Mauguin symbol (an origin choice given as ``:1``/``:2``, ``S``/``Z`` or
-    ``_space_group_IT_coordinate_system_code`` is honoured), else from the number. For a group with
-    two origin choices and nothing that decides between them, the choice with the larger shortest
-    interatomic distance is taken and a ``UserWarning`` says so.
+    translations are added from the symbol if the list lacks them; operators of a tabulated setting
+    seen from another origin are kept as they are, with a Hall symbol that has a change-of-basis
+    suffix), else from the Hall symbol, else from the Hermann–Mauguin symbol, else from the number.
+    With a symbol or number: an origin choice given as ``:1``/``:2``, ``S``/``Z`` or
+    ``_space_group_IT_coordinate_system_code`` (``1``, ``2``; also ``h``/``r`` for the axes of an R
+    group and ``b1``, ``-c1``, ... for a monoclinic setting) is honoured; an R group takes hexagonal
+    axes (``H``) unless the cell is rhombohedral (a = b = c, α = β = γ ≠ 90°), so a rhombohedral group
+    given in hexagonal axes stays in hexagonal axes; a short monoclinic symbol (``P 21/c``) takes the
+    unique axis b unless the cell has its oblique angle elsewhere. For a group with two origin
+    choices and nothing that decides between them, the choice with the larger shortest interatomic
+    distance is taken and a ``UserWarning`` says so.
+
+    The cell must fit the space group's crystal system (equal edges within a relative 1e-4, fixed
+    angles within 1e-3°); it is then made exact (b = a for a tetragonal cell, γ = 120° for a
+    hexagonal one, ...).
 
     B_iso comes from ``_atom_site_B_iso_or_equiv``, else ``8π² U_iso_or_equiv``, else from the
     trace of the anisotropic U, else ``default_b_iso``. Rows sharing one position (mixed occupancy)
@@ -181,8 +200,10 @@ def read_cif(path, *, default_b_iso: float = DEFAULT_B_ISO) -> Crystal:
     CrystalError
         One line naming the file and the problem, before any symmetry work: not UTF-8, unreadable
         or empty; no atoms; a missing, unknown (``?``), non-numeric, zero or negative cell length or
-        angle; a cell edge outside :data:`CELL_EDGE_RANGE` (1-200 Å); unknown element; unknown space
-        group, non-cubic space group or cell; a site label used twice (``--fix LABEL`` would hold
+        angle; a cell edge outside :data:`CELL_EDGE_RANGE` (1-200 Å, each of a, b, c), an angle
+        outside :data:`CELL_ANGLE_RANGE` (20-160°), angles that give no positive volume; unknown
+        element; unknown space group; a cell that does not fit the space group's crystal system (a
+        cubic group with c ≠ a, a hexagonal group with γ ≠ 120°); a site label used twice (``--fix LABEL`` would hold
         both); a coordinate, B, U or occupancy that is given but not a finite number; negative B,
         B above 100 Å² (:data:`B_ISO_LIMITS`); occupancy outside [0, 1].
     ValueError
@@ -238,77 +259,127 @@ def _split_origin(hm: str) -> tuple[str, str]:
     return hm, ""
 
 
-def _spacegroup(small, block, sites_frac, sites_occ, where) -> gemmi.SpaceGroup:
+def _spacegroup(small, block, sites_frac, sites_occ, cell, where) -> tuple[gemmi.SpaceGroup, str]:
+    """(tabulated setting, Hall symbol of the crystal's exact operations); see :func:`read_cif`."""
     hm, origin = _split_origin(small.spacegroup_hm or "")
     code = block.find_value("_space_group.IT_coordinate_system_code") or block.find_value(
         "_space_group_IT_coordinate_system_code"
     )
-    if not origin and code:
-        code = gemmi.cif.as_string(code).strip()
-        origin = code if code in ("1", "2") else ""
+    code = "" if code in (None, "?", ".") else gemmi.cif.as_string(code).strip()
+    if not origin and code in ("1", "2"):
+        origin = code
     declared = None
     if small.spacegroup_hall:
         try:
-            declared = gemmi.find_spacegroup_by_ops(gemmi.symops_from_hall(small.spacegroup_hall))
-        except Exception:
+            declared = find_setting(gemmi.symops_from_hall(small.spacegroup_hall))
+        except Exception:  # gemmi raises on a malformed symbol; reported below if nothing else decides
             declared = None
     if declared is None and hm:
-        declared = gemmi.find_spacegroup_by_name(f"{hm}:{origin}" if origin else hm)
-        if declared is None and origin:
-            declared = gemmi.find_spacegroup_by_name(hm)
+        sg = _setting_by_name(hm, origin, code, cell)
+        declared = None if sg is None else (sg, sg.hall)
 
     if small.symops:
         try:
             ops = gemmi.GroupOps([gemmi.Op(s) for s in small.symops])
         except Exception as exc:
             raise CrystalError(f"{where}: unreadable symmetry operator ({exc})") from None
-        sg = gemmi.find_spacegroup_by_ops(ops)
-        if declared is not None and (sg is None or sg.number != declared.number):
+        found = find_setting(ops)
+        if declared is not None and (found is None or found[0].number != declared[0].number):
             # Some files list the operators without the centring translations of their symbol.
             centred = gemmi.GroupOps([gemmi.Op(s) for s in small.symops])
-            centred.cen_ops = declared.operations().cen_ops
-            with_centring = gemmi.find_spacegroup_by_ops(centred)
-            if with_centring is not None and with_centring.number == declared.number:
+            centred.cen_ops = gemmi.symops_from_hall(declared[1]).cen_ops
+            with_centring = find_setting(centred)
+            if with_centring is not None and with_centring[0].number == declared[0].number:
                 return with_centring
-        if sg is None:
-            raise CrystalError(f"{where}: symmetry operators match no tabulated space-group setting")
-        if declared is not None and sg.number != declared.number:
+        if found is None:
+            raise CrystalError(
+                f"{where}: symmetry operators match no tabulated space-group setting, "
+                "nor one with its origin shifted by a multiple of 1/24"
+            )
+        if declared is not None and found[0].number != declared[0].number:
             warnings.warn(
-                f"{where}: the symmetry operators give {sg.hm} (No. {sg.number}) but the file "
-                f"declares {declared.hm} (No. {declared.number}); using the operators",
+                f"{where}: the symmetry operators give {found[0].hm} (No. {found[0].number}) but the file "
+                f"declares {declared[0].hm} (No. {declared[0].number}); using the operators",
                 UserWarning,
                 stacklevel=5,
             )
-        return sg
+        return found
     if small.spacegroup_hall:
         if declared is None:
             raise CrystalError(f"{where}: unknown Hall symbol {small.spacegroup_hall!r}")
         return declared
     if declared is not None:
-        if origin or declared.number not in _TWO_ORIGIN_GROUPS:
+        sg = declared[0]
+        if origin or sg.number not in _TWO_ORIGIN_GROUPS or sg.ext not in ("1", "2"):
             return declared
-        return _choose_origin(declared.number, sites_frac, sites_occ, where)
+        return _choose_origin(sg, sites_frac, sites_occ, cell, where)
     if hm:
         raise CrystalError(f"{where}: unknown space-group symbol {hm!r}")
     if small.spacegroup_number:
         sg = gemmi.find_spacegroup_by_number(small.spacegroup_number)
-        if sg is not None and sg.number in _TWO_ORIGIN_GROUPS:
-            return _choose_origin(sg.number, sites_frac, sites_occ, where)
         if sg is not None:
-            return sg
+            sg = _axes_for_cell(sg, cell, lambda other: other.hm == sg.hm)
+            if sg.number in _TWO_ORIGIN_GROUPS and sg.ext in ("1", "2"):
+                return _choose_origin(sg, sites_frac, sites_occ, cell, where)
+            return sg, sg.hall
     raise CrystalError(f"{where}: no space group (no operators, Hall or H-M symbol, or number)")
 
 
-def _choose_origin(number: int, sites_frac: np.ndarray, sites_occ, where: str) -> gemmi.SpaceGroup:
+def _setting_by_name(hm: str, origin: str, code: str, cell: tuple) -> gemmi.SpaceGroup | None:
+    """The setting a Hermann–Mauguin symbol names, given the origin choice, the
+    ``IT_coordinate_system_code`` and the cell (which decides R-group axes and, for a short
+    monoclinic symbol, the unique axis)."""
+    alpha, gamma = cell[3], cell[5]
+    sg = gemmi.find_spacegroup_by_name(f"{hm}:{origin}" if origin else hm, alpha, gamma)
+    if sg is None and origin:
+        sg = gemmi.find_spacegroup_by_name(hm, alpha, gamma)
+    if sg is None:
+        return None
+    same = [s for s in gemmi.spacegroup_table() if s.number == sg.number]
+    if code.upper() in ("H", "R") and sg.ext in ("H", "R"):
+        return next(s for s in same if s.hm == sg.hm and s.ext == code.upper())
+    if code and sg.crystal_system_str() == "monoclinic":
+        chosen = [s for s in same if s.qualifier == code]
+        if chosen:
+            return chosen[0]
+    given = "".join(hm.split())
+    return _axes_for_cell(sg, cell, lambda other: other.hm == sg.hm or _short_symbol(other) == given)
+
+
+def _axes_for_cell(sg: gemmi.SpaceGroup, cell: tuple, same_symbol) -> gemmi.SpaceGroup:
+    """``sg``, or when the cell does not fit it, the first other setting of the same group for which
+    ``same_symbol(setting)`` holds and that the cell fits (R groups: hexagonal or rhombohedral axes;
+    a short monoclinic symbol: the unique axis)."""
+    if fit_cell(sg, cell) is not None:
+        return sg
+    for other in gemmi.spacegroup_table():
+        if other.number == sg.number and same_symbol(other) and fit_cell(other, cell) is not None:
+            return other
+    return sg
+
+
+def _short_symbol(sg: gemmi.SpaceGroup) -> str:
+    """A monoclinic full symbol without its 1s (``P 1 1 21/b`` → ``P21/b``); others as written."""
+    parts = sg.hm.split()
+    if sg.crystal_system_str() == "monoclinic" and len(parts) == 4:
+        parts = [parts[0]] + [p for p in parts[1:] if p != "1"]
+    return "".join(parts)
+
+
+def _choose_origin(declared: gemmi.SpaceGroup, sites_frac: np.ndarray, sites_occ, cell: tuple,
+                   where: str) -> tuple[gemmi.SpaceGroup, str]:
     """Pick origin choice 1 or 2 for a file that does not say which.
 
     A setting in which rows pile up on one position beyond full occupancy loses. Otherwise the
-    per-site nearest-neighbour distances, sorted, are compared lexicographically and the setting
+    per-site nearest-neighbour distances [Å], sorted, are compared lexicographically and the setting
     with the longer ones wins (a wrong origin usually creates short contacts); a full tie gives
     origin choice 1, gemmi's default. On the 561 two-origin files of the shared cubic-CIF
     collection, stripped of operators and Hall symbol, this picks the file's own setting 549 times.
     """
-    settings = [sg for sg in gemmi.spacegroup_table() if sg.number == number]
+    number = declared.number
+    settings = [sg for sg in gemmi.spacegroup_table()
+                if sg.number == number and sg.hm == declared.hm and sg.ext in ("1", "2")]
+    orth = Cell(*cell).orth
     scores = []
     for sg in settings:
         rot, tra = symmetry_operations(sg.hall)
@@ -321,30 +392,33 @@ def _choose_origin(number: int, sites_frac: np.ndarray, sites_occ, where: str) -
         for r in snapped:
             orb = orbit_of(r, rot, tra)
             pos.append(np.einsum("mij,j->mi", orb.rotations, r) + orb.translations)
-        scores.append((fits, tuple(np.round(sorted(_nearest_neighbours(pos)), 6))))
+        scores.append((fits, tuple(np.round(sorted(_nearest_neighbours(pos, orth)), 6))))
     best = max(range(len(settings)), key=lambda k: scores[k])
     other = 1 - best
     warnings.warn(
         f"{where}: space group {settings[best].hm} (No. {number}) given without origin choice or "
         f"operators; took origin choice {settings[best].ext} (shortest distance "
-        f"{scores[best][1][0]:.3g} a vs {scores[other][1][0]:.3g} a"
+        f"{scores[best][1][0]:.3g} Å vs {scores[other][1][0]:.3g} Å"
         f"{'' if scores[other][0] else ' and over-full shared positions'} for choice "
         f"{settings[other].ext})",
         UserWarning,
         stacklevel=5,
     )
-    return settings[best]
+    return settings[best], settings[best].hall
 
 
-def _nearest_neighbours(positions: list[np.ndarray]) -> list[float]:
-    """Per site, the distance (units of a) from its first position to the nearest other atom."""
+def _nearest_neighbours(positions: list[np.ndarray], orth: np.ndarray) -> list[float]:
+    """Per site, the distance [Å] from its first position to the nearest other atom (``orth``: the
+    cell's fractional → Cartesian matrix, columns a, b, c)."""
     everything = np.concatenate(positions)
+    lattice = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
     out = []
     for pos in positions:
-        d = wrap_diff(pos[0][None, :] - everything)
-        dist = np.sqrt(np.sum(d * d, axis=-1))
-        dist = dist[dist > math.sqrt(3) * POS_TOL]
-        out.append(float(dist.min()) if dist.size else 1.0)
+        d = wrap_diff(pos[0][None, :] - everything)  # (N, 3)
+        cart = (d[:, None, :] + lattice[None, :, :]) @ orth.T  # (N, 27, 3)
+        dist = np.sqrt(np.sum(cart * cart, axis=-1)).ravel()
+        dist = dist[dist > np.linalg.norm(orth, axis=0).max() * math.sqrt(3) * POS_TOL]
+        out.append(float(dist.min()))
     return out
 
 
@@ -362,13 +436,17 @@ def _crystal_from_small(small, block, path, *, cell, default_b_iso) -> tuple[Cry
     only then keeps a refused file from also warning)."""
     where = path
     notes: list[str] = []
-    a, b_len, c_len, alpha, beta, gamma = cell
     lo, hi = CELL_EDGE_RANGE
-    if not lo <= a <= hi:
-        raise CrystalError(
-            f"{where}: cell edge a = {a:g} Å is outside {lo:g}-{hi:g} Å, the range lacbed-refine accepts "
-            "(a typo, or nm/pm for Å?)"
-        )
+    for axis, length in zip("abc", cell[:3]):
+        if not lo <= length <= hi:
+            raise CrystalError(
+                f"{where}: cell edge {axis} = {length:g} Å is outside {lo:g}-{hi:g} Å, the range lacbed-refine "
+                "accepts (a typo, or nm/pm for Å?)"
+            )
+    try:
+        Cell(*cell)
+    except ValueError as exc:  # angles that close no cell (e.g. α = β = γ = 150°)
+        raise CrystalError(f"{where}: {exc} (no positive volume)") from None
     n_rows = len(small.sites)
     if n_rows == 0:
         raise CrystalError(f"{where}: no atom sites")
@@ -413,22 +491,14 @@ def _crystal_from_small(small, block, path, *, cell, default_b_iso) -> tuple[Cry
         occs.append(min(occ, 1.0))
     elements = [_element(s, where) for s in small.sites]
 
-    sg = _spacegroup(small, block, fracs, occs, where)
-    if sg.number not in CUBIC_SPACE_GROUPS:
+    sg, hall = _spacegroup(small, block, fracs, occs, cell, where)
+    exact = fit_cell(sg, cell)
+    if exact is None:
         raise CrystalError(
-            f"{where}: space group {sg.hm} (No. {sg.number}) is not cubic; "
-            "lacbed-refine handles cubic groups 195-230 only"
+            f"{where}: cell ({', '.join(f'{x:g}' for x in cell)}) is not {crystal_system(sg)} although the "
+            f"space group is {sg.hm} (No. {sg.number}: {cell_constraint(sg)})"
         )
-    if not (
-        math.isclose(a, b_len, rel_tol=1e-4)
-        and math.isclose(a, c_len, rel_tol=1e-4)
-        and all(math.isclose(x, 90.0, abs_tol=1e-3) for x in (alpha, beta, gamma))
-    ):
-        raise CrystalError(
-            f"{where}: cell ({a:g}, {b_len:g}, {c_len:g}, {alpha:g}, {beta:g}, "
-            f"{gamma:g}) is not cubic although the space group is {sg.hm}"
-        )
-    rot, tra = symmetry_operations(sg.hall)
+    rot, tra = symmetry_operations(hall)
 
     sites = []
     for i, s in enumerate(small.sites):
@@ -448,7 +518,9 @@ def _crystal_from_small(small, block, path, *, cell, default_b_iso) -> tuple[Cry
     sites = _check_shared_occupancy(sites, rot, tra, where)
 
     name = _formula_name(block) or small.name or os.path.splitext(os.path.basename(path))[0]
-    return Crystal(name=name, a=float(a), hall=sg.hall, sites=tuple(sites), source=path), notes
+    unit_cell = Cell(*exact)
+    crystal = Crystal(name=name, a=unit_cell.a, hall=hall, sites=tuple(sites), source=path, cell=unit_cell)
+    return crystal, notes
 
 
 def _site_b(site, b_raw, u_raw, default_b_iso: float, where: str) -> tuple[float, str]:
@@ -524,7 +596,9 @@ def _formula_name(block) -> str:
 def write_cif(crystal: Crystal, path, *, uncertainties=None) -> None:
     """Write ``crystal`` as a CIF that :func:`read_cif` reads back to the same crystal.
 
-    The file has the cell, the space group (number, H-M symbol, Hall symbol and the full
+    The file has the full cell (a, b, c [Å], α, β, γ [°]), the space group (number, crystal system,
+    H-M symbol, Hall symbol (with its change-of-basis suffix for a shifted setting), the coordinate
+    system code (origin choice, R axes ``h``/``r``, monoclinic ``b1``/``c1``...) and the full
     ``_space_group_symop_operation_xyz`` loop, centring included) and one ``_atom_site`` row per
     site: label, type symbol, multiplicity, Wyckoff letter (``?`` when the crystal does not carry
     one), fractional x/y/z, B_iso [Å²] and occupancy. Floats are written with enough digits to read
@@ -614,6 +688,28 @@ def _quote(s: str) -> str:
     raise ValueError(f"cannot quote {s!r} for CIF (it contains both quote characters)")
 
 
+def _angle(x: float) -> str:
+    """An angle [°] for a CIF: ``90`` and ``120`` as integers (as most programs write them), other
+    values with every digit."""
+    x = float(x)
+    return str(int(x)) if x.is_integer() else repr(x)
+
+
+def _coordinate_system_code(hall: str, sg: gemmi.SpaceGroup) -> str:
+    """``_space_group_IT_coordinate_system_code`` of a tabulated setting: the origin choice (``1``,
+    ``2``), ``h``/``r`` for R-group axes, the monoclinic qualifier (``b1``, ``-c1``, ...); "" for a
+    shifted setting (its operators and Hall symbol say everything) or when there is none."""
+    if hall != sg.hall:
+        return ""
+    if sg.ext in ("1", "2"):
+        return sg.ext
+    if sg.ext in ("H", "R"):
+        return sg.ext.lower()
+    if sg.crystal_system_str() == "monoclinic" and sg.qualifier:
+        return sg.qualifier
+    return ""
+
+
 def _block_name(name: str) -> str:
     clean = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
     return clean or "crystal"
@@ -624,7 +720,7 @@ def _cif_text(crystal: Crystal, su: dict) -> str:
     if sg is None:
         raise ValueError(f"Hall symbol {crystal.hall!r} matches no tabulated space group")
     ops = gemmi.symops_from_hall(crystal.hall)
-    a = repr(float(crystal.a))
+    cell = crystal.cell
     formula = crystal.formula_sum
     lines = [
         f"# Written by lacbed-refine {__version__}",
@@ -632,20 +728,18 @@ def _cif_text(crystal: Crystal, su: dict) -> str:
         f"_chemical_formula_structural {_quote(crystal.name)}",
         f"_chemical_formula_sum {_quote(formula)}",
         "_cell_formula_units_Z 1",
-        f"_cell_length_a {a}",
-        f"_cell_length_b {a}",
-        f"_cell_length_c {a}",
-        "_cell_angle_alpha 90",
-        "_cell_angle_beta 90",
-        "_cell_angle_gamma 90",
+        *(f"_cell_length_{axis} {float(x)!r}" for axis, x in zip("abc", (cell.a, cell.b, cell.c))),
+        *(f"_cell_angle_{name} {_angle(x)}" for name, x in zip(("alpha", "beta", "gamma"),
+                                                               (cell.alpha, cell.beta, cell.gamma))),
         f"_cell_volume {crystal.volume:.4f}",
-        "_space_group_crystal_system cubic",
+        f"_space_group_crystal_system {sg.crystal_system_str()}",
         f"_space_group_IT_number {sg.number}",
         f"_space_group_name_H-M_alt {_quote(sg.hm)}",
-        f"_space_group_name_Hall {_quote(sg.hall)}",
+        f"_space_group_name_Hall {_quote(crystal.hall)}",
     ]
-    if sg.ext in ("1", "2"):
-        lines.append(f"_space_group_IT_coordinate_system_code {sg.ext}")
+    code = _coordinate_system_code(crystal.hall, sg)
+    if code:
+        lines.append(f"_space_group_IT_coordinate_system_code {_quote(code)}")
     lines += [
         f"_symmetry_Int_Tables_number {sg.number}",
         f"_symmetry_space_group_name_H-M {_quote(sg.hm)}",

@@ -1,31 +1,45 @@
-"""Cubic crystal model: CIF in and out through gemmi, and symmetry expansion to the full cell.
+"""Crystal model for any of the 230 space groups: CIF in and out through gemmi
+(:mod:`lacbed_refine.io.cif`), and symmetry expansion to the full cell.
 
-A :class:`Crystal` holds the asymmetric unit (one :class:`Site` per CIF ``_atom_site`` row) and the
-space group; :meth:`Crystal.orbits` gives, for every site, the symmetry operations that generate its
-distinct positions in the conventional cell. Keeping the operations (not just the positions) lets the
+A :class:`Crystal` holds the unit cell (:class:`~lacbed_refine.structure.cell.Cell`, any crystal
+system), the space group as a Hall symbol (any of gemmi's tabulated settings, or one of them seen from
+another origin) and the asymmetric unit (one :class:`Site` per CIF ``_atom_site`` row);
+:meth:`Crystal.orbits` gives, for every site, the symmetry operations that generate its distinct
+positions in the conventional cell. Keeping the operations (not just the positions) lets the
 refinement move a site along its symmetry-allowed directions and regenerate the cell differentiably
 (:mod:`lacbed_refine.structure.parameters`).
 
-Units: cell edge ``a`` in Å, fractional coordinates, ``b_iso`` in Å².
+Units: cell edges in Å and angles in degrees (:attr:`Crystal.cell`; :attr:`Crystal.a` is its edge a),
+fractional coordinates, ``b_iso`` in Å². Positions are kept fractional everywhere; a conversion to Å
+uses ``cell.orth`` (columns are a, b, c in FELIX's orthogonal frame: ``r_Å = cell.orth @ r_frac``).
 
 Positions closer than 1e-3 (fractional, per component, modulo 1) are the same position, as in the
-shared cubic-CIF collection. :func:`read_cif` moves a site that lies within that tolerance of a special
-position onto it exactly (e.g. 0.1249 → 0.125), so that its multiplicity, site symmetry and allowed
-displacements are exact.
+shared cubic-CIF collection. :func:`~lacbed_refine.io.cif.read_cif` moves a site that lies within that
+tolerance of a special position onto it exactly (e.g. 0.1249 → 0.125), so that its multiplicity, site
+symmetry and allowed displacements are exact.
 
-What :func:`read_cif` refuses (:class:`CrystalError`, one line naming the file) and what it only warns
-about is listed in its docstring; the limits are :data:`CELL_EDGE_RANGE` and :data:`B_ISO_LIMITS`.
+What :func:`~lacbed_refine.io.cif.read_cif` refuses (:class:`CrystalError`, one line naming the file)
+and what it only warns about is listed in its docstring; the limits are :data:`CELL_EDGE_RANGE`,
+:data:`CELL_ANGLE_RANGE` and :data:`B_ISO_LIMITS`.
+
+The [001] paths (the paper's surrogates, the dataset, the cubic Bloch engine) need a cubic cell; they
+call :meth:`Crystal.require_cubic`, which names the crystal, its space group and cell.
 
 Wyckoff letters are not computed: gemmi (0.7.5) has no Wyckoff tables. A letter given in the CIF
-(``_atom_site_Wyckoff_symbol``) is kept in :attr:`Site.wyckoff` and written back by :func:`write_cif`;
-otherwise ``?`` is written. The site multiplicity is always written.
+(``_atom_site_Wyckoff_symbol``) is kept in :attr:`Site.wyckoff` and written back by
+:func:`~lacbed_refine.io.cif.write_cif`; otherwise ``?`` is written. The site multiplicity is always
+written.
 """
 
 from __future__ import annotations
 from dataclasses import dataclass, field, replace
 import gemmi
 import numpy as np
-from lacbed_refine.structure.spacegroup import POS_TOL, stabilizer, symmetry_operations, wrap_diff
+from lacbed_refine.structure.cell import Cell
+from lacbed_refine.structure.spacegroup import (
+    POS_TOL, cell_constraint, crystal_system, find_setting, fit_cell, setting_of, stabilizer, symmetry_operations,
+    wrap_diff,
+)
 
 #: B_iso [Å²] used for a site whose CIF gives neither B nor U (FELIX's RDebyeWallerConstant in the
 #: reference runs; a typical room-temperature value for inorganic solids).
@@ -36,11 +50,17 @@ DEFAULT_B_ISO = 0.5
 CUBIC_SPACE_GROUPS = range(195, 231)
 
 
-#: Cubic cell edges [Å] that :func:`read_cif` accepts. The smallest cubic cells are ~2.4 Å (CsCl-type
-#: intermetallics, bcc metals at 2.5-3 Å); the largest cubic inorganic frameworks are ~90 Å (MIL-101).
-#: Outside 1-200 Å the number is a typo or a unit slip (nm, pm), and a Bloch-wave simulation of such a
-#: cell would need an absurd beam pool anyway.
+#: Cell edges a, b, c [Å] that :func:`~lacbed_refine.io.cif.read_cif` accepts, each. The smallest
+#: cells are ~2.4 Å (CsCl-type intermetallics, bcc metals at 2.5-3 Å; hexagonal metals have a ≈ 2.5 Å);
+#: the largest inorganic frameworks are ~90 Å (MIL-101). Outside 1-200 Å the number is a typo or a
+#: unit slip (nm, pm), and a Bloch-wave simulation of such a cell would need an absurd beam pool anyway.
 CELL_EDGE_RANGE = (1.0, 200.0)
+
+
+#: Cell angles α, β, γ [degrees] that :func:`~lacbed_refine.io.cif.read_cif` accepts, each. Reduced
+#: cells have angles of 60-120°; monoclinic β up to ~150° and rhombohedral α down to ~25° occur in
+#: real settings. An angle outside 20-160° is a typo (or radians), and the cell would be nearly flat.
+CELL_ANGLE_RANGE = (20.0, 160.0)
 
 
 #: (warn, refuse) thresholds for B_iso [Å²]. Room-temperature inorganic solids have B of 0.1-5 Å²;
@@ -51,7 +71,9 @@ B_ISO_LIMITS = (20.0, 100.0)
 
 
 class CrystalError(ValueError):
-    """A CIF that cannot be turned into a cubic :class:`Crystal`; the message names file and reason."""
+    """A CIF that cannot be turned into a :class:`Crystal`, a cell that does not fit the space group, or
+    a non-cubic crystal given to a cubic-only path; the one-line message names the file (or crystal)
+    and the reason."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +87,7 @@ class Site:
     element : str
         Element symbol (``"O"``, ``"Sr"``), charge stripped.
     frac : tuple of 3 float
-        Fractional coordinates in the conventional cubic cell.
+        Fractional coordinates in the conventional cell.
     occupancy : float
         Site occupancy in [0, 1].
     b_iso : float
@@ -111,20 +133,34 @@ class Orbit:
 
 @dataclass(frozen=True)
 class Crystal:
-    """A cubic crystal: cell edge, space group and asymmetric unit.
+    """A crystal: unit cell, space group and asymmetric unit.
+
+    ``Crystal(name, a, hall, sites)`` is a cubic crystal of edge ``a``; pass ``cell=`` for any other.
 
     Attributes
     ----------
     name : str
         Short name (chemical formula when the CIF gives one).
     a : float
-        Cubic cell edge [Å].
+        Cell edge a [Å] (the cubic edge of a cubic crystal); always ``cell.a``. For a cubic cell
+        ``a`` rules: ``dataclasses.replace(crystal, a=x)`` rescales the cell (use :meth:`with_cell` to
+        change a cell).
     hall : str
-        Hall symbol of the space-group setting (fixes origin choice).
+        Hall symbol of the space-group setting (fixes origin choice, axes and unique axis); a
+        tabulated setting seen from another origin carries a change-of-basis suffix,
+        ``"P 6c -2c (x+2/3,y+1/3,z)"``.
     sites : tuple of Site
         Asymmetric unit.
     source : str
         Where the crystal came from (a file path, or ``""``).
+    cell : Cell
+        The unit cell; None (the default) means the cubic cell ``Cell.cubic(a)``.
+
+    Raises
+    ------
+    CrystalError
+        If the cell does not fit the space group (a cubic group with a tetragonal cell, a hexagonal
+        group with γ ≠ 120°, ...), or ``a`` differs from ``cell.a`` for a non-cubic cell.
     """
 
     name: str
@@ -132,12 +168,36 @@ class Crystal:
     hall: str
     sites: tuple[Site, ...]
     source: str = ""
+    cell: Cell = None
     _orbits: tuple = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        cell = self.cell
+        if cell is None or (cell.is_cubic and cell.a != self.a):
+            cell = Cell.cubic(float(self.a))
+        elif cell.a != self.a:
+            raise CrystalError(
+                f"{self._where}: a = {self.a!r} Å differs from cell.a = {cell.a!r} Å; give a=cell.a "
+                "(or use Crystal.with_cell)"
+            )
+        object.__setattr__(self, "cell", cell)
+        sg = self.spacegroup
+        if sg is not None and fit_cell(sg, _cell_tuple(cell)) is None:
+            raise CrystalError(
+                f"{self._where}: cell {_cell_text(cell)} does not fit space group {sg.hm} "
+                f"(No. {sg.number}, {crystal_system(sg)}: {cell_constraint(sg)})"
+            )
+
+    @property
+    def _where(self) -> str:
+        return self.source or self.name or "crystal"
 
     # -- space group ------------------------------------------------------------------------
     @property
-    def spacegroup(self) -> gemmi.SpaceGroup:
-        return gemmi.find_spacegroup_by_ops(gemmi.symops_from_hall(self.hall))
+    def spacegroup(self) -> gemmi.SpaceGroup | None:
+        """gemmi's tabulated setting of :attr:`hall` (None when none matches, even after an origin
+        shift)."""
+        return setting_of(self.hall)
 
     @property
     def spacegroup_number(self) -> int:
@@ -148,9 +208,46 @@ class Crystal:
         return self.spacegroup.hm
 
     @property
+    def crystal_system(self) -> str:
+        """``"triclinic"``, ``"monoclinic"``, ``"orthorhombic"``, ``"tetragonal"``, ``"trigonal"``
+        (hexagonal axes), ``"rhombohedral"`` (a trigonal R group in rhombohedral axes),
+        ``"hexagonal"`` or ``"cubic"``."""
+        return crystal_system(self.spacegroup)
+
+    @property
     def volume(self) -> float:
         """Cell volume [Å³]."""
-        return self.a**3
+        return self.cell.volume
+
+    @property
+    def is_cubic(self) -> bool:
+        """The cell is cubic (a = b = c, α = β = γ = 90°), which the [001] paths need; the space
+        group may be any one that fits such a cell."""
+        return self.cell.is_cubic
+
+    def require_cubic(self, what: str) -> None:
+        """Raise :class:`CrystalError` unless the cell is cubic.
+
+        Parameters
+        ----------
+        what : str
+            What needs the cubic cell, as the subject of the message (``"the [001] surrogates"``).
+
+        Raises
+        ------
+        CrystalError
+            One line: the crystal (its source file when it has one), its crystal system, space group
+            and cell, and that ``what`` need a cubic cell.
+        """
+        if self.is_cubic:
+            return
+        sg = self.spacegroup
+        group = f"{sg.hm} (No. {sg.number})" if sg is not None else f"Hall {self.hall!r}"
+        system = crystal_system(sg) if sg is not None else "of unknown system"
+        raise CrystalError(
+            f"{self._where}: {self.name or 'the crystal'} is {system}, not cubic (space group {group}, "
+            f"cell {_cell_text(self.cell)}); {what} need a cubic cell"
+        )
 
     def operations(self) -> tuple[np.ndarray, np.ndarray]:
         """All space-group operations of the conventional cell, centring included.
@@ -158,6 +255,7 @@ class Crystal:
         Returns
         -------
         rotations : ndarray, shape (S, 3, 3), int
+            Acting on fractional coordinates.
         translations : ndarray, shape (S, 3), float (fractional, in [0, 1))
         """
         return symmetry_operations(self.hall)
@@ -176,6 +274,7 @@ class Crystal:
         Returns
         -------
         rotations : ndarray, shape (H, 3, 3), int
+            Acting on fractional coordinates.
         translations : ndarray, shape (H, 3), float (fractional)
         """
         rot, tra = self.operations()
@@ -220,12 +319,22 @@ class Crystal:
         """A copy with another asymmetric unit (orbits recomputed)."""
         return replace(self, sites=tuple(sites), _orbits=None)
 
+    def with_cell(self, cell: Cell) -> "Crystal":
+        """A copy with another unit cell (``a`` follows it); fractional coordinates are kept."""
+        return replace(self, a=float(cell.a), cell=cell, _orbits=None)
+
     def shifted(self, shift) -> "Crystal":
         """The same structure with every site translated by ``shift`` (fractional, 3-vector).
 
         The space-group operations are conjugated by the translation, so the result is the same
-        crystal described from another origin. Wyckoff letters are dropped (an origin shift can
-        relabel Wyckoff positions).
+        crystal described from another origin; its Hall symbol is a tabulated one, or one with a
+        change-of-basis suffix when the shifted operations are no tabulated setting. Wyckoff letters
+        are dropped (an origin shift can relabel Wyckoff positions).
+
+        Raises
+        ------
+        ValueError
+            If ``shift`` is not a multiple of 1/24.
         """
         shift = np.asarray(shift, dtype=float)
         ops = gemmi.symops_from_hall(self.hall)
@@ -235,14 +344,14 @@ class Crystal:
         if not np.allclose(np.asarray(tr.tran) / gemmi.Op.DEN, np.mod(shift, 1.0)):
             raise ValueError(f"shift must be a multiple of 1/24, got {shift!r}")
         new_ops = gemmi.GroupOps([tr.combine(op).combine(tr.inverse()) for op in ops])
-        hall = gemmi.find_spacegroup_by_ops(new_ops)
-        if hall is None:
-            raise ValueError(f"shift {shift!r} gives a setting gemmi does not tabulate")
+        found = find_setting(new_ops)
+        if found is None:
+            raise ValueError(f"shift {shift!r} gives operations that match no tabulated setting")
         sites = [
             replace(s, frac=tuple(np.mod(np.asarray(s.frac) + shift, 1.0)), wyckoff="")
             for s in self.sites
         ]
-        return replace(self, hall=hall.hall, sites=tuple(sites), _orbits=None)
+        return replace(self, hall=found[1], sites=tuple(sites), _orbits=None)
 
     @property
     def formula(self) -> str:
@@ -275,3 +384,13 @@ def orbit_of(frac: np.ndarray, rot: np.ndarray, tra: np.ndarray) -> Orbit:
         if not any(np.all(np.abs(wrap_diff(pos[s] - pos[k])) < POS_TOL) for k in keep):
             keep.append(s)
     return Orbit(rotations=rot[keep].copy(), translations=tra[keep].copy())
+
+
+def _cell_tuple(cell: Cell) -> tuple[float, ...]:
+    return (cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma)
+
+
+def _cell_text(cell: Cell) -> str:
+    """``a = 4.5937, b = 4.5937, c = 2.9587 Å, α = 90, β = 90, γ = 90°``."""
+    return (f"a = {cell.a:g}, b = {cell.b:g}, c = {cell.c:g} Å, "
+            f"α = {cell.alpha:g}, β = {cell.beta:g}, γ = {cell.gamma:g}°")
