@@ -1,18 +1,24 @@
-"""Free structural parameters of a cubic crystal and a differentiable map from them to the cell.
+"""Free structural parameters of a crystal of any cell and a differentiable map from them to the cell.
 
 A site may move only along directions that keep its site symmetry: with the site-symmetry group
 ``{(R, t) : R r + t ≡ r (mod 1)}`` (the space-group operations that leave the site in place,
-centring included), a displacement ``δ`` keeps every such operation a symmetry of the moved site
-exactly when ``R δ = δ`` for all of them. The allowed directions are an orthonormal basis of the
-null space of the stacked ``(R − I)``, brought to a readable form (reduced row echelon, then
-Gram–Schmidt): ``x,x,x`` gives ``(1, 1, 1)/√3``, ``x,x,z`` gives ``(1, 1, 0)/√2`` and ``(0, 0, 1)``,
-a general position the unit axes. In a cubic cell fractional and Cartesian directions agree up to
-the factor ``a``.
+centring included), a fractional displacement ``δ`` keeps every such operation a symmetry of the
+moved site exactly when ``R δ = δ`` for all of them. The allowed fractional directions span the null
+space of the stacked ``(R − I)``; its reduced row echelon basis is taken to Å with the cell
+(``cell.orth``, columns a, b, c in FELIX's orthogonal frame: a ∥ x, b in the xy plane) and made
+orthonormal there (Gram–Schmidt in that order), so that every direction is a unit vector in Å:
+``x,x,x`` gives ``(1, 1, 1)/√3``, ``x,x,z`` in a tetragonal or cubic cell ``(1, 1, 0)/√2`` and
+``(0, 0, 1)``, a general position the Cartesian axes x, y, z (in any cell).
 
-A parameter vector θ holds, per refined site, displacements [Å] along its allowed directions, B_iso
-[Å²] and occupancy. :meth:`FreeParameters.atoms` regenerates the full cell from θ with each site's
-orbit operations, ``r_k = R_k (r0 + δ) + t_k`` with ``δ = Σ_j θ_j d_j / a``; it is an affine
-function of θ and is differentiable by torch autograd.
+**Convention.** A parameter vector θ holds, per refined site, displacements [Å] along its allowed
+directions, B_iso [Å²] and occupancy. A displacement parameter θ_j is a length in Å along the unit
+Cartesian direction d_j (shape (3,), orthogonal frame), whatever the cell: the fractional
+displacement is ``δ = orth⁻¹ Σ_j θ_j d_j`` (``orth = crystal.cell.orth``; in a cubic cell
+``δ = Σ_j θ_j d_j / a``). :meth:`FreeParameters.atoms` regenerates the full cell from θ with each
+site's orbit operations, ``r_k = R_k (r0 + δ) + t_k`` (fractional); it is an affine function of θ and
+is differentiable by torch autograd. :meth:`FreeParameters.atoms_and_cell` adds the
+:class:`~lacbed_refine.structure.cell.Cell`, the two inputs of
+:func:`lacbed_refine.engine.general.simulate_zone`.
 
 Sites whose rows share one position (mixed occupancy) share their displacement and B parameters
 unless ``tie_shared=False``: they stay on one position and the parameter is named after the first
@@ -28,6 +34,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from lacbed_refine.structure.cell import Cell
 from lacbed_refine.structure.spacegroup import POS_TOL, shared_position_groups, wrap_diff
 from lacbed_refine.structure.crystal import Crystal
 from lacbed_refine.structure.wyckoff import rref
@@ -56,15 +63,17 @@ def allowed_directions(crystal: Crystal, index: int) -> np.ndarray:
     Returns
     -------
     directions : ndarray, shape (K, 3)
-        Orthonormal rows, K in {0, 1, 2, 3}; as fractional directions they are Cartesian ones
-        divided by ``a``.
+        Orthonormal rows in Å space (Cartesian, the cell's orthogonal frame: ``crystal.cell.orth``
+        maps fractional to Cartesian), K in {0, 1, 2, 3}. The fractional direction of row d is
+        ``inv(crystal.cell.orth) @ d`` (``d / a`` in a cubic cell).
     """
     rotations, _ = crystal.site_symmetry(index)
-    return _fixed_space(rotations)
+    return _fixed_space(rotations, crystal.cell.orth)
 
 
-def _fixed_space(rotations: np.ndarray) -> np.ndarray:
-    """Orthonormal, readable basis of {δ : R δ = δ for every R in ``rotations``}."""
+def _fixed_space(rotations: np.ndarray, orth: np.ndarray) -> np.ndarray:
+    """Orthonormal (in Å), readable basis of the Cartesian images ``orth @ δ`` of
+    {δ : R δ = δ for every R in ``rotations``} (δ fractional)."""
     eye = np.eye(3)
     stacked = (np.asarray(rotations, dtype=float) - eye).reshape(-1, 3)
     _, sv, vt = np.linalg.svd(np.vstack([stacked, np.zeros((1, 3))]))
@@ -72,7 +81,7 @@ def _fixed_space(rotations: np.ndarray) -> np.ndarray:
     basis = vt[rank:]
     if len(basis) == 0:
         return np.zeros((0, 3))
-    basis = rref(basis)
+    basis = rref(basis) @ np.asarray(orth, dtype=float).T  # rows: Cartesian images of the fractional rows
     out: list[np.ndarray] = []
     for v in basis:
         for q in out:
@@ -103,11 +112,14 @@ class FreeParameters:
     site_of : tuple of int
         Site index per entry (the first site of a tied group).
     lower, upper : ndarray, shape (P,)
-        Bounds per entry. Displacements: ±min(0.5 Å, 0.45 (d − √3·10⁻³·a)/√K), d the shortest
-        distance between two images of the site and K its number of directions, so that images
-        never merge; B in [0, max(10, B0)] Å²; occupancy in [0, 1].
+        Bounds per entry. Displacements [Å]: ±min(0.5 Å, 0.45 (d − ε)/√K), d the shortest distance
+        [Å] between two images of the site (other lattice translations included), ε the longest
+        Cartesian length of a fractional difference within the position tolerance 10⁻³ per component
+        (√3·10⁻³·a in a cubic cell) and K the number of directions, so that images never merge;
+        B in [0, max(10, B0)] Å²; occupancy in [0, 1].
     directions : tuple of ndarray
-        Per site, its allowed unit directions, shape (K, 3) (see :func:`allowed_directions`).
+        Per site, its allowed unit directions in Å space, shape (K, 3) (see
+        :func:`allowed_directions`).
     targets : tuple of tuple of int
         Per entry, the sites it acts on (more than one for tied shared-position sites).
     """
@@ -176,6 +188,37 @@ class FreeParameters:
             "b_iso": b[c["site"]],
             "site": c["site"],
         }
+
+    def atoms_and_cell(self, theta: torch.Tensor) -> tuple[dict[str, torch.Tensor], Cell]:
+        """The full cell for ``theta`` and the unit cell: the ``atoms`` and ``cell`` arguments of
+        :func:`lacbed_refine.engine.general.simulate_zone` (any cell, any zone axis).
+
+        Parameters
+        ----------
+        theta : Tensor, shape (P,)
+            As for :meth:`atoms`.
+
+        Returns
+        -------
+        atoms : dict
+            :meth:`atoms` ``(theta)``: ``frac`` (N, 3) fractional, ``Z`` (N,), ``occupancy`` (N,),
+            ``b_iso`` (N,) [Å²], ``site`` (N,); differentiable in ``theta``.
+        cell : Cell
+            ``crystal.cell`` (θ does not change the cell).
+        """
+        return self.atoms(theta), self.crystal.cell
+
+    def cartesian(self, theta: torch.Tensor) -> torch.Tensor:
+        """Atom positions [Å] for ``theta`` in the cell's orthogonal frame, ``orth @ frac``
+        (differentiable; same order as :meth:`atoms`, not wrapped into the cell).
+
+        Returns
+        -------
+        xyz : Tensor, shape (N, 3)
+        """
+        frac = self.atoms(theta)["frac"]
+        orth = torch.as_tensor(self.crystal.cell.orth, dtype=frac.dtype, device=frac.device)
+        return frac @ orth.T
 
     def to_crystal(self, theta) -> Crystal:
         """A new :class:`Crystal` with the sites moved and B/occupancy set from ``theta``.
@@ -316,8 +359,6 @@ def free_parameters(
     unknown = [lab for lab in fix if lab not in labels]
     if unknown:
         raise ValueError(f"fix names unknown site label(s) {unknown}; the crystal has {labels}")
-    if not crystal.a > 0:
-        raise ValueError(f"crystal.a must be positive (Å), got {crystal.a!r}")
     fixed = {i for i, lab in enumerate(labels) if lab in set(fix)}
 
     n_sites = len(crystal.sites)
@@ -335,6 +376,7 @@ def free_parameters(
         members[lead[i]] += (i,)
 
     directions = tuple(allowed_directions(crystal, i) for i in range(n_sites))
+    to_frac = np.linalg.inv(crystal.cell.orth)  # Å → fractional
     key = _unique_keys(labels)
 
     names, kinds, site_of, targets, lower, upper, theta0 = [], [], [], [], [], [], []
@@ -353,7 +395,7 @@ def free_parameters(
                 upper.append(bound)
                 theta0.append(0.0)
                 col = np.zeros((n_sites, 3))
-                col[list(group)] = d / crystal.a
+                col[list(group)] = to_frac @ d
                 disp_cols.append(col.ravel())
                 b_rows.append(None)
                 occ_rows.append(None)
@@ -423,13 +465,17 @@ def _displacement_bound(crystal: Crystal, index: int, n_dir: int) -> float:
     """±bound [Å] per direction such that two images of the site never come to within the
     position tolerance of each other (which would change the multiplicity)."""
     site, orb = crystal.sites[index], crystal.orbits()[index]
+    orth = crystal.cell.orth
     pos = np.einsum("mij,j->mi", orb.rotations, np.asarray(site.frac)) + orb.translations
-    if len(pos) > 1:
-        d = wrap_diff(pos[:, None, :] - pos[None, :, :])
-        dist = np.sqrt(np.sum(d * d, axis=-1))
-        shortest = float(dist[~np.eye(len(pos), dtype=bool)].min()) * crystal.a
-    else:
-        shortest = crystal.a  # the lattice repeat
-    # Images closer than √3 × tolerance may be merged; each image moves by |δ| ≤ √K × bound.
-    room = max(0.0, shortest - math.sqrt(3.0) * POS_TOL * crystal.a) / 2.0
+    lattice = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
+    d = wrap_diff(pos[:, None, :] - pos[None, :, :])  # (M, M, 3)
+    cart = (d[:, :, None, :] + lattice[None, None]) @ orth.T  # (M, M, 27, 3)
+    dist = np.sqrt(np.sum(cart * cart, axis=-1))
+    self_zero = np.eye(len(pos), dtype=bool)[:, :, None] & np.all(lattice == 0, axis=1)[None, None, :]
+    shortest = float(dist[~self_zero].min())  # another image, or the site's own lattice repeat
+    # Images closer than the tolerance (per fractional component) may be merged; the longest Å length
+    # of such a difference is at a corner of the tolerance box. Each image moves by |δ| ≤ √K × bound.
+    corners = np.array([(i, j, k) for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], dtype=float)
+    tolerance = POS_TOL * float(np.linalg.norm(corners @ orth.T, axis=1).max())
+    room = max(0.0, shortest - tolerance) / 2.0
     return min(MAX_DISPLACEMENT, 0.9 * room / math.sqrt(n_dir))
