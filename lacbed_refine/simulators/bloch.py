@@ -107,6 +107,7 @@ def simulate_crystal(
     if precision not in ("fast", "reference"):
         raise ValueError(f"precision must be 'fast' or 'reference', got {precision!r}")
     dtype = torch.float32 if precision == "fast" else torch.float64
+    crystal.require_cubic("the cubic [001] Bloch engine")
     bar = None
     callback = None
     if progress:

@@ -161,14 +161,16 @@ class ForwardSurrogate(_Surrogate):
         return self.forward(rho, thickness_nm, a_angstrom, symmetrise=symmetrise)
 
     def from_crystal(self, crystal, thickness_nm, *, table: str = "kirkland", symmetrise: bool = False):
-        """Predict from a :class:`lacbed_refine.structure.crystal.Crystal`."""
+        """Predict from a :class:`lacbed_refine.structure.crystal.Crystal` (cubic cells only)."""
+        crystal.require_cubic("the [001] surrogates")
         return self.from_atoms(crystal.atoms(), crystal.a, thickness_nm, centring=crystal.spacegroup_symbol[0], table=table,
                                symmetrise=symmetrise)
 
     def from_theta(self, params, theta: torch.Tensor, thickness_nm, *, table: str = "kirkland", symmetrise: bool = False):
         """Predict from free parameters θ (:class:`lacbed_refine.structure.parameters.FreeParameters`),
-        differentiable in ``theta`` and ``thickness_nm``."""
+        differentiable in ``theta`` and ``thickness_nm`` (cubic cells only)."""
         crystal = params.crystal
+        crystal.require_cubic("the [001] surrogates")
         return self.from_atoms(params.atoms(theta), crystal.a, thickness_nm, centring=crystal.spacegroup_symbol[0], table=table,
                                symmetrise=symmetrise)
 
