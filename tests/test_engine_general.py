@@ -199,3 +199,168 @@ def test_bird_king_quadrature_matches_adaptive_integration():
     expected = 4 * val * 2 * relativistic_gamma(200e3) * electron_wavelength(200e3)
     got = float(bird_king_form_factors(torch.tensor([q]), [31], torch.tensor([b], dtype=torch.float64), 200e3)[0, 0])
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+# --- the zone's exact symmetry and the fast paths -------------------------------------------------
+
+def _si():
+    base = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]])
+    frac = (np.concatenate([base, base + .25]) - .125) % 1.0  # Fd-3m origin choice 2: centre at the origin
+    return Cell.cubic(5.4309), dict(frac=frac, Z=np.full(8, 14), occupancy=np.ones(8), b_iso=np.full(8, 0.46)), F_CENTRING
+
+
+def _rutile():
+    x = 0.3048
+    frac = np.array([[0, 0, 0], [.5, .5, .5], [x, x, 0], [-x % 1, -x % 1, 0], [.5 + x, .5 - x, .5], [.5 - x, .5 + x, .5]])
+    atoms = dict(frac=frac, Z=np.array([22, 22, 8, 8, 8, 8]), occupancy=np.ones(6), b_iso=np.array([.45, .45, .6, .6, .6, .6]))
+    return Cell(4.5937, 4.5937, 2.9587, 90, 90, 90), atoms, [(0, 0, 0)]
+
+
+def _wurtzite():
+    u = 0.377
+    frac = np.array([[1 / 3, 2 / 3, 0], [2 / 3, 1 / 3, .5], [1 / 3, 2 / 3, u], [2 / 3, 1 / 3, .5 + u]])
+    atoms = dict(frac=frac, Z=np.array([31, 31, 7, 7]), occupancy=np.ones(4), b_iso=np.array([.35, .35, .45, .45]))
+    return Cell(3.189, 3.189, 5.185, 90, 90, 120), atoms, [(0, 0, 0)]
+
+
+def _gaas():
+    return Cell.cubic(5.6533), GAAS, F_CENTRING
+
+
+# (crystal, zone, x, normal, g_limit (float) or n_beams (int), discs, vertical group, grid part, reciprocity, bright field, pattern ops)
+SYMMETRY_CASES = {
+    # -43m along [110]: one vertical mirror (y → −y); reciprocity adds the 2-fold: BF 2mm (= mm2, m1_R)
+    "GaAs [110]": (_gaas, (1, 1, 0), (0, 0, 1), None, 1.46, [(0, 0, 0), (0, 0, 2), (1, -1, 1), (-1, 1, -1)],
+                   "m", "m", True, "2mm", 4),
+    # a tilted surface normal keeps the mirror (it lies in the mirror plane) but breaks reciprocity
+    "GaAs [110], normal [331]": (_gaas, (1, 1, 0), (0, 0, 1), (3, 3, 1), 1.46, [(0, 0, 0), (1, -1, 1)],
+                                 "m", "m", False, "m", 2),
+    # Fd-3m along [111]: 3m; of it the grid admits the mirror x → −x; the 30 HOLZ beams rule out
+    # reciprocity (BF 3m, not 6mm)
+    "Si [111]": (_si, (1, 1, 1), (1, -1, 0), None, 1.8, [(0, 0, 0), (2, -2, 0), (-2, 2, 0), (2, 0, -2)],
+                 "3m", "m", False, "3m", 2),
+    # P4_2/mnm along [001]: 4mm (the 4_2 screw and n glides enter only as phases), all on the grid
+    "rutile [001]": (_rutile, (0, 0, 1), (1, 0, 0), None, 1.14, [(0, 0, 0), (2, 0, 0), (1, 1, 0), (1, -1, 0)],
+                     "4mm", "4mm", True, "4mm", 8),
+    # P6_3mc along [100]: the c-glide is the one vertical mirror; BF 2mm
+    "GaN [100]": (_wurtzite, (1, 0, 0), (0, 0, 1), None, 1.4, [(0, 0, 0), (0, 0, 1), (0, 1, 1), (0, 1, -1)],
+                  "m", "m", True, "2mm", 4),
+    # hexagonal [001]: 6mm, of which the square grid admits 2mm (the 6- and 3-folds are not used)
+    "GaN [001]": (_wurtzite, (0, 0, 1), (1, 0, 0), None, 60, [(0, 0, 0), (1, 0, 0), (1, 1, 0)],
+                  "6mm", "2mm", True, "6mm", 4),
+    # the same with FELIX's pool rule at RgLimit 1.2: its index box ±3 cuts the rounded-up |g| circle,
+    # so the pool itself has only 2mm (mirrors at 30° and 120°, off the grid): the 2-fold is used
+    "GaN [001], FELIX's index box": (_wurtzite, (0, 0, 1), (1, 0, 0), None, 1.2, [(0, 0, 0), (1, 0, 0)],
+                                     "2mm", "2", True, "2mm", 2),
+}
+
+
+@pytest.mark.parametrize("case", list(SYMMETRY_CASES))
+def test_zone_symmetry_is_found_and_the_wedge_is_exact(case):
+    """The symmetry found numerically is the zone's, and the wedge filled by it equals every pixel
+    solved (float64, FELIX's strong-beam rule, dark-field discs) to 1e-10."""
+    from lacbed_refine.engine.general import zone_symmetry
+
+    make, uvw, x, normal, g_limit, discs, name, grid, recip, bf, n_ops = SYMMETRY_CASES[case]
+    cell, atoms, centring = make()
+    zone = ZoneAxis(uvw, x, normal)
+    limit = dict(n_beams=g_limit) if isinstance(g_limit, int) else dict(g_limit=g_limit)
+    beams = zone_beam_pool(cell, zone, centring, 200e3, **limit)
+    sym = zone_symmetry(atoms, cell, zone, beams, voltage=200e3)
+    assert (sym.name, sym.grid_name, sym.reciprocity, sym.bright_field_name, len(sym.pattern_ops)) == (name, grid, recip, bf, n_ops)
+    kw = dict(voltage=200e3, size=16, half_width=0.5, reflections=discs, strong_beams=len(beams) - 3, mean_absorption=False)
+    with torch.no_grad():
+        wedge, info = simulate_zone(atoms, cell, zone, beams, torch.tensor(THICK_A), use_symmetry=True, return_info=True, **kw)
+        every = simulate_zone(atoms, cell, zone, beams, torch.tensor(THICK_A), use_symmetry=False, **kw)
+    assert info.symmetry_ops == n_ops and info.pixels_computed < 16 * 16
+    assert (wedge - every).abs().max() < 1e-10
+
+
+def test_wedge_is_exact_with_absorption():
+    """Bird–King and proportional absorption (the general eigenproblem, reciprocity through Aᵀ)."""
+    cell, atoms, centring = _gaas()
+    zone = ZoneAxis((1, 1, 0), (0, 0, 1))
+    beams = zone_beam_pool(cell, zone, centring, 200e3, g_limit=1.2)
+    for model in ("bird-king", "proportional"):
+        kw = dict(voltage=200e3, size=12, half_width=0.5, reflections=[(0, 0, 0), (1, -1, 1), (0, 0, -2)],
+                  strong_beams=len(beams) - 2, absorption_model=model, absorption=4.0)
+        with torch.no_grad():
+            wedge, info = simulate_zone(atoms, cell, zone, beams, torch.tensor(THICK_A), return_info=True, **kw)
+            every = simulate_zone(atoms, cell, zone, beams, torch.tensor(THICK_A), use_symmetry=False, **kw)
+        assert info.symmetry_ops == 4 and not info.real_symmetric
+        assert (wedge - every).abs().max() < 1e-10
+
+
+def test_broken_symmetry_is_not_used():
+    cell, atoms, centring = _gaas()
+    moved = dict(atoms, frac=atoms["frac"] + np.array([[0.01, 0, 0]] + [[0, 0, 0]] * 7))
+    zone = ZoneAxis((1, 1, 0), (0, 0, 1))
+    beams = zone_beam_pool(cell, zone, centring, 200e3, n_beams=30)
+    from lacbed_refine.engine.general import zone_symmetry
+
+    sym = zone_symmetry(moved, cell, zone, beams, voltage=200e3)
+    assert sym.name == "1" and len(sym.pattern_ops) == 2  # reciprocity alone remains (ZOLZ pool)
+    with torch.no_grad():
+        a = simulate_zone(moved, cell, zone, beams, torch.tensor([900.0]), voltage=200e3, size=8, half_width=0.4,
+                          reflections=[(0, 0, 0), (1, -1, 1)])
+        b = simulate_zone(moved, cell, zone, beams, torch.tensor([900.0]), voltage=200e3, size=8, half_width=0.4,
+                          reflections=[(0, 0, 0), (1, -1, 1)], use_symmetry=False)
+    assert (a - b).abs().max() < 1e-10
+
+
+def test_float32_workers_and_thickness_paths():
+    """float32 loses < 5e-4 of the incident intensity; worker processes change nothing; the
+    matrix-exponential path (thicknesses on a common step) equals the eigen-decomposition."""
+    cell, atoms, centring = _gaas()
+    zone = ZoneAxis((1, 1, 0), (0, 0, 1))
+    beams = zone_beam_pool(cell, zone, centring, 200e3, g_limit=1.2)
+    kw = dict(voltage=200e3, size=16, half_width=0.5, reflections=[(0, 0, 0), (1, -1, 1), (0, 0, 2)],
+              strong_beams=len(beams) - 2, mean_absorption=False)
+    with torch.no_grad():
+        ref = simulate_zone(atoms, cell, zone, beams, torch.tensor(THICK_A), **kw)
+        single = simulate_zone(atoms, cell, zone, beams, torch.tensor(THICK_A), dtype=torch.float32, **kw)
+        two = simulate_zone(atoms, cell, zone, beams, torch.tensor(THICK_A), workers=2, **kw)
+        bk = dict(kw, absorption_model="bird-king")
+        grid = simulate_zone(atoms, cell, zone, beams, torch.tensor([500.0, 1000.0]), **bk)  # exp(iAΔ) powers
+        eig = simulate_zone(atoms, cell, zone, beams, torch.tensor([500.0, 1000.0, 1234.5]), **bk)  # eigenvectors
+    assert single.dtype == torch.float32
+    assert (single.double() - ref).abs().max() < 5e-4
+    assert (two - ref).abs().max() < 1e-12
+    assert (grid - eig[:2]).abs().max() < 1e-10
+
+
+def test_strong_mask_without_the_loop_is_felix_rule():
+    from lacbed_refine.engine.bloch import felix_strong_mask
+    from lacbed_refine.engine.general import _strong_mask
+
+    gen = torch.Generator().manual_seed(3)
+    s = (torch.rand(500, 60, generator=gen, dtype=torch.float64) - 0.5) * 0.6
+    s[:, 0] = 0
+    u0 = torch.rand(60, generator=gen, dtype=torch.float64) * 0.02
+    for m in (2, 10, 30, 59):
+        assert torch.equal(_strong_mask(s, u0, m), felix_strong_mask(s, u0, m))
+
+
+@pytest.mark.parametrize("case", ["rutile", "GaAs absorbing"])
+def test_gradients_through_the_wedge_for_symmetric_parameters(case):
+    """With ``use_symmetry=True`` the wedge (and the real path for rutile) stays on the gradient
+    path; B of each species keeps the symmetry, so the gradients are exact."""
+    if case == "rutile":
+        cell, atoms, centring = _rutile()
+        zone, refl, extra = ZoneAxis((0, 0, 1), (1, 0, 0)), [(0, 0, 0), (1, 1, 0)], {}
+    else:
+        cell, atoms, centring = _gaas()
+        zone, refl, extra = ZoneAxis((1, 1, 0), (0, 0, 1)), [(0, 0, 0), (1, -1, 1)], dict(absorption=3.0)
+    beams = zone_beam_pool(cell, zone, centring, 200e3, n_beams=15)
+    species = torch.as_tensor(atoms["Z"] == atoms["Z"][0])
+
+    def f(b2, t):
+        b = torch.where(species, b2[0], b2[1])
+        out, info = simulate_zone(dict(atoms, b_iso=b), cell, zone, beams, t, voltage=200e3, size=4, half_width=0.3,
+                                  reflections=refl, use_symmetry=True, return_info=True, **extra)
+        assert info.symmetry_ops > 1 and info.pixels_computed < 16
+        return out
+
+    b2 = torch.tensor([0.5, 0.6], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([400.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (b2, t), eps=1e-6, atol=1e-5, rtol=1e-4)

@@ -5,30 +5,327 @@ Per pixel: tilted wave vector k′ = (k_x, k_y, √(K² − k_x² − k_y²)) in
 (:mod:`.zone`); exact excitation errors s_g for every pool beam (HOLZ included); structure matrix
 A = diag(s_g) + 4π² U_{g_i − g_j} / 2K (U₀₀ = 0, 2π units), optionally FELIX's per-pixel strong-beam
 rule, then divided by √(f_i f_j) with the surface-normal factor f_g = 1 + g·n̂/(k′·n̂); ψ(t) = exp(iAt) e₀
-for all thicknesses from one decomposition (:mod:`lacbed_refine.engine.propagation`); I_g = |ψ_g|² / f_g.
+for all thicknesses from one decomposition; I_g = |ψ_g|² / f_g.
 
-This path computes every pixel (no symmetry wedge yet); the [001] cubic engine
-(:mod:`lacbed_refine.engine.bloch`) keeps its faster specialised path.
+Speed comes from:
+
+- the zone's exact symmetry, found numerically (:mod:`.zone_symmetry`): only a wedge of pixels is
+  solved and the rest filled by the vertical operations that map the pixel grid onto itself and, for
+  a zero-order-Laue-zone pool with normal factors 1, by reciprocity (A(−k) = P A(k)ᵀ P: one
+  decomposition gives the pixel at −k too, every disc);
+- a real symmetric eigenproblem when beam phases exist that make the couplings real (no absorption;
+  centrosymmetric projections), a complex Hermitian one otherwise without absorption, the general
+  complex one only with absorption;
+- FELIX's strong-beam rule solved as smaller matrices: each pixel keeps its strong beams (plus the
+  beams the outputs need, decoupled where weak), and pixels with the same count are solved together;
+- pixels batched through one LAPACK call per chunk, float32 on request, and worker processes over
+  chunks (``workers``) for calls that need no gradient.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from lacbed_refine.engine.bloch import beam_pool, felix_strong_mask
 from lacbed_refine.conventions import wavevector_2pi
+from lacbed_refine.engine.bloch import EngineInfo, _process_pool, beam_pool, engine_chunk
 from lacbed_refine.engine.geometry import tilt_grid
-from lacbed_refine.physics.absorption import ABSORPTION_MODELS, absorptive_ug
+from lacbed_refine.engine.pattern_symmetry import pixel_wedge
 from lacbed_refine.engine.propagation import propagate
+from lacbed_refine.engine.zone import ZoneAxis, beam_vectors, excitation_errors_3d, normal_factor, tilted_wavevectors
+from lacbed_refine.engine.zone_symmetry import ZoneSymmetry, realifying_phases, structure_matrix_symmetry
+from lacbed_refine.physics.absorption import ABSORPTION_MODELS, absorptive_ug
+from lacbed_refine.physics.structure_factors import ug_for_cell
 from lacbed_refine.runtime import single_thread
 from lacbed_refine.structure.cell import Cell
-from lacbed_refine.physics.structure_factors import ug_for_cell
-from lacbed_refine.engine.zone import ZoneAxis, beam_vectors, excitation_errors_3d, normal_factor, tilted_wavevectors
 
-__all__ = ["simulate_zone"]
+__all__ = ["simulate_zone", "zone_symmetry"]
+
+
+def _couplings(atoms, cell, pool, *, voltage, absorption, absorption_model, form_factors):
+    """U of every beam difference and the absorptive U′ (or None), both complex (D,) [Å⁻²]."""
+    frac = torch.as_tensor(atoms["frac"], dtype=torch.float64)
+    occ = torch.as_tensor(atoms["occupancy"], dtype=torch.float64)
+    b = torch.as_tensor(atoms["b_iso"], dtype=torch.float64)
+    u_diffs = ug_for_cell(pool.diffs, frac, atoms["Z"], occ, b, cell, voltage=voltage, table=form_factors)
+    if absorption_model not in ABSORPTION_MODELS:
+        raise ValueError(f"absorption model {absorption_model!r}: use one of {', '.join(ABSORPTION_MODELS)}")
+    u_abs = None
+    if absorption_model == "proportional" and absorption:
+        u_abs = 1j * (absorption / 100.0) * u_diffs
+    elif absorption_model == "bird-king":
+        u_abs = absorptive_ug(pool.diffs, frac, atoms["Z"], occ, b, cell, voltage=voltage)
+    return u_diffs, u_abs
+
+
+def zone_symmetry(
+    atoms: dict,
+    cell: Cell,
+    zone: ZoneAxis,
+    beams: np.ndarray,
+    *,
+    voltage: float,
+    absorption: float = 0.0,
+    absorption_model: str = "proportional",
+    form_factors: str = "kirkland",
+) -> ZoneSymmetry:
+    """The exact symmetry :func:`simulate_zone` finds and uses for a crystal at a zone axis.
+
+    Parameters are those of :func:`simulate_zone`. Returns a
+    :class:`~lacbed_refine.engine.zone_symmetry.ZoneSymmetry`: ``name`` (the vertical operations'
+    2-D point group), ``grid_name`` (the part the pixel grid admits), ``reciprocity`` and
+    ``bright_field_name``.
+    """
+    pool = beam_pool(beams)
+    with torch.no_grad():
+        u, u_abs = _couplings(atoms, cell, pool, voltage=voltage, absorption=absorption,
+                              absorption_model=absorption_model, form_factors=form_factors)
+        total = (u if u_abs is None else u + u_abs).numpy()
+    return structure_matrix_symmetry(beam_vectors(cell, zone, pool.hkl), total[pool.diff_index], zone.normal_vector(cell))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a chunk of pixels needs besides its excitation errors (picklable for workers).
+
+    ``off`` is the coupling matrix (n, n) of the whole pool (real, or complex); every pixel's matrix
+    holds the ``forced`` beams first (000, then the rows the outputs are read from), then its other
+    strong beams. ``rows_i``/``rows_j`` are positions in ``forced``: the amplitudes ψ_g = [exp(iAt)]_{g0}
+    and the row amplitudes [exp(iAt)]_{0g} (reciprocity) to return.
+    """
+
+    off: torch.Tensor
+    thickness: torch.Tensor
+    forced: torch.Tensor
+    order: torch.Tensor
+    rows_i: torch.Tensor
+    rows_j: torch.Tensor
+    u0: torch.Tensor | None
+    m: int | None
+    kind: str  # "real", "hermitian" or "general"
+    threads: int = 1
+
+
+def _strong_mask(s: torch.Tensor, u0: torch.Tensor, m: int) -> torch.Tensor:
+    """FELIX's strong-beam rule, the same mask as :func:`lacbed_refine.engine.bloch.felix_strong_mask`
+    without its loop over S: strong if |s_g| < S or |U_g0/s_g| ≥ 0.5, with S the first of 0.005,
+    0.010, … [rad/Å] (accumulated in float64 as FELIX and that loop do) giving at least m beams.
+    Returns bool, shape (P, n)."""
+    a = s.abs()
+    strength = u0[None, :] / a.clamp_min(1e-300) >= 0.5
+    strength[:, 0] = True  # 000: FELIX's strength 1000
+    need = m - strength.sum(1)  # beams still to take by |s_g|, per pixel
+    ranked = torch.where(strength, torch.full_like(a, float("inf")), a).sort(dim=1).values
+    k = need.clamp(min=1, max=a.shape[1]) - 1
+    v = torch.gather(ranked, 1, k[:, None])[:, 0]  # the need-th smallest |s_g| of the other beams
+    top = float(v[torch.isfinite(v)].max()) if bool(torch.isfinite(v).any()) else 0.0
+    steps, limit = [], 0.005
+    while True:
+        steps.append(limit)
+        if limit > top:
+            break
+        limit = limit + 0.005
+    seq = torch.tensor(steps, dtype=s.dtype)
+    j = torch.searchsorted(seq, v.contiguous(), right=True).clamp(max=len(seq) - 1)
+    limit = torch.where(need > 0, seq[j], seq[0])
+    return (a < limit[:, None]) | strength
+
+
+def _group_matrices(plan: _Plan, s: torch.Tensor, keep: torch.Tensor | None):
+    """Pixel groups of equal matrix size: (pixel positions, beam indices (P_g, m)) pairs."""
+    p, n = s.shape
+    if keep is None:
+        return [(None, plan.order.expand(p, n))]
+    forced = plan.forced
+    extra = keep.clone()
+    extra[:, forced] = False
+    count = extra.sum(1)
+    ar = torch.arange(n, device=s.device)
+    first = torch.where(extra, ar, ar + n).sort(dim=1).values  # strong non-forced beams first, in pool order
+    groups = []
+    for c in torch.unique(count).tolist():
+        sel = torch.nonzero(count == c).squeeze(1)
+        idx = torch.cat([forced.expand(len(sel), -1), first[sel, :c]], dim=1)
+        groups.append((sel, idx))
+    return groups
+
+
+def _thickness_steps(thickness: torch.Tensor) -> tuple[float, list[int]] | None:
+    """A step Δ [Å] of which every thickness is a whole multiple (at most 64), or None."""
+    t = [float(x) for x in thickness.detach().reshape(-1).tolist()]
+    positive = [x for x in t if x > 0]
+    if not positive or min(t) < 0:
+        return None
+    for q in range(1, 9):
+        step = min(positive) / q
+        mult = [x / step for x in t]
+        if all(abs(v - round(v)) < 1e-9 for v in mult) and max(mult) <= 64:
+            return step, [int(round(v)) for v in mult]
+    return None
+
+
+def _expm(X: torch.Tensor) -> torch.Tensor:
+    """exp(X) of a batch of complex matrices (P, m, m) by scaling and squaring a Taylor polynomial
+    (degree 16, or 8 in single precision; the truncation below the unit roundoff at the scaled
+    1-norm), evaluated with Paterson–Stockmeyer blocks of four."""
+    single = X.dtype == torch.complex64
+    deg, theta = (8, 0.65) if single else (16, 0.8)
+    norm = float(X.abs().sum(-2).amax()) if X.numel() else 0.0
+    sq = max(0, math.ceil(math.log2(norm / theta))) if norm > 0 else 0
+    X = X / 2.0**sq
+    eye = torch.eye(X.shape[-1], dtype=X.dtype)
+    x2 = X @ X
+    powers = [eye, X, x2, x2 @ X]
+    x4 = x2 @ x2
+    coef = [1.0 / math.factorial(k) for k in range(deg + 1)]
+
+    def block(j):
+        out = coef[4 * j] * eye
+        for r in range(1, 4):
+            if 4 * j + r <= deg:
+                out = out + coef[4 * j + r] * powers[r]
+        return out
+
+    E = block(deg // 4).expand_as(X)
+    for j in range(deg // 4 - 1, -1, -1):
+        E = E @ x4 + block(j)
+    for _ in range(sq):
+        E = E @ E
+    return E
+
+
+def _expm_amplitudes(A: torch.Tensor, step: float, mult: list[int], rows_i, rows_j):
+    """As :func:`_amplitudes` for thicknesses ``mult`` × ``step`` [Å], through E = exp(iAΔ) and its
+    powers applied to e₀ (column) and e₀ᵀ (row): for the general (absorbing) matrix this is ~2–3×
+    faster than the eigen-decomposition and its inverse. A scalar shift of the diagonal (the mean
+    excitation error) only changes a common phase, so it is taken out to shrink the norm."""
+    n = A.shape[-1]
+    diag = A.diagonal(dim1=-2, dim2=-1)
+    shift = diag.real.mean(-1)
+    X = A.clone()
+    X.diagonal(dim1=-2, dim2=-1).sub_(shift[:, None].to(A.dtype))
+    E = _expm(1j * step * X)
+    v = torch.zeros(A.shape[:-1] + (1,), dtype=A.dtype)
+    v[..., 0, 0] = 1
+    w = v.mT.clone()
+    cols, rows = {0: v[..., 0]}, {0: w[..., 0, :]}
+    for k in range(1, max(mult) + 1):
+        v = E @ v
+        cols[k] = v[..., 0]
+        if len(rows_j):
+            w = w @ E
+            rows[k] = w[..., 0, :]
+    psi_i = torch.stack([cols[k][..., rows_i] for k in mult], dim=1)  # (P, T, R_i)
+    out_i = psi_i.real**2 + psi_i.imag**2
+    if not len(rows_j):
+        return out_i, out_i[..., :0]
+    psi_j = torch.stack([rows[k][..., rows_j] for k in mult], dim=1)
+    return out_i, psi_j.real**2 + psi_j.imag**2
+
+
+def _amplitudes(A: torch.Tensor, thickness: torch.Tensor, rows_i, rows_j, kind: str):
+    """|[exp(iAt)]_{g0}|² for g in rows_i and |[exp(iAt)]_{0g}|² for g in rows_j, from one
+    eigen-decomposition (forward only): shapes (P, T, R_i), (P, T, R_j)."""
+    t = thickness.to(A.real.dtype)
+    if kind == "general" and (steps := _thickness_steps(thickness)) is not None:
+        return _expm_amplitudes(A, *steps, rows_i, rows_j)
+    if kind == "general":
+        lam, C = torch.linalg.eig(A)
+        if len(rows_j):
+            Ci = torch.linalg.inv(C)
+            c0 = Ci[..., :, 0]
+        else:
+            e0 = torch.zeros(A.shape[:-1] + (1,), dtype=C.dtype)
+            e0[..., 0, 0] = 1
+            c0 = torch.linalg.solve(C, e0)[..., 0]
+        phase = torch.exp(1j * lam[..., None, :] * t[:, None].to(lam.dtype))  # (P, T, m)
+        psi_i = torch.matmul(phase * c0[..., None, :], C[..., rows_i, :].mT)  # (P, T, R_i)
+        out_i = psi_i.real**2 + psi_i.imag**2
+        if not len(rows_j):
+            return out_i, out_i[..., :0]
+        psi_j = torch.matmul(phase * C[..., 0, None, :], Ci[..., :, rows_j])
+        return out_i, psi_j.real**2 + psi_j.imag**2
+    # a scalar shift of the diagonal changes only a common phase; taking out the mean excitation
+    # error shrinks |λ| and with it the rounding of λ t (float32)
+    A.diagonal(dim1=-2, dim2=-1).sub_(A.diagonal(dim1=-2, dim2=-1).real.mean(-1, keepdim=True).to(A.dtype))
+    lam, C = torch.linalg.eigh(A)
+    arg = lam.double()[..., None, :] * thickness.double()[:, None]  # (P, T, m), real
+    if kind == "real":
+        # real eigenvectors: real and imaginary parts of ψ by two real products
+        w = C[..., 0, None, :]
+        rows = C[..., rows_i, :].mT
+        re = torch.matmul(torch.cos(arg).to(w.dtype) * w, rows)
+        im = torch.matmul(torch.sin(arg).to(w.dtype) * w, rows)
+        out_i = re**2 + im**2
+        return out_i, out_i[..., :0]
+    phase = torch.polar(torch.ones_like(arg), arg).to(C.dtype)
+    psi_i = torch.matmul(phase * C[..., 0, None, :].conj(), C[..., rows_i, :].mT)
+    out_i = psi_i.real**2 + psi_i.imag**2
+    if not len(rows_j):
+        return out_i, out_i[..., :0]
+    psi_j = torch.matmul(phase * C[..., 0, None, :], C[..., rows_j, :].conj().mT)
+    return out_i, psi_j.real**2 + psi_j.imag**2
+
+
+def _chunk_intensities(plan: _Plan, s: torch.Tensor, f: torch.Tensor | None, keep: torch.Tensor | None):
+    """Intensities of a chunk of pixels: I at ``rows_i`` (divided by the normal factor) and the row
+    intensities at ``rows_j``, shapes (P, T, R_i), (P, T, R_j)."""
+    off = plan.off
+    grad = torch.is_grad_enabled() and (off.requires_grad or plan.thickness.requires_grad)
+    p, nf = s.shape[0], len(plan.forced)
+    out_i = torch.empty(p, len(plan.thickness), len(plan.rows_i), dtype=off.real.dtype)
+    out_j = torch.empty(p, len(plan.thickness), len(plan.rows_j), dtype=off.real.dtype)
+    parts = []
+    for sel, idx in _group_matrices(plan, s, keep):
+        if sel is None:
+            base = off[plan.order][:, plan.order]
+            A = base.expand(p, *base.shape)
+            A = A if grad else A.clone()
+            s_sub = s[:, plan.order]
+            f_sub = None if f is None else f[:, plan.order]
+        else:
+            A = off[idx[:, :, None], idx[:, None, :]]
+            s_sub = torch.gather(s[sel], 1, idx)
+            f_sub = None if f is None else torch.gather(f[sel], 1, idx)
+            # the beams after the forced ones are strong by construction: decouple the weak forced ones
+            kf = torch.gather(keep[sel], 1, idx[:, :nf])
+            if not bool(kf.all()):
+                w = torch.ones(idx.shape, dtype=A.real.dtype)
+                w[:, :nf] = kf.to(w.dtype)
+                if grad:
+                    A = A * (w[:, :, None] * w[:, None, :]).to(A.dtype)
+                else:
+                    A[:, :nf, :] *= w[:, :nf, None].to(A.dtype)
+                    A[:, :, :nf] *= w[:, None, :nf].to(A.dtype)
+        if grad:
+            A = A + torch.diag_embed(s_sub.to(A.dtype))
+        else:
+            A.diagonal(dim1=-2, dim2=-1).add_(s_sub.to(A.dtype))
+        if f_sub is not None:
+            d = torch.rsqrt(f_sub).to(A.dtype)
+            A = A * d[:, :, None] * d[:, None, :]
+        if grad:
+            psi = propagate(A, plan.thickness, plan.rows_i, hermitian=plan.kind != "general", threads=plan.threads)
+            ii, jj = psi.real**2 + psi.imag**2, None
+        else:
+            ii, jj = _amplitudes(A, plan.thickness, plan.rows_i, plan.rows_j, plan.kind)
+        if f_sub is not None:
+            ii = ii / f_sub[:, None, plan.rows_i].to(ii.dtype)
+        if sel is None:
+            return ii, (out_j if jj is None else jj)
+        parts.append((sel, ii, jj))
+    if grad:
+        order = torch.cat([sel for sel, _, _ in parts])
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(len(order))
+        return torch.cat([ii for _, ii, _ in parts])[inv], out_j
+    for sel, ii, jj in parts:
+        out_i[sel] = ii
+        out_j[sel] = jj
+    return out_i, out_j
 
 
 def simulate_zone(
@@ -51,7 +348,10 @@ def simulate_zone(
     pixels: np.ndarray | None = None,
     chunk: int = 512,
     threads: int = 1,
-) -> torch.Tensor:
+    use_symmetry: bool | None = None,
+    workers: int = 1,
+    return_info: bool = False,
+):
     """LACBED intensities of a crystal at a zone axis.
 
     Parameters
@@ -86,74 +386,183 @@ def simulate_zone(
         Keep the uniform attenuation from U′₀ (FELIX drops it).
     form_factors : {"kirkland", "peng"}
     dtype : torch.float32 or torch.float64
-        Real precision of the eigenproblem.
+        Real precision of the eigenproblem (float32 is ~1.5–2× faster; intensities then differ by
+        ~1e-5–1e-4 from float64 at 2000 Å).
     pixels : ndarray of int, optional
         Flat pixel indices (row-major) to compute; default all. The result then has shape (T, R, P).
     chunk : int
-        Pixels per batched eigen-decomposition.
+        Pixels per batched eigen-decomposition (at most).
     threads : int
-        Python threads over the pixels of each chunk.
+        Python threads over the pixels of each chunk, for calls that need gradients.
+    use_symmetry : bool, optional
+        Use the zone's exact symmetry (:func:`zone_symmetry`): solve a wedge of pixels and the real
+        eigenproblem where it exists. None (default): only when no gradient with respect to the
+        atoms is needed — the symmetry holds at the given structure, so with it the gradients are
+        exact only along parameter changes that keep it (as symmetry-constrained refinement
+        parameters do); pass True for those. Gradients with respect to thickness are always exact.
+    workers : int
+        Worker processes over chunks of pixels for calls that need no gradient (each runs one
+        thread; the pool is created on first use and kept).
+    return_info : bool
+        Also return an :class:`~lacbed_refine.engine.bloch.EngineInfo` (symmetry operations used,
+        pixels solved, real path, dtype).
 
     Returns
     -------
     Tensor, shape (T, R, size, size), or (T, R, P) with ``pixels``; fractions of the incident beam.
+    With ``return_info``, a pair (intensities, info).
     """
+    with single_thread():
+        return _simulate_zone(atoms, cell, zone, beams, thickness, voltage=voltage, size=size, half_width=half_width,
+                              reflections=reflections, strong_beams=strong_beams, absorption=absorption,
+                              absorption_model=absorption_model, mean_absorption=mean_absorption,
+                              form_factors=form_factors, dtype=dtype, pixels=pixels, chunk=chunk, threads=threads,
+                              use_symmetry=use_symmetry, workers=workers, return_info=return_info)
+
+
+def _simulate_zone(atoms, cell, zone, beams, thickness, *, voltage, size, half_width, reflections, strong_beams,
+                   absorption, absorption_model, mean_absorption, form_factors, dtype, pixels, chunk, threads,
+                   use_symmetry, workers, return_info):
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype {dtype!r}: use torch.float32 or torch.float64")
     beams = np.asarray(beams, dtype=np.int64)
     pool = beam_pool(beams)
     n = pool.size
-    out_idx = torch.as_tensor([pool.index_of(r) for r in reflections])
+    out_idx = np.array([pool.index_of(r) for r in reflections], dtype=np.int64)
     big_k = wavevector_2pi(voltage)
 
-    frac = torch.as_tensor(atoms["frac"], dtype=torch.float64)
-    occ = torch.as_tensor(atoms["occupancy"], dtype=torch.float64)
-    b = torch.as_tensor(atoms["b_iso"], dtype=torch.float64)
-    u_diffs = ug_for_cell(pool.diffs, frac, atoms["Z"], occ, b, cell, voltage=voltage, table=form_factors)
-    if absorption_model not in ABSORPTION_MODELS:
-        raise ValueError(f"absorption model {absorption_model!r}: use one of {', '.join(ABSORPTION_MODELS)}")
-    u_abs = None
-    if absorption_model == "proportional" and absorption:
-        u_abs = 1j * (absorption / 100.0) * u_diffs
-    elif absorption_model == "bird-king":
-        u_abs = absorptive_ug(pool.diffs, frac, atoms["Z"], occ, b, cell, voltage=voltage)
+    u_diffs, u_abs = _couplings(atoms, cell, pool, voltage=voltage, absorption=absorption,
+                                absorption_model=absorption_model, form_factors=form_factors)
+    structure_grad = torch.is_grad_enabled() and any(
+        isinstance(atoms[k], torch.Tensor) and atoms[k].requires_grad for k in ("frac", "occupancy", "b_iso"))
+    thickness = torch.as_tensor(thickness)
+    needs_grad = structure_grad or (torch.is_grad_enabled() and thickness.requires_grad)
+    symmetric = (not structure_grad) if use_symmetry is None else bool(use_symmetry)
+
     coef = 4 * math.pi**2 / (2 * big_k)  # U [Å⁻²] → structure-matrix element [rad/Å]
     u_total = u_diffs if u_abs is None else u_diffs + u_abs
     dindex = torch.as_tensor(pool.diff_index)
     eye = torch.eye(n, dtype=torch.float64)
     off = coef * u_total[dindex] * (1 - eye)  # U₀₀ = U′₀₀ = 0 off the diagonal, as FELIX
+    u0 = u_total.detach()[dindex[:, 0]].abs()  # FELIX tests strength with the absorbing U
+    off_np = off.detach().numpy()
+
+    g_np = beam_vectors(cell, zone, beams)
+    g = torch.as_tensor(g_np)
+    normal = zone.normal_vector(cell)
+    unit_normal = bool(np.abs(g_np @ normal).max() <= 1e-12 * max(np.linalg.norm(g_np, axis=1).max(), 1e-300))
+
+    # the path: real symmetric (realifiable couplings), complex Hermitian, or general (absorption)
+    kind = "hermitian" if u_abs is None else "general"
+    if kind == "hermitian" and symmetric:
+        phi = realifying_phases(off_np)
+        if phi is not None:
+            kind = "real"
+            ph = torch.as_tensor(np.exp(1j * (phi[:, None] - phi[None, :])))
+            off = (off * ph).real
     if u_abs is not None and mean_absorption:
         # the uniform attenuation i·U′₀ that FELIX leaves out (its Bloch diagonal is overwritten)
         off = off + coef * u_abs[int(pool.diff_index[0, 0])] * eye
     cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
-    off = off.to(cdtype)
-    u0 = u_total.detach()[dindex[:, 0]].abs()  # FELIX tests strength with the absorbing U
+    off = off.to(dtype if kind == "real" else cdtype)
 
-    g = torch.as_tensor(beam_vectors(cell, zone, beams))
-    normal = zone.normal_vector(cell)
+    # the symmetry: pattern operations (pixel-grid matrices), each with its beam map
+    if symmetric:
+        sym = structure_matrix_symmetry(g_np, off_np, normal)
+        pattern = sym.pattern_ops if not needs_grad else [(op, False) for op in sym.grid_ops]
+        perm_of = {op.tobytes(): p for op, p in zip(sym.grid_ops, sym.grid_perms)}
+    else:
+        sym, pattern, perm_of = None, [(np.eye(2, dtype=np.int64), False)], {np.eye(2, dtype=np.int64).tobytes(): np.arange(n)}
+    # beam_map[o][i]: the pool index beam i of the representative pixel becomes at pixel op_o · rep
+    beam_map, src_rows = [], []
+    for op, transposed in pattern:
+        vertical = -op if transposed else op
+        perm = perm_of[vertical.tobytes()]
+        inv = np.empty(n, dtype=np.int64)
+        inv[perm] = np.arange(n)
+        if transposed:
+            beam_map.append(sym.minus[perm])
+            src_rows.append(inv[sym.minus[out_idx]])  # I_h(−R k) = J_{R⁻¹(−h)}(k)
+        else:
+            beam_map.append(perm)
+            src_rows.append(inv[out_idx])  # I_h(R k) = I_{R⁻¹h}(k)
+
     kx, ky = tilt_grid(size, half_width)
     kx, ky = kx.ravel() * 2 * math.pi, ky.ravel() * 2 * math.pi
-    if pixels is not None:
-        pixels = np.asarray(pixels, dtype=np.int64)
-        kx, ky = kx[pixels], ky[pixels]
-    k = tilted_wavevectors(kx, ky, big_k)
-    thickness = torch.as_tensor(thickness).to(dtype)
-    hermitian = u_abs is None
+    reps, source, op_index = pixel_wedge(size, [op for op, _ in pattern])
+    rep_of = reps[source]  # (S,) the representative's flat index
+    targets = np.arange(size * size) if pixels is None else np.asarray(pixels, dtype=np.int64)
+    m = None if strong_beams is None or strong_beams >= n else int(strong_beams)
 
-    out = []
-    with single_thread():
-        for start in range(0, len(k), chunk):
-            kc = k[start : start + chunk]
-            s = excitation_errors_3d(kc, g, big_k)  # (P, n)
-            f = normal_factor(kc, g, normal)  # (P, n)
-            A = off.expand(len(kc), n, n)
-            if strong_beams is not None and strong_beams < n:
-                keep = felix_strong_mask(s, u0, int(strong_beams))
-                A = A * (keep[:, :, None] & keep[:, None, :]).to(cdtype)
-            A = A + torch.diag_embed(s.to(cdtype))
-            scale = torch.rsqrt(f[:, :, None] * f[:, None, :]).to(cdtype)
-            psi = propagate(A * scale, thickness, out_idx, hermitian=hermitian, threads=threads)  # (P, T, R)
-            inten = (psi.real**2 + psi.imag**2) / f[:, None, out_idx].to(psi.real.dtype)
-            out.append(inten)
-    inten = torch.cat(out, dim=0).permute(1, 2, 0)  # (T, R, P)
+
+    t_rep, t_op = rep_of[targets], op_index[targets]
+    need = np.unique(np.concatenate([targets, t_rep]))
+    at = np.full(size * size, -1, dtype=np.int64)
+    at[need] = np.arange(len(need))
+    k = tilted_wavevectors(kx[need], ky[need], big_k)
+    s_all = excitation_errors_3d(k, g, big_k)  # (N, n)
+    f_all = None if unit_normal else normal_factor(k, g, normal)
+    keep_all = None if m is None else _strong_mask(s_all, u0, m)
+    if keep_all is not None and len(pattern) > 1:
+        # FELIX's rule decides per pixel; where it does not follow the symmetry (a tie, or an
+        # absorptive |U_g| ≠ |U_−g| with reciprocity) the pixel is solved itself
+        moved = np.nonzero(t_rep != targets)[0]
+        if len(moved):
+            bmap = torch.as_tensor(np.stack(beam_map))[torch.as_tensor(t_op[moved])]  # (M, n)
+            keep_t = keep_all[torch.as_tensor(at[targets[moved]])]
+            keep_r = keep_all[torch.as_tensor(at[t_rep[moved]])]
+            ok = (torch.gather(keep_t, 1, bmap) == keep_r).all(1).numpy()
+            bad = moved[~ok]
+            t_rep[bad], t_op[bad] = targets[bad], 0
+
+    def geometry(flat):
+        i = torch.as_tensor(at[flat])
+        return s_all[i], None if f_all is None else f_all[i], None if keep_all is None else keep_all[i]
+
+    comp, slot = np.unique(t_rep, return_inverse=True)  # pixels to solve; position of each target's
+
+    # rows each solved pixel returns: ψ rows (direct ops) and row amplitudes (reciprocity)
+    direct = [o for o, (_, tr) in enumerate(pattern) if not tr]
+    used = set(np.unique(t_op).tolist()) | {0}
+    rows_i = np.unique(np.concatenate([src_rows[o] for o in direct if o in used]))
+    rows_j = np.unique(np.concatenate([src_rows[o] for o, (_, tr) in enumerate(pattern) if tr and o in used] or [np.zeros(0, np.int64)]))
+    if kind == "real":
+        # exp(iAt) is symmetric for a real symmetric A: row and column amplitudes agree
+        rows_i, rows_j = np.union1d(rows_i, rows_j), np.zeros(0, dtype=np.int64)
+    forced = np.array([0] + [b for b in dict.fromkeys(np.concatenate([rows_i, rows_j]).tolist()) if b != 0], dtype=np.int64)
+    pos = {b: i for i, b in enumerate(forced)}
+    rest = np.setdiff1d(np.arange(n), forced)
+    plan = _Plan(off=off, thickness=thickness.to(dtype), forced=torch.as_tensor(forced),
+                 order=torch.as_tensor(np.concatenate([forced, rest])),
+                 rows_i=torch.as_tensor([pos[b] for b in rows_i], dtype=torch.long),
+                 rows_j=torch.as_tensor([pos[b] for b in rows_j], dtype=torch.long),
+                 u0=u0, m=m, kind=kind, threads=threads if needs_grad else 1)
+
+    step = max(1, min(chunk, engine_chunk(n, n)))
+    starts = list(range(0, len(comp), step))
+    if workers > 1 and not needs_grad and len(comp) > 1:
+        per = -(-len(comp) // (2 * workers))
+        starts = list(range(0, len(comp), per))
+        ex = _process_pool(workers)
+        futures = [ex.submit(_chunk_intensities, plan, *geometry(comp[b: b + per])) for b in starts]
+        parts = [fut.result() for fut in futures]
+    else:
+        parts = [_chunk_intensities(plan, *geometry(comp[b: b + step])) for b in starts]
+    inten_i = torch.cat([p[0] for p in parts])  # (C, T, R_i)
+    inten_j = torch.cat([p[1] for p in parts]) if not needs_grad else None
+
+    # fill: target = op · rep → its discs from the representative's rows
+    col_i = {b: i for i, b in enumerate(rows_i)}
+    col_j = {b: i + len(rows_i) for i, b in enumerate(rows_j)}
+    cols = np.array([[(col_j if pattern[o][1] and kind != "real" else col_i)[int(b)] for b in src_rows[o]]
+                     for o in range(len(pattern))])  # (O, R)
+    both = inten_i if inten_j is None or not len(rows_j) else torch.cat([inten_i, inten_j], dim=2)
+    full = both[torch.as_tensor(slot)[:, None], :, torch.as_tensor(cols[t_op])]  # (P, R, T)
+    full = full.permute(2, 1, 0)
     if pixels is None:
-        inten = inten.reshape(inten.shape[0], inten.shape[1], size, size)
-    return inten
+        full = full.reshape(full.shape[0], full.shape[1], size, size)
+    if not return_info:
+        return full
+    info = EngineInfo(n_beams=n, strong_beams=m, symmetry_ops=len(pattern), pixels_computed=len(comp),
+                      real_symmetric=kind == "real", dtype=str(dtype).replace("torch.", ""))
+    return full, info
