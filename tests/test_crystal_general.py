@@ -23,7 +23,7 @@ from lacbed_refine.io.cif import read_cif, write_cif
 from lacbed_refine.structure import Cell
 from lacbed_refine.structure.crystal import Crystal, CrystalError, Site
 from lacbed_refine.structure.parameters import allowed_directions, free_parameters
-from lacbed_refine.structure.spacegroup import shared_position_groups
+from lacbed_refine.structure.spacegroup import shared_position_groups, snap_to_special
 from lacbed_refine.structure.wyckoff import wyckoff_positions
 
 hypothesis = pytest.importorskip("hypothesis", reason="property tests need hypothesis (pip install -e .[test])")
@@ -343,9 +343,10 @@ def crystals(draw):
         frac = tuple(float(x) for x in wyck.sample(u[: wyck.dimension]))
         sites.append(Site(f"{element}{i + 1}", element, frac, occupancy=occ, b_iso=b))
     crystal = Crystal("random", cell.a, hall, tuple(sites), cell=cell)
-    # keep sites on the Wyckoff position they were drawn on (not a point of higher symmetry on it),
+    # keep sites off points within the tolerance (1e-3) of higher symmetry (read_cif snaps them there),
     # and off each other's positions (read_cif would pool their occupancies)
     rot, tra = crystal.operations()
+    assume(all(np.allclose(snap_to_special(np.array(s.frac), rot, tra), s.frac, atol=1e-9) for s in sites))
     assume(not shared_position_groups([s.frac for s in sites], rot, tra))
     return crystal
 
@@ -368,6 +369,21 @@ def test_read_write_round_trip_any_setting(crystal):
         np.testing.assert_allclose(s1.frac, s0.frac, atol=1e-9)  # snapped onto special positions
     assert [o.multiplicity for o in first.orbits()] == [o.multiplicity for o in crystal.orbits()]
     assert (second.cell, second.hall, second.sites) == (first.cell, first.hall, first.sites)
+
+
+def test_snapping_a_snapped_hexagonal_position_changes_nothing(tmp_path):
+    """Found by the round trip above: a hexagonal (x, 2x, 0) rounded to 1e-12 is no longer exactly on its
+    line; reading must reach a position that reads back to itself."""
+    cell = Cell(2.5, 2.5, 2.5, 90, 90, 120)
+    site = Site("O1", "O", (0.04176666666666667, 0.08353333333333333, 0.0), b_iso=0.0)
+    crystal = Crystal("x", 2.5, "-P 6 2", (site,), cell=cell)
+    write_cif(crystal, tmp_path / "a.cif")
+    first = read_cif(tmp_path / "a.cif")
+    write_cif(first, tmp_path / "b.cif")
+    assert read_cif(tmp_path / "b.cif").sites == first.sites
+    rot, tra = crystal.operations()
+    once = snap_to_special(np.array(site.frac), rot, tra)
+    np.testing.assert_array_equal(snap_to_special(once, rot, tra), once)
 
 
 def _orbit_is_invariant(positions: np.ndarray, rot: np.ndarray, tra: np.ndarray) -> bool:

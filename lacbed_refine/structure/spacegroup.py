@@ -51,17 +51,23 @@ def snap_to_special(frac: np.ndarray, rot: np.ndarray, tra: np.ndarray) -> np.nd
     """Move a position within tolerance of a special position onto it (mean over its stabilizer).
 
     The mean of the images ``R r + t - n`` over a site-symmetry group is fixed by every element of
-    that group, so one pass suffices; the loop only guards against a tolerance-set that is not a
-    group. The result is rounded to 1e-12 and wrapped to [0, 1).
+    that group. The result is rounded to 1e-12 and wrapped to [0, 1); that rounding can break an
+    exact relation such as y = 2x of a hexagonal position, so the step is repeated until the rounded
+    position reproduces itself: snapping a snapped position changes nothing (a CIF written from a
+    crystal reads back to the same crystal).
     """
-    r = np.asarray(frac, dtype=float)
+    r = _rounded(np.asarray(frac, dtype=float))
     for _ in range(8):
         srot, stra = stabilizer(r, rot, tra)
-        new = np.mean(np.einsum("sij,j->si", srot, r) + stra, axis=0)
-        done = np.max(np.abs(new - r)) < 1e-13
-        r = new
-        if done:
+        new = _rounded(np.mean(np.einsum("sij,j->si", srot, r) + stra, axis=0))
+        if np.array_equal(new, r):
             break
+        r = new
+    return r
+
+
+def _rounded(r: np.ndarray) -> np.ndarray:
+    """``r`` rounded to 1e-12 and wrapped to [0, 1) (no -0.0, no 1.0)."""
     r = np.mod(np.round(r, 12), 1.0)
     return np.where(np.abs(r - 1.0) < 1e-12, 0.0, r) + 0.0
 
