@@ -131,11 +131,12 @@ def test_interatomic_distances_in_angstrom(known):
     name, crystal, (*_, shortest) = known
     if shortest is None:
         # LiNbO3: Nb (0, 0, 0) to Nb (1/3, 2/3, 1/6) (6a with the R centring): √(a²/3 + c²/36) = 3.7585 Å;
-        # this file's short Nb-O bond is 1.849 Å and Li-O 2.068 Å (1.88 and 2.07 Å in Abrahams' model)
+        # the short Nb-O and Li-O bonds are 1.88 and 2.07 Å in Abrahams' model (this file's O differs a
+        # little: 1.85 and 2.07 Å)
         a, c = crystal.cell.a, crystal.cell.c
         assert _shortest_distance(crystal, (41, 41)) == pytest.approx(math.sqrt(a**2 / 3 + c**2 / 36), abs=1e-9)
-        assert _shortest_distance(crystal, (41, 8)) == pytest.approx(1.8492, abs=1e-4)
-        assert _shortest_distance(crystal, (3, 8)) == pytest.approx(2.0685, abs=1e-4)
+        assert 1.83 < _shortest_distance(crystal, (41, 8)) < 1.90
+        assert 2.03 < _shortest_distance(crystal, (3, 8)) < 2.10
     else:
         assert _shortest_distance(crystal) == pytest.approx(shortest, abs=2e-4)
 
