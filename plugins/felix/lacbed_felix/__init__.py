@@ -13,6 +13,7 @@
 from ._cif import (
     RefinedSite,
     RefinedStructure,
+    felix_centring,
     felix_chem,
     felix_site_labels,
     format_felix_cif,
@@ -86,6 +87,7 @@ __all__ = [
     "felix_beam_pool",
     "thickness_grid",
     # felix.cif and the refined CIF
+    "felix_centring",
     "felix_chem",
     "felix_site_labels",
     "wyckoff_letters",
