@@ -3,10 +3,18 @@ dark field, Bird–King) and FELIX's shipped SrTiO3 sample: worst Pearson r over
 thickness, with FELIX's per-pixel strong-beam rule and with the whole pool at every pixel, and the
 engine's wall time beside FELIX's recorded one.
 
-    PYTHONPATH=. python benchmarks/general_references.py [--runs GaAs-110 Si-111] [--json FILE]
+    PYTHONPATH=. python benchmarks/general_references.py [--runs GaAs-110 Si-111] [--dtype float32]
+        [--workers 2] [--json FILE]
+
+Each row also says what the engine did: the symmetry it found and used (the vertical group, the part
+the pixel grid admits, reciprocity), the pixels it solved and its eigenproblem (real symmetric,
+complex Hermitian, or general with absorption). The time is that of the FELIX-rule call, after one
+untimed call (which starts the worker processes when ``--workers`` > 1), and the 1-minute load
+before it is printed beside it.
 
 FELIX's wall times come from each run's ``wall.txt`` (single rank, a 2-core machine shared with other
-jobs, load 4–5); they are not measured in the same run as ours, so the ratio is indicative only.
+jobs, load 4–5); they are not measured in the same run as ours, so the ratio is indicative only
+(``felix_speed.py`` runs FELIX in the same run).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import numpy as np
 import torch
 
 from lacbed_refine.engine import ZoneAxis, simulate_zone, zone_beam_pool
+from lacbed_refine.engine.general import zone_symmetry
 from lacbed_refine.structure import Cell
 
 REF = Path(os.environ.get("LACBED_FELIX_REFERENCE", "/work/shared/data/felix-reference"))
@@ -52,7 +61,7 @@ def _wall(path: Path) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def general_run(name: str) -> dict:
+def general_run(name: str, dtype=torch.float64, workers: int = 1) -> dict:
     run = REF / "general" / name
     inp = (run / "felix.inp").read_text()
 
@@ -73,20 +82,34 @@ def general_run(name: str) -> dict:
     chem = next(run.glob("*_Sim_0500A_*")).name.split("_")[0]
     ref = np.stack([[np.fromfile(run / f"{chem}_Sim_{int(t):04d}A_{size:03d}x{size:03d}" / _name(chem, h), "<f8").reshape(size, size)
                      for h in refl] for t in thick])
-    out = {"run": name, "pool": len(beams), "discs": len(refl), "felix_wall_s": _wall(run / "wall.txt")}
+    sym = zone_symmetry(atoms, cell, zone, beams, voltage=voltage, absorption_model=model)
+    out = {"run": name, "pool": len(beams), "discs": len(refl), "felix_wall_s": _wall(run / "wall.txt"),
+           "symmetry": f"{sym.name} (grid {sym.grid_name}{', reciprocity' if sym.reciprocity else ''}; BF {sym.bright_field_name})"}
     for label, strong in (("felix_rule", int(val("IMinStrongBeams"))), ("whole_pool", None)):
+        def call():
+            with torch.no_grad():
+                return simulate_zone(atoms, cell, zone, beams, torch.tensor(thick), voltage=voltage, size=size,
+                                     half_width=float(val("ROuterConvergenceAngle")), reflections=refl, strong_beams=strong,
+                                     absorption_model=model, mean_absorption=False, dtype=dtype, workers=workers,
+                                     return_info=True)
+
+        if label == "felix_rule":
+            call()  # worker start-up and first-call costs, not timed
+            out["load1"] = os.getloadavg()[0]
         t0 = time.perf_counter()
-        with torch.no_grad():
-            sim = simulate_zone(atoms, cell, zone, beams, torch.tensor(thick), voltage=voltage, size=size,
-                                half_width=float(val("ROuterConvergenceAngle")), reflections=refl, strong_beams=strong,
-                                absorption_model=model, mean_absorption=False).numpy()
+        sim, info = call()
         out[f"{label}_s"] = time.perf_counter() - t0
+        sim = sim.double().numpy()
         out[f"{label}_worst_r"] = min(np.corrcoef(ref[i, j].ravel(), sim[i, j].ravel())[0, 1]
                                       for i in range(len(thick)) for j in range(len(refl)))
+        if label == "felix_rule":
+            out["pixels_solved"] = info.pixels_computed
+            out["path"] = ("real symmetric" if info.real_symmetric else "complex Hermitian" if model == "none"
+                           else "general (absorbing)")
     return out
 
 
-def srtio3_sample() -> dict:
+def srtio3_sample(dtype=torch.float64, workers: int = 1) -> dict:
     from lacbed_felix import felix_beam_pool
 
     run = REF / "felix-repo-samples" / "samples" / "SrTiO3"
@@ -98,7 +121,7 @@ def srtio3_sample() -> dict:
     with torch.no_grad():
         sim = simulate_zone(atoms, cell, ZoneAxis((0, 0, 1), (1, 0, 0)), beams, torch.tensor([630.0]), voltage=200e3, size=128,
                             half_width=1.19, reflections=refl, strong_beams=50, absorption_model="bird-king",
-                            mean_absorption=False).numpy()[0]
+                            mean_absorption=False, dtype=dtype, workers=workers).double().numpy()[0]
     seconds = time.perf_counter() - t0
     rs = [np.corrcoef(np.fromfile(run / "sample_outputs" / _name("SrTiO3", h), "<f8"), sim[i].ravel())[0, 1] for i, h in enumerate(refl)]
     return {"run": "SrTiO3 sample (Bird–King)", "pool": len(beams), "discs": len(refl), "felix_rule_s": seconds,
@@ -108,20 +131,26 @@ def srtio3_sample() -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="*", default=list(RUNS))
-    ap.add_argument("--no-sample", action="store_true", help="Skip FELIX's SrTiO3 sample (~3 min).")
+    ap.add_argument("--no-sample", action="store_true", help="Skip FELIX's SrTiO3 sample.")
+    ap.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    ap.add_argument("--workers", type=int, default=1, help="engine worker processes")
     ap.add_argument("--json", default="/tmp/lacbed-bench/general_references.json")
     args = ap.parse_args(argv)
-    rows = [general_run(name) for name in args.runs]
-    print("| run | pool | discs | worst r, FELIX's rule | worst r, whole pool | ours [s] | FELIX's wall [s] (other run, loaded machine) |")
-    print("|---|---|---|---|---|---|---|")
+    dtype = getattr(torch, args.dtype)
+    rows = [general_run(name, dtype, args.workers) for name in args.runs]
+    print(f"{args.dtype}, {args.workers} worker process(es)\n")
+    print("| run | pool | discs | symmetry found | pixels solved | eigenproblem | worst r, FELIX's rule | worst r, whole pool "
+          "| ours [s] (load) | FELIX's wall [s] (other run, loaded machine) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['run']} | {r['pool']} | {r['discs']} | {r['felix_rule_worst_r']:.7f} | {r['whole_pool_worst_r']:.5f} | "
-              f"{r['felix_rule_s']:.1f} | {r['felix_wall_s']:.0f} |")
+        print(f"| {r['run']} | {r['pool']} | {r['discs']} | {r['symmetry']} | {r['pixels_solved']} | {r['path']} | "
+              f"{r['felix_rule_worst_r']:.7f} | {r['whole_pool_worst_r']:.5f} | {r['felix_rule_s']:.2f} ({r['load1']:.1f}) | "
+              f"{r['felix_wall_s']:.0f} |")
     if not args.no_sample:
-        s = srtio3_sample()
+        s = srtio3_sample(dtype, args.workers)
         rows.append(s)
         print(f"\nFELIX's SrTiO3 sample: {s['discs']} discs, pool {s['pool']}, bright field r = {s['bf_r']:.9f}, "
-              f"worst dark field r = {s['df_worst_r']:.9f}, {s['felix_rule_s']:.0f} s")
+              f"worst dark field r = {s['df_worst_r']:.9f}, {s['felix_rule_s']:.1f} s")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

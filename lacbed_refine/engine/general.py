@@ -91,20 +91,20 @@ def zone_symmetry(
 class _Plan:
     """Everything a chunk of pixels needs besides its excitation errors (picklable for workers).
 
-    ``off`` is the coupling matrix (n, n) of the whole pool (real, or complex); every pixel's matrix
-    holds the ``forced`` beams first (000, then the rows the outputs are read from), then its other
-    strong beams. ``rows_i``/``rows_j`` are positions in ``forced``: the amplitudes ψ_g = [exp(iAt)]_{g0}
-    and the row amplitudes [exp(iAt)]_{0g} (reciprocity) to return.
+    ``off`` is the coupling matrix (n, n) of the whole pool (real, or complex). ``rows_i`` are the
+    pool beams whose amplitudes ψ_g = [exp(iAt)]_{g0} are returned, ``rows_j`` those whose row
+    amplitudes [exp(iAt)]_{0g} are (reciprocity). With FELIX's rule each pixel's matrix holds its
+    strong beams only (a requested beam that is weak there is 0, as in FELIX), except when gradients
+    are needed: then (``fixed``) every matrix holds the ``forced`` beams first (000 and ``rows_i``),
+    decoupled where weak, so that the output rows sit at the same positions in every pixel.
     """
 
     off: torch.Tensor
     thickness: torch.Tensor
-    forced: torch.Tensor
-    order: torch.Tensor
     rows_i: torch.Tensor
     rows_j: torch.Tensor
-    u0: torch.Tensor | None
-    m: int | None
+    forced: torch.Tensor
+    rows_fixed: torch.Tensor
     kind: str  # "real", "hermitian" or "general"
     threads: int = 1
 
@@ -134,23 +134,46 @@ def _strong_mask(s: torch.Tensor, u0: torch.Tensor, m: int) -> torch.Tensor:
     return (a < limit[:, None]) | strength
 
 
-def _group_matrices(plan: _Plan, s: torch.Tensor, keep: torch.Tensor | None):
-    """Pixel groups of equal matrix size: (pixel positions, beam indices (P_g, m)) pairs."""
+def _group_matrices(plan: _Plan, s: torch.Tensor, keep: torch.Tensor | None, fixed: bool):
+    """Pixel groups of equal matrix size: (pixel positions or None for all, beam indices (P_g, m))."""
     p, n = s.shape
     if keep is None:
-        return [(None, plan.order.expand(p, n))]
-    forced = plan.forced
-    extra = keep.clone()
-    extra[:, forced] = False
-    count = extra.sum(1)
-    ar = torch.arange(n, device=s.device)
-    first = torch.where(extra, ar, ar + n).sort(dim=1).values  # strong non-forced beams first, in pool order
+        return [(None, torch.arange(n).expand(p, n))]
+    ar = torch.arange(n)
+    take = keep.clone()
+    if fixed:
+        take[:, plan.forced] = False
+    count = take.sum(1)
+    first = torch.where(take, ar, ar + n).sort(dim=1).values  # the beams taken first, in pool order
     groups = []
     for c in torch.unique(count).tolist():
         sel = torch.nonzero(count == c).squeeze(1)
-        idx = torch.cat([forced.expand(len(sel), -1), first[sel, :c]], dim=1)
+        idx = first[sel, :c]
+        if fixed:
+            idx = torch.cat([plan.forced.expand(len(sel), -1), idx], dim=1)
         groups.append((sel, idx))
     return groups
+
+
+def _positions(idx: torch.Tensor, beams: torch.Tensor, n: int) -> torch.Tensor:
+    """Position of each of ``beams`` (R,) in every row of ``idx`` (P, m), −1 where absent: (P, R)."""
+    where = torch.full((idx.shape[0], n), -1, dtype=torch.long)
+    where.scatter_(1, idx, torch.arange(idx.shape[1]).expand_as(idx))
+    return where[:, beams]
+
+
+def _pick(M: torch.Tensor, pos: torch.Tensor, dim: int) -> torch.Tensor:
+    """Rows (dim −2) or columns (dim −1) ``pos`` (P, R) of the matrices M (P, m, m), per pixel;
+    rows (P, R, m), columns (P, m, R). Absent positions (−1) give row/column 0, masked later."""
+    p = pos.clamp(min=0)
+    if dim == -2:
+        return torch.gather(M, 1, p[:, :, None].expand(-1, -1, M.shape[-1]))
+    return torch.gather(M, 2, p[:, None, :].expand(-1, M.shape[-2], -1))
+
+
+def _absent(out: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Zero the intensities (P, T, R) of beams absent from a pixel's matrix (pos −1)."""
+    return out.masked_fill((pos < 0)[:, None, :], 0) if bool((pos < 0).any()) else out
 
 
 def _thickness_steps(thickness: torch.Tensor) -> tuple[float, list[int]] | None:
@@ -197,7 +220,7 @@ def _expm(X: torch.Tensor) -> torch.Tensor:
     return E
 
 
-def _expm_amplitudes(A: torch.Tensor, step: float, mult: list[int], rows_i, rows_j):
+def _expm_amplitudes(A: torch.Tensor, step: float, mult: list[int], pos_i, pos_j):
     """As :func:`_amplitudes` for thicknesses ``mult`` × ``step`` [Å], through E = exp(iAΔ) and its
     powers applied to e₀ (column) and e₀ᵀ (row): for the general (absorbing) matrix this is ~2–3×
     faster than the eigen-decomposition and its inverse. A scalar shift of the diagonal (the mean
@@ -215,26 +238,28 @@ def _expm_amplitudes(A: torch.Tensor, step: float, mult: list[int], rows_i, rows
     for k in range(1, max(mult) + 1):
         v = E @ v
         cols[k] = v[..., 0]
-        if len(rows_j):
+        if pos_j.shape[1]:
             w = w @ E
             rows[k] = w[..., 0, :]
-    psi_i = torch.stack([cols[k][..., rows_i] for k in mult], dim=1)  # (P, T, R_i)
-    out_i = psi_i.real**2 + psi_i.imag**2
-    if not len(rows_j):
+    psi_i = torch.stack([torch.gather(cols[k], 1, pos_i.clamp(min=0)) for k in mult], dim=1)  # (P, T, R_i)
+    out_i = _absent(psi_i.real**2 + psi_i.imag**2, pos_i)
+    if not pos_j.shape[1]:
         return out_i, out_i[..., :0]
-    psi_j = torch.stack([rows[k][..., rows_j] for k in mult], dim=1)
-    return out_i, psi_j.real**2 + psi_j.imag**2
+    psi_j = torch.stack([torch.gather(rows[k], 1, pos_j.clamp(min=0)) for k in mult], dim=1)
+    return out_i, _absent(psi_j.real**2 + psi_j.imag**2, pos_j)
 
 
-def _amplitudes(A: torch.Tensor, thickness: torch.Tensor, rows_i, rows_j, kind: str):
-    """|[exp(iAt)]_{g0}|² for g in rows_i and |[exp(iAt)]_{0g}|² for g in rows_j, from one
-    eigen-decomposition (forward only): shapes (P, T, R_i), (P, T, R_j)."""
+def _amplitudes(A: torch.Tensor, thickness: torch.Tensor, pos_i, pos_j, kind: str):
+    """|[exp(iAt)]_{g0}|² for g at positions ``pos_i`` (P, R_i) of each matrix and |[exp(iAt)]_{0g}|²
+    for g at ``pos_j`` (P, R_j), 0 where a position is −1, from one decomposition (forward only):
+    shapes (P, T, R_i), (P, T, R_j)."""
     t = thickness.to(A.real.dtype)
+    has_j = pos_j.shape[1] > 0
     if kind == "general" and (steps := _thickness_steps(thickness)) is not None:
-        return _expm_amplitudes(A, *steps, rows_i, rows_j)
+        return _expm_amplitudes(A, *steps, pos_i, pos_j)
     if kind == "general":
         lam, C = torch.linalg.eig(A)
-        if len(rows_j):
+        if has_j:
             Ci = torch.linalg.inv(C)
             c0 = Ci[..., :, 0]
         else:
@@ -242,64 +267,58 @@ def _amplitudes(A: torch.Tensor, thickness: torch.Tensor, rows_i, rows_j, kind: 
             e0[..., 0, 0] = 1
             c0 = torch.linalg.solve(C, e0)[..., 0]
         phase = torch.exp(1j * lam[..., None, :] * t[:, None].to(lam.dtype))  # (P, T, m)
-        psi_i = torch.matmul(phase * c0[..., None, :], C[..., rows_i, :].mT)  # (P, T, R_i)
-        out_i = psi_i.real**2 + psi_i.imag**2
-        if not len(rows_j):
+        psi_i = torch.matmul(phase * c0[..., None, :], _pick(C, pos_i, -2).mT)  # (P, T, R_i)
+        out_i = _absent(psi_i.real**2 + psi_i.imag**2, pos_i)
+        if not has_j:
             return out_i, out_i[..., :0]
-        psi_j = torch.matmul(phase * C[..., 0, None, :], Ci[..., :, rows_j])
-        return out_i, psi_j.real**2 + psi_j.imag**2
+        psi_j = torch.matmul(phase * C[..., 0, None, :], _pick(Ci, pos_j, -1))
+        return out_i, _absent(psi_j.real**2 + psi_j.imag**2, pos_j)
     # a scalar shift of the diagonal changes only a common phase; taking out the mean excitation
     # error shrinks |λ| and with it the rounding of λ t (float32)
     A.diagonal(dim1=-2, dim2=-1).sub_(A.diagonal(dim1=-2, dim2=-1).real.mean(-1, keepdim=True).to(A.dtype))
     lam, C = torch.linalg.eigh(A)
     arg = lam.double()[..., None, :] * thickness.double()[:, None]  # (P, T, m), real
+    rows = _pick(C, pos_i, -2).mT  # (P, m, R_i)
     if kind == "real":
         # real eigenvectors: real and imaginary parts of ψ by two real products
         w = C[..., 0, None, :]
-        rows = C[..., rows_i, :].mT
         re = torch.matmul(torch.cos(arg).to(w.dtype) * w, rows)
         im = torch.matmul(torch.sin(arg).to(w.dtype) * w, rows)
-        out_i = re**2 + im**2
+        out_i = _absent(re**2 + im**2, pos_i)
         return out_i, out_i[..., :0]
     phase = torch.polar(torch.ones_like(arg), arg).to(C.dtype)
-    psi_i = torch.matmul(phase * C[..., 0, None, :].conj(), C[..., rows_i, :].mT)
-    out_i = psi_i.real**2 + psi_i.imag**2
-    if not len(rows_j):
+    psi_i = torch.matmul(phase * C[..., 0, None, :].conj(), rows)
+    out_i = _absent(psi_i.real**2 + psi_i.imag**2, pos_i)
+    if not has_j:
         return out_i, out_i[..., :0]
-    psi_j = torch.matmul(phase * C[..., 0, None, :], C[..., rows_j, :].conj().mT)
-    return out_i, psi_j.real**2 + psi_j.imag**2
+    psi_j = torch.matmul(phase * C[..., 0, None, :], _pick(C, pos_j, -2).conj().mT)
+    return out_i, _absent(psi_j.real**2 + psi_j.imag**2, pos_j)
 
 
 def _chunk_intensities(plan: _Plan, s: torch.Tensor, f: torch.Tensor | None, keep: torch.Tensor | None):
     """Intensities of a chunk of pixels: I at ``rows_i`` (divided by the normal factor) and the row
     intensities at ``rows_j``, shapes (P, T, R_i), (P, T, R_j)."""
     off = plan.off
+    n = off.shape[0]
     grad = torch.is_grad_enabled() and (off.requires_grad or plan.thickness.requires_grad)
     p, nf = s.shape[0], len(plan.forced)
     out_i = torch.empty(p, len(plan.thickness), len(plan.rows_i), dtype=off.real.dtype)
     out_j = torch.empty(p, len(plan.thickness), len(plan.rows_j), dtype=off.real.dtype)
     parts = []
-    for sel, idx in _group_matrices(plan, s, keep):
+    for sel, idx in _group_matrices(plan, s, keep, fixed=grad):
         if sel is None:
-            base = off[plan.order][:, plan.order]
-            A = base.expand(p, *base.shape)
+            A = off.expand(p, n, n)
             A = A if grad else A.clone()
-            s_sub = s[:, plan.order]
-            f_sub = None if f is None else f[:, plan.order]
+            s_sub, f_sub = s, f
         else:
             A = off[idx[:, :, None], idx[:, None, :]]
             s_sub = torch.gather(s[sel], 1, idx)
             f_sub = None if f is None else torch.gather(f[sel], 1, idx)
-            # the beams after the forced ones are strong by construction: decouple the weak forced ones
-            kf = torch.gather(keep[sel], 1, idx[:, :nf])
-            if not bool(kf.all()):
+            if grad:
+                # the beams after the forced ones are strong: decouple the weak forced ones
                 w = torch.ones(idx.shape, dtype=A.real.dtype)
-                w[:, :nf] = kf.to(w.dtype)
-                if grad:
-                    A = A * (w[:, :, None] * w[:, None, :]).to(A.dtype)
-                else:
-                    A[:, :nf, :] *= w[:, :nf, None].to(A.dtype)
-                    A[:, :, :nf] *= w[:, None, :nf].to(A.dtype)
+                w[:, :nf] = torch.gather(keep[sel], 1, idx[:, :nf]).to(w.dtype)
+                A = A * (w[:, :, None] * w[:, None, :]).to(A.dtype)
         if grad:
             A = A + torch.diag_embed(s_sub.to(A.dtype))
         else:
@@ -307,13 +326,17 @@ def _chunk_intensities(plan: _Plan, s: torch.Tensor, f: torch.Tensor | None, kee
         if f_sub is not None:
             d = torch.rsqrt(f_sub).to(A.dtype)
             A = A * d[:, :, None] * d[:, None, :]
+        f_rows = None if f is None else (f if sel is None else f[sel])[:, plan.rows_i]
         if grad:
-            psi = propagate(A, plan.thickness, plan.rows_i, hermitian=plan.kind != "general", threads=plan.threads)
+            rows = plan.rows_i if sel is None else plan.rows_fixed
+            psi = propagate(A, plan.thickness, rows, hermitian=plan.kind != "general", threads=plan.threads)
             ii, jj = psi.real**2 + psi.imag**2, None
         else:
-            ii, jj = _amplitudes(A, plan.thickness, plan.rows_i, plan.rows_j, plan.kind)
-        if f_sub is not None:
-            ii = ii / f_sub[:, None, plan.rows_i].to(ii.dtype)
+            pos_i = _positions(idx, plan.rows_i, n)
+            pos_j = _positions(idx, plan.rows_j, n)
+            ii, jj = _amplitudes(A, plan.thickness, pos_i, pos_j, plan.kind)
+        if f_rows is not None:
+            ii = ii / f_rows[:, None, :].to(ii.dtype)
         if sel is None:
             return ii, (out_j if jj is None else jj)
         parts.append((sel, ii, jj))
@@ -529,14 +552,12 @@ def _simulate_zone(atoms, cell, zone, beams, thickness, *, voltage, size, half_w
     if kind == "real":
         # exp(iAt) is symmetric for a real symmetric A: row and column amplitudes agree
         rows_i, rows_j = np.union1d(rows_i, rows_j), np.zeros(0, dtype=np.int64)
-    forced = np.array([0] + [b for b in dict.fromkeys(np.concatenate([rows_i, rows_j]).tolist()) if b != 0], dtype=np.int64)
-    pos = {b: i for i, b in enumerate(forced)}
-    rest = np.setdiff1d(np.arange(n), forced)
-    plan = _Plan(off=off, thickness=thickness.to(dtype), forced=torch.as_tensor(forced),
-                 order=torch.as_tensor(np.concatenate([forced, rest])),
-                 rows_i=torch.as_tensor([pos[b] for b in rows_i], dtype=torch.long),
-                 rows_j=torch.as_tensor([pos[b] for b in rows_j], dtype=torch.long),
-                 u0=u0, m=m, kind=kind, threads=threads if needs_grad else 1)
+    # with gradients and FELIX's rule every matrix holds 000 and rows_i first (fixed positions)
+    forced = rows_i if 0 in rows_i else np.concatenate([[0], rows_i])  # rows_i is sorted: 000 first
+    plan = _Plan(off=off, thickness=thickness.to(dtype), rows_i=torch.as_tensor(rows_i, dtype=torch.long),
+                 rows_j=torch.as_tensor(rows_j, dtype=torch.long), forced=torch.as_tensor(forced, dtype=torch.long),
+                 rows_fixed=torch.arange(len(rows_i)) + (0 if 0 in rows_i else 1),
+                 kind=kind, threads=threads if needs_grad else 1)
 
     step = max(1, min(chunk, engine_chunk(n, n)))
     starts = list(range(0, len(comp), step))
