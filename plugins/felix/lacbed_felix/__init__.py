@@ -2,9 +2,12 @@
 
 - :class:`FelixSimulator`, the simulator ``felix`` (entry point ``lacbed_refine.simulators``):
   runs the FELIX executable on lacbed-refine's crystals and settings;
-- writers and readers for FELIX's files: ``felix.inp`` (v1.3 line layout), ``felix.cif``,
-  ``felix.hkl``, ``.bin``/``.img`` images, ``StructureFactors.txt``, the refined CIF and
-  ``iteration_log.txt`` (:func:`read_refinement` reads a finished refinement);
+- FELIX's inputs for any cell, space group, zone axis and absorption model
+  (:func:`felix_input_for`, :func:`felix_pool`, :func:`write_felix_cif`); ``felix.inp`` itself is the
+  core's :mod:`lacbed_refine.io.felix_inp` (re-exported here);
+- writers and readers for FELIX's other files: ``felix.cif``, ``felix.hkl``, ``.bin``/``.img``
+  images, ``StructureFactors.txt``, the refined CIF and ``iteration_log.txt``
+  (:func:`read_refinement` reads a finished refinement);
 - :func:`export_refinement`, a complete FELIX refinement set from a structure and a measured pattern
   (``lacbed-refine felix export``; command group :data:`lacbed_felix.cli.felix_group`, entry point
   ``lacbed_refine.commands``).
@@ -52,10 +55,13 @@ from ._files import (
     write_image,
 )
 from ._inp import (
+    ABSORPTION_FLAGS,
+    INP_TITLE,
     FelixInput,
     FelixInputError,
     felix_beam_pool,
     felix_input_for,
+    felix_pool,
     format_felix_inp,
     read_felix_inp,
     thickness_grid,
@@ -85,7 +91,10 @@ __all__ = [
     "format_felix_inp",
     "felix_input_for",
     "felix_beam_pool",
+    "felix_pool",
     "thickness_grid",
+    "INP_TITLE",
+    "ABSORPTION_FLAGS",
     # felix.cif and the refined CIF
     "felix_centring",
     "felix_chem",

@@ -25,7 +25,6 @@ from lacbed_refine.engine.geometry import SimulationSettings
 from ._cif import felix_chem, format_felix_cif, wyckoff_letters, write_felix_cif
 from ._files import experimental_folder_name, image_name, parse_image_name, read_image, write_hkl, write_image
 from ._inp import (
-    _ABORTING_LETTERS,
     REFINE_LETTERS,
     FelixInput,
     _check_reflections,
@@ -67,6 +66,15 @@ DEFAULT_REFINE = "BD"
 
 # Cubic groups with FELIX HEAD coordinate-refinement (mode B) tables: F-43m only (felix-spec §5).
 _MODE_B_GROUPS = {216}
+
+# Letters FELIX HEAD reads but stops on as "not yet implemented" (felix-spec §5).
+_ABORTING_LETTERS = {"E": "anisotropic B", "G": "cell angles", "I": "accelerating voltage"}
+
+# Space groups where FELIX HEAD's cell refinement (F) stops with an error (felix-spec §5).
+_NO_CELL_REFINEMENT = range(143, 168)
+
+# FelixInput fields that felix.inp v1.3 does not hold (the Python port's, and where it was read from).
+_NOT_IN_V13 = ("debye_model", "plot", "debug", "dialect", "source")
 
 #: Most thicknesses in FELIX's grid (its input reader refuses more).
 MAX_GRID_THICKNESSES = 10000
@@ -343,6 +351,9 @@ def refine_letters(refine, crystal: Crystal, sites=None, *, option: str = "--ref
         raise ValueError(f"{option} {text!r}: unknown letter(s) {''.join(unknown)}; use letters from {REFINE_LETTERS}")
     if "A" in letters and len(letters) > 1:
         raise ValueError(f"{option} {text!r}: FELIX refines structure factors (A) only on their own")
+    if "F" in letters and crystal.spacegroup_number in _NO_CELL_REFINEMENT:
+        raise ValueError(f"{option} {text!r}: F (cell): FELIX HEAD stops with an error on trigonal space groups "
+                         f"(143-167), here {crystal.spacegroup_symbol} ({crystal.spacegroup_number})")
     dropped: list[str] = []
     if "B" in letters:
         problem = _coordinates_unsupported(crystal, sites)
@@ -450,10 +461,10 @@ def export_refinement(
     letters, dropped = refine_letters(refine, crystal, sites)
     options = {**REFINEMENT_DEFAULTS, **felix_options, "refine_mode": letters, "atomic_sites": sites}
     inp = felix_input_for(crystal, settings, **options)
-    _check_reflections(crystal, inp, reflections)
+    _check_reflections(crystal, settings, inp, reflections)
     title = f"FELIX refinement ({letters}) of {crystal.name}, written by lacbed-refine-felix {__version__}"
     format_felix_inp(inp, title=title)  # checks every value FELIX reads
-    format_felix_cif(crystal)  # checks the structure can be written for FELIX's parser
+    format_felix_cif(crystal, expand=False)  # checks FELIX reads the asymmetric unit as it is meant
     chem = felix_chem(crystal)
 
     folder = Path(out_dir)
@@ -465,7 +476,7 @@ def export_refinement(
 
     def write(into: Path) -> list[str]:
         write_felix_inp(inp, into / "felix.inp", title=title)
-        if write_felix_cif(crystal, into / "felix.cif") != chem:
+        if write_felix_cif(crystal, into / "felix.cif", expand=False) != chem:
             raise RuntimeError("felix.cif names another chemical prefix than felix_chem")  # pragma: no cover
         write_hkl(into / "felix.hkl", reflections)
         names: list[str] = []
@@ -484,7 +495,8 @@ def export_refinement(
             "dropped_from_default": list(dropped),
             "reflections": [list(r) for r in reflections],
             "images": names,
-            "felix_inp": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(inp).items()},
+            "felix_inp": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(inp).items()
+                          if k not in _NOT_IN_V13},
         }
         (into / "lacbed_export.json").write_text(json.dumps(manifest, indent=2) + "\n")
         return names
@@ -585,7 +597,8 @@ def export_file(cif, out_dir, *, pattern=None, refine: str | None = None, reflec
         Replace an earlier export in ``out_dir``.
     **setting_options
         Options of :func:`lacbed_refine.simulators.bloch.settings_for` (``kv``, ``half_width``,
-        ``n_beams``, ``g_limit``, ``strong_beams``, ``absorption``, ``form_factors``).
+        ``n_beams``, ``g_limit``, ``strong_beams``, ``absorption``, ``absorption_model``,
+        ``form_factors``, ``zone``, ``x_direction``, ``normal``).
     """
     from lacbed_refine.io.cif import read_cif
     from lacbed_refine.simulators.bloch import settings_for

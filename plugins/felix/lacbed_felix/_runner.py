@@ -267,9 +267,12 @@ def run_felix(
         if not (folder / name).is_file():
             raise FelixError(f"{folder}: no {name}; FELIX needs felix.inp, felix.cif and felix.hkl")
     try:
-        read_felix_inp(folder / "felix.inp")
+        inp = read_felix_inp(folder / "felix.inp")
     except FelixInputError as exc:
         raise FelixError(f"FELIX would misread its input: {exc}") from None
+    if inp.dialect != "v1.3":
+        raise FelixError(f"FELIX would misread its input: {folder / 'felix.inp'} is in the Python port's "
+                         "'key = value' layout; FELIX reads the v1.3 line layout")
     exe = find_felix(executable)
     ranks = _ranks(ranks, mpi_fixed)
     if ranks == 1:

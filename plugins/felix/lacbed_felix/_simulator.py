@@ -15,7 +15,7 @@ from lacbed_refine.engine.geometry import SimulationSettings
 
 from ._cif import write_felix_cif
 from ._files import read_simulation, write_hkl
-from ._inp import FelixInput, _check_reflections, felix_input_for, write_felix_inp
+from ._inp import INP_TITLE, FelixInput, _check_reflections, felix_input_for, write_felix_inp
 from ._runner import MULTI_RANK_BUG, FelixError, find_felix, run_felix
 
 __all__ = ["FelixSimulator", "write_simulation_inputs", "ENV_RANKS", "ENV_MPI_FIXED", "ENV_TIMEOUT", "DEFAULT_TIMEOUT"]
@@ -46,11 +46,17 @@ def write_simulation_inputs(crystal: Crystal, settings: SimulationSettings, fold
     ------
     ValueError
         If a setting has no FELIX equivalent, or a reflection is outside FELIX's beam pool.
+
+    Notes
+    -----
+    Any cell, space group, zone axis and absorption model (:func:`~lacbed_felix.felix_input_for`,
+    :func:`~lacbed_felix.write_felix_cif`); when FELIX's single-precision expansion of the symmetry
+    operators would miscount atoms, ``felix.cif`` lists every atom of the cell.
     """
     folder = Path(folder)
     inp = felix_input_for(crystal, settings, **overrides)
-    _check_reflections(crystal, inp, settings.reflections)
-    write_felix_inp(inp, folder / "felix.inp")
+    _check_reflections(crystal, settings, inp, settings.reflections)
+    write_felix_inp(inp, folder / "felix.inp", title=INP_TITLE)
     chem = write_felix_cif(crystal, folder / "felix.cif")
     write_hkl(folder / "felix.hkl", settings.reflections)
     return chem, inp

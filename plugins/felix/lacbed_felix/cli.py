@@ -42,6 +42,20 @@ def _items(text):
     return [x.strip() for x in text.replace(";", ",").split(",") if x.strip()]
 
 
+def _triple(text, option):
+    """``1,1,0`` or ``1 1 0`` (a direction or plane normal) as three integers."""
+    if text is None:
+        return None
+    parts = text.replace(",", " ").split()
+    try:
+        values = tuple(int(x) for x in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise ValueError(f"{option} {text!r}: expected three integers, e.g. 1,1,0")
+    return values
+
+
 def _floats(text, option):
     if text is None:
         return None
@@ -74,14 +88,21 @@ def felix_group():
 @click.option("--g-limit", type=float, default=None, help="Beam pool |g| limit [1/Å] (FELIX RgLimit).")
 @click.option("--strong-beams", type=int, default=None, help="FELIX IMinStrongBeams.")
 @click.option("--absorption", type=float, default=None, help="Proportional absorption [%].")
+@click.option("--absorption-model", type=click.Choice(["none", "proportional", "bird-king"]), default=None, help="FELIX IAbsorbFLAG 0, 1 (--absorption %) or 2 (Bird & King).")
 @click.option("--form-factors", type=click.Choice(["kirkland", "peng"]), default=None)
+@click.option("--zone", default=None, help="Incident beam direction [uvw], e.g. 1,1,0 (FELIX IIncidentBeamDirection; default 0,0,1).")
+@click.option("--x-direction", default=None, help="Reciprocal vector [hkl] along image +x, perpendicular to the zone (FELIX IXDirection; default 1,0,0 at [001], else the shortest).")
+@click.option("--normal", default=None, help="Specimen surface normal [uvw] (FELIX INormalDirection; default the zone).")
 @click.option("--overwrite", is_flag=True, help="Replace the files of an earlier export in the folder.")
-def export_command(cif, output, pattern, reflections, sites, thickness, beams, overwrite, **options):
+def export_command(cif, output, pattern, reflections, sites, thickness, beams, zone, x_direction, normal, overwrite,
+                   **options):
     """Write a complete FELIX refinement set for CIF (and a measured pattern) into a folder."""
     from ._export import export_file
 
     result = export_file(cif, output, pattern=pattern, reflections=_triple_list(reflections), sites=_items(sites),
-                         thickness_nm=_floats(thickness, "--thickness"), n_beams=beams, overwrite=overwrite, **options)
+                         thickness_nm=_floats(thickness, "--thickness"), n_beams=beams, overwrite=overwrite,
+                         zone=_triple(zone, "--zone"), x_direction=_triple(x_direction, "--x-direction"),
+                         normal=_triple(normal, "--normal"), **options)
     images = f"{len(result.images)} image(s)" if result.images else f"no pattern: put the images in LR_{result.input.size}x{result.input.size}/ first"
     click.echo(f"{result.folder}: FELIX refinement ({result.input.refine_mode}) of {result.chem}, {images}; run felix there")
 
