@@ -291,6 +291,20 @@ def test_wedge_is_exact_with_absorption():
         assert (wedge - every).abs().max() < 1e-10
 
 
+def test_a_few_pixels_through_the_wedge():
+    """``pixels=`` solves only the representatives those pixels need (here one op of four)."""
+    cell, atoms, centring = _gaas()
+    zone = ZoneAxis((1, 1, 0), (0, 0, 1))
+    beams = zone_beam_pool(cell, zone, centring, 200e3, n_beams=30)
+    kw = dict(voltage=200e3, size=8, half_width=0.4, reflections=[(0, 0, 0), (1, -1, 1), (0, 0, 2)], strong_beams=25)
+    with torch.no_grad():
+        every = simulate_zone(atoms, cell, zone, beams, torch.tensor(THICK_A), use_symmetry=False, **kw)
+        for pixels in ([63], [0, 63], [9, 14, 49, 54]):
+            some, info = simulate_zone(atoms, cell, zone, beams, torch.tensor(THICK_A), pixels=pixels, return_info=True, **kw)
+            assert info.pixels_computed <= len(pixels)
+            assert (some - every.reshape(4, 3, 64)[..., pixels]).abs().max() < 1e-10
+
+
 def test_broken_symmetry_is_not_used():
     cell, atoms, centring = _gaas()
     moved = dict(atoms, frac=atoms["frac"] + np.array([[0.01, 0, 0]] + [[0, 0, 0]] * 7))

@@ -517,7 +517,6 @@ def _simulate_zone(atoms, cell, zone, beams, thickness, *, voltage, size, half_w
     targets = np.arange(size * size) if pixels is None else np.asarray(pixels, dtype=np.int64)
     m = None if strong_beams is None or strong_beams >= n else int(strong_beams)
 
-
     t_rep, t_op = rep_of[targets], op_index[targets]
     need = np.unique(np.concatenate([targets, t_rep]))
     at = np.full(size * size, -1, dtype=np.int64)
@@ -575,8 +574,8 @@ def _simulate_zone(atoms, cell, zone, beams, thickness, *, voltage, size, half_w
     # fill: target = op · rep → its discs from the representative's rows
     col_i = {b: i for i, b in enumerate(rows_i)}
     col_j = {b: i + len(rows_i) for i, b in enumerate(rows_j)}
-    cols = np.array([[(col_j if pattern[o][1] and kind != "real" else col_i)[int(b)] for b in src_rows[o]]
-                     for o in range(len(pattern))])  # (O, R)
+    cols = np.array([[(col_j if pattern[o][1] and kind != "real" else col_i)[int(b)] if o in used else 0
+                      for b in src_rows[o]] for o in range(len(pattern))])  # (O, R); unused ops: never read
     both = inten_i if inten_j is None or not len(rows_j) else torch.cat([inten_i, inten_j], dim=2)
     full = both[torch.as_tensor(slot)[:, None], :, torch.as_tensor(cols[t_op])]  # (P, R, T)
     full = full.permute(2, 1, 0)
