@@ -32,6 +32,20 @@ def _floats(text, option="--thickness"):
         raise click.UsageError(f"{option} {text!r}: expected comma-separated numbers") from None
 
 
+def _triple(text, option):
+    """"1,1,0" or "1 1 0" or "[1,1,0]" → (1, 1, 0); None stays None."""
+    if text is None:
+        return None
+    parts = text.strip().strip("[]").replace(",", " ").split()
+    try:
+        vec = tuple(int(x) for x in parts)
+    except ValueError:
+        raise click.UsageError(f"{option} {text!r}: expected three integers, e.g. 1,1,0") from None
+    if len(vec) != 3:
+        raise click.UsageError(f"{option} {text!r}: expected three integers, e.g. 1,1,0")
+    return vec
+
+
 @click.group(cls=_Group)
 @click.version_option(__version__)
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
@@ -48,24 +62,32 @@ def cli(verbose):
 @click.option("--kv", type=float, default=None, help="Accelerating voltage [kV] (default 200).")
 @click.option("--size", type=int, default=None, help="Pattern edge [pixels] (default 128).")
 @click.option("--half-width", type=float, default=None, help="Tilt half-width [1/Å] (default 7.266/a).")
-@click.option("--beams", type=int, default=None, help="Beam pool: at least this many ZOLZ beams (whole shells), all used at every pixel.")
-@click.option("--g-limit", type=float, default=None, help="Beam pool: all ZOLZ beams with |g| <= this [1/Å].")
+@click.option("--zone", default=None, help="Incident beam direction [uvw], e.g. 1,1,0 (default 0,0,1).")
+@click.option("--x-direction", default=None, help="Reciprocal vector [hkl] along image +x, perpendicular to the zone (default 1,0,0 at [001], else the shortest).")
+@click.option("--normal", default=None, help="Specimen surface normal [uvw] (default: the zone).")
+@click.option("--felix-inp", type=click.Path(dir_okay=False), default=None, help="Read every setting from a FELIX input file (v1.3 or the Python port's layout); options given here override it.")
+@click.option("--hkl", type=click.Path(dir_okay=False), default=None, help="Reflections to write from a felix.hkl file (with --felix-inp, a felix.hkl beside it is read by default).")
+@click.option("--beams", type=int, default=None, help="Beam pool: at least this many beams (whole shells; ZOLZ at cubic [001], near the Ewald sphere elsewhere), all used at every pixel.")
+@click.option("--g-limit", type=float, default=None, help="Beam pool: all beams with |g| <= this [1/Å] (near the Ewald sphere away from cubic [001]).")
 @click.option("--strong-beams", type=int, default=None, help="Beams per pixel chosen from the pool by excitation error (FELIX-like).")
 @click.option("--strong-rule", type=click.Choice(["count", "felix"]), default=None, help="count: exactly --strong-beams per pixel (fast); felix: FELIX's rule, at least that many (reproduces FELIX).")
 @click.option("--reflections", default=None, help='Reflections to write, e.g. "0 0 0;2 0 0" (default bright field).')
 @click.option("--absorption", type=float, default=None, help="Proportional absorption [%] (default 0).")
+@click.option("--absorption-model", type=click.Choice(["none", "proportional", "bird-king"]), default=None, help="Absorption: none, proportional (--absorption %) or bird-king (Bird & King 1990; FELIX's default).")
 @click.option("--form-factors", type=click.Choice(["kirkland", "peng"]), default=None, help="Electron form factors (default kirkland).")
 @click.option("--precision", type=click.Choice(["fast", "reference"]), default="fast", show_default=True, help="fast: float32 + symmetry wedge; reference: float64, every pixel.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes for the eigen-solves (one thread each).")
 @click.option("--engine", default="bloch", show_default=True, help="Simulator: bloch (built-in) or an installed plugin (see `lacbed-refine plugins`).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-def simulate_command(cif, output, thickness, reflections, **options):
-    """Simulate LACBED patterns of CIF along [001] (Bloch-wave engine by default)."""
+def simulate_command(cif, output, thickness, reflections, zone, x_direction, normal, **options):
+    """Simulate LACBED patterns of CIF at any zone axis (Bloch-wave engine by default)."""
     from lacbed_refine.simulators.files import parse_reflections, simulate_file
 
     refl = parse_reflections(reflections) if reflections is not None else None
-    result = simulate_file(cif, output, thickness_nm=_floats(thickness), reflections=refl, n_beams=options.pop("beams"), **options)
+    result = simulate_file(cif, output, thickness_nm=_floats(thickness), reflections=refl, n_beams=options.pop("beams"),
+                           zone=_triple(zone, "--zone"), x_direction=_triple(x_direction, "--x-direction"),
+                           normal=_triple(normal, "--normal"), **options)
     info = result["info"]
     detail = f"{info.n_beams} beams, {info.symmetry_ops} symmetry ops, " if info else f"{options['engine']}, "
     click.echo(f"{result['output']} ({detail}{result['seconds']:.2f} s); preview {result['preview']}")
@@ -83,6 +105,11 @@ def simulate_command(cif, output, thickness, reflections, **options):
 @click.option("--blur", type=float, default=0.0, show_default=True, help="Gaussian blur of the simulation [pixels].")
 @click.option("--beams", type=int, default=None, help="Beam pool (whole shells) used at every pixel.")
 @click.option("--kv", type=float, default=None, help="Accelerating voltage [kV] (default 200).")
+@click.option("--zone", default=None, help="Incident beam direction [uvw] of the pattern, e.g. 1,1,0 (default 0,0,1).")
+@click.option("--x-direction", default=None, help="Reciprocal vector [hkl] along the pattern's +x (default 1,0,0 at [001], else the shortest).")
+@click.option("--normal", default=None, help="Specimen surface normal [uvw] (default: the zone).")
+@click.option("--absorption-model", type=click.Choice(["none", "proportional", "bird-king"]), default=None, help="Absorption in the simulation (default none).")
+@click.option("--absorption", type=float, default=None, help="Proportional absorption [%] (with --absorption-model proportional).")
 @click.option("--size", type=int, default=None, help="Simulation grid [pixels] (default: the pattern's).")
 @click.option("--no-seed", is_flag=True, help="Skip the inverse-generator seed.")
 @click.option("--no-surrogate", is_flag=True, help="Skip the surrogate gradient search.")
@@ -96,8 +123,8 @@ def simulate_command(cif, output, thickness, reflections, **options):
 @click.option("--max-iter", type=int, default=40, show_default=True, help="L-BFGS-B iterations per polish level.")
 @click.option("--felix-seed", default=None, is_flag=False, flag_value="auto", help="Also write DIR/felix/: a FELIX refinement set seeded from the result (letters; alone: B and D as far as FELIX can refine them for the crystal; needs the FELIX plugin).")
 @click.option("--overwrite", is_flag=True, help="Replace a result already in the output folder.")
-def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, size, no_seed, no_surrogate, no_polish, no_b_restart,
-                forward_model, inverse_model, restarts, device, check, max_iter, felix_seed, overwrite):
+def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, zone, x_direction, normal, absorption_model, absorption,
+                size, no_seed, no_surrogate, no_polish, no_b_restart, forward_model, inverse_model, restarts, device, check, max_iter, felix_seed, overwrite):
     """Refine the structure in CIF against the measured bright-field PATTERN."""
     from lacbed_refine.refine.config import FitConfig
     from lacbed_refine.refine.files import fit_files
@@ -107,6 +134,8 @@ def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_
                        forward_model=forward_model, inverse_model=inverse_model, surrogate_restarts=restarts, device=device,
                        b_restart=not no_b_restart)
     result, paths = fit_files(cif, pattern, output, config=config, pattern_half_width=half_width, mask_path=mask_path, kv=kv, size=size, n_beams=beams,
+                              zone=_triple(zone, "--zone"), x_direction=_triple(x_direction, "--x-direction"), normal=_triple(normal, "--normal"),
+                              absorption_model=absorption_model, absorption=absorption,
                               progress=click.echo, felix_seed=felix_seed, overwrite=overwrite)
     sigma = f" ± {result.thickness_sigma_nm:.2f}" if math.isfinite(result.thickness_sigma_nm) else " (no uncertainty)"
     click.echo(f"r = {result.r:.5f}, t = {result.thickness_nm:.2f}{sigma} nm; wrote {paths['cif']}, {paths['report']}, {paths['figure']}")

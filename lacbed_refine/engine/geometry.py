@@ -95,7 +95,19 @@ class SimulationSettings:
         Include the uniform attenuation from U'₀ (FELIX omits it; False reproduces FELIX).
     strong_rule : {"count", "felix"}
         How ``strong_beams`` is applied: exactly that many per pixel (fast), or FELIX's rule (at
-        least that many, emulated in the full matrix; reproduces FELIX).
+        least that many, emulated in the full matrix; reproduces FELIX). Away from cubic [001]
+        only FELIX's rule exists.
+    zone : (u, v, w)
+        Incident-beam direction, a direct-lattice vector (FELIX ``IIncidentBeamDirection``).
+    x_direction : (h, k, l) or None
+        Reciprocal-lattice vector along the image +x axis, perpendicular to ``zone``
+        (FELIX ``IXDirection``); None: (1, 0, 0) at [001], else the shortest such vector
+        (:func:`lacbed_refine.engine.zone.default_x_direction`).
+    normal : (u, v, w) or None
+        Specimen surface normal, a direct-lattice vector (FELIX ``INormalDirection``); None: ``zone``.
+    absorption_model : {"none", "proportional", "bird-king"} or None
+        None: "proportional" when ``absorption`` > 0, else "none". "bird-king" computes U′ from
+        Bird & King's absorptive form factors (FELIX's default, IAbsorbFLAG 2) and ignores ``absorption``.
     """
 
     voltage: float = 200e3
@@ -110,9 +122,27 @@ class SimulationSettings:
     reflections: tuple[tuple[int, int, int], ...] = ((0, 0, 0),)
     mean_absorption: bool = True
     strong_rule: str = "count"
+    zone: tuple[int, int, int] = (0, 0, 1)
+    x_direction: tuple[int, int, int] | None = None
+    normal: tuple[int, int, int] | None = None
+    absorption_model: str | None = None
 
     def __post_init__(self):
         check_settings(self)
+
+    @property
+    def absorption_kind(self) -> str:
+        """The absorption model in force: "none", "proportional" or "bird-king"."""
+        if self.absorption_model is not None:
+            return self.absorption_model
+        return "proportional" if self.absorption > 0 else "none"
+
+    @property
+    def standard_001(self) -> bool:
+        """True for the geometry of the fast cubic [001] engine: beam [001], x [100], normal [001],
+        no Bird–King absorption."""
+        return (tuple(self.zone) == (0, 0, 1) and self.x_direction in (None, (1, 0, 0))
+                and self.normal in (None, (0, 0, 1)) and self.absorption_kind != "bird-king")
 
 
 #: Bounds of the settings an electron crystallographer can mean (outside: a typo or a unit slip).
@@ -180,6 +210,29 @@ def check_settings(s: "SimulationSettings") -> None:
     for r in s.reflections:
         if len(tuple(r)) != 3 or not all(isinstance(i, (int, np.integer)) for i in r):
             raise ValueError(f"--reflections: {r!r} is not three integers h k l")
+    if s.absorption_model not in (None, "none", "proportional", "bird-king"):
+        raise ValueError(f"--absorption-model {s.absorption_model!r}: use none, proportional or bird-king")
+    from lacbed_refine.engine.zone import ZoneAxis
+
+    # ZoneAxis checks the three vectors (integers, not zero, x ⊥ zone) and names the option
+    zone = ZoneAxis(s.zone, s.x_direction if s.x_direction is not None else _some_perpendicular(s.zone), s.normal)
+    object.__setattr__(s, "zone", zone.zone)
+    if s.x_direction is not None:
+        object.__setattr__(s, "x_direction", zone.x_direction)
+    if s.normal is not None:
+        object.__setattr__(s, "normal", zone.normal)
+
+
+def _some_perpendicular(zone) -> tuple[int, int, int]:
+    """Any integer (h, k, l) with h u + k v + l w = 0 (only to check the zone before a cell is known)."""
+    try:
+        u, v, w = (int(x) for x in zone)
+    except (TypeError, ValueError):
+        return (1, 0, 0)
+    for cand in ((1, 0, 0), (0, 1, 0), (0, 0, 1), (v, -u, 0), (0, w, -v), (w, 0, -u)):
+        if any(cand) and cand[0] * u + cand[1] * v + cand[2] * w == 0:
+            return cand
+    return (1, 0, 0)
 
 
 def paper_preset(a: float, **overrides) -> SimulationSettings:

@@ -17,7 +17,7 @@ import torch
 
 from lacbed_refine.structure.cell import Cell
 
-__all__ = ["ZoneAxis", "beam_vectors", "tilted_wavevectors", "excitation_errors_3d", "normal_factor"]
+__all__ = ["ZoneAxis", "beam_vectors", "tilted_wavevectors", "excitation_errors_3d", "normal_factor", "default_x_direction"]
 
 
 def _int_triple(value, option: str) -> tuple[int, int, int]:
@@ -137,3 +137,35 @@ def normal_factor(k: torch.Tensor, g: torch.Tensor, normal: np.ndarray) -> torch
     structure matrix is divided by √(f_i f_j) and the intensities by f_g."""
     n = torch.as_tensor(normal, dtype=torch.float64)
     return 1 + (g @ n)[None, :] / (k @ n)[:, None]
+
+
+def default_x_direction(cell: Cell, zone) -> tuple[int, int, int]:
+    """The image x direction used when none is given: (1, 0, 0) when it is perpendicular to the zone,
+    else the shortest reciprocal-lattice vector (h, k, l) with h u + k v + l w = 0 (ties: the first in
+    index order with the largest positive leading index), so that the choice is reproducible.
+
+    Parameters
+    ----------
+    cell : Cell
+    zone : (u, v, w)
+        Incident-beam direction (direct lattice).
+
+    Returns
+    -------
+    (h, k, l) : tuple of int
+    """
+    u, v, w = (int(x) for x in zone)
+    if u == 0:
+        return (1, 0, 0)
+    r = range(-6, 7)
+    best = None
+    for h in r:
+        for k in r:
+            for l in r:
+                if (h, k, l) == (0, 0, 0) or h * u + k * v + l * w:
+                    continue
+                length = float(np.linalg.norm(cell.recip @ np.array([h, k, l], dtype=float)))
+                key = (round(length, 9), -h, -k, -l)
+                if best is None or key < best[0]:
+                    best = (key, (h, k, l))
+    return best[1]

@@ -27,6 +27,11 @@ def fit_files(
     half_width: float | None = None,
     n_beams: int | None = None,
     g_limit: float | None = None,
+    zone=None,
+    x_direction=None,
+    normal=None,
+    absorption_model: str | None = None,
+    absorption: float | None = None,
     progress=None,
     felix_seed: str | None = None,
     overwrite: bool = False,
@@ -40,7 +45,10 @@ def fit_files(
     to the crystal) also writes ``out_dir/felix/``, a FELIX
     refinement set seeded from the result (needs the FELIX plugin). The output folder, the check
     simulator and every input are checked before any work; an existing result in ``out_dir`` is
-    replaced only with ``overwrite``. Returns the result and the written paths.
+    replaced only with ``overwrite``. ``zone``, ``x_direction``, ``normal`` [uvw]/[hkl] and the
+    absorption model select any zone axis (see :func:`~lacbed_refine.simulators.bloch.settings_for`);
+    away from cubic [001] the surrogate stages are skipped (they know only cubic [001]) and the
+    general engine does the thickness scan and the polish. Returns the result and the written paths.
     """
     from lacbed_refine.io.cif import read_cif
     from lacbed_refine.io.files import check_writable_folder
@@ -76,7 +84,9 @@ def fit_files(
     if half_width is None:  # simulate the tilt range that was measured
         half_width = pattern_half_width
     settings = settings_for(crystal, kv=kv, size=size if size is not None else pattern.shape[0] if pattern.shape[0] == pattern.shape[1] and pattern.shape[0] % 2 == 0 else None,
-                            half_width=half_width, n_beams=n_beams, g_limit=g_limit)
+                            half_width=half_width, n_beams=n_beams, g_limit=g_limit, zone=zone,
+                            x_direction=x_direction, normal=normal, absorption_model=absorption_model,
+                            absorption=absorption)
     if felix_seed_asked and hasattr(felix, "check_settings"):
         felix.check_settings(crystal, replace(settings, thicknesses=(100.0 * NM,)))  # FELIX's own limits
     created = not out.exists()

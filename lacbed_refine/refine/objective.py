@@ -53,6 +53,15 @@ class _Problem:
         self.threads = config.threads or available_cpus()
         self.set_grid(settings.size, measured, mask)
 
+        # cubic [001] has the fast engine; anything else the general one (exact excitation errors,
+        # HOLZ, surface normal, Bird–King), with the pool and zone fixed once for the whole fit
+        self.general = not (crystal.is_cubic and settings.standard_001)
+        if self.general:
+            from lacbed_refine.simulators.bloch import zone_axis, zone_beams
+
+            self.pool = zone_beams(crystal, replace(settings, reflections=((0, 0, 0),)))
+            self.zone = zone_axis(crystal, settings)
+
     def set_grid(self, size, measured, mask):
         self.size = size
         self.meas = torch.as_tensor(measured, dtype=torch.float64)
@@ -60,7 +69,20 @@ class _Problem:
         self.grid_settings = replace(self.settings, size=size)
 
     def simulate(self, theta, t_nm, *, dtype=torch.float32, thicknesses=None):
+        """Bright field at parameters ``theta`` and thickness ``t_nm`` [nm] (or ``thicknesses`` [Å]),
+        shape (T, size, size); differentiable in both."""
         t = torch.atleast_1d(t_nm * NM) if thicknesses is None else thicknesses
+        if self.general:
+            from lacbed_refine.engine.general import simulate_zone
+
+            s = self.grid_settings
+            stack = simulate_zone(
+                self.params.atoms(theta), self.crystal.cell, self.zone, self.pool, t,
+                voltage=s.voltage, size=s.size, half_width=s.half_width, reflections=((0, 0, 0),),
+                strong_beams=s.strong_beams, absorption=s.absorption, absorption_model=s.absorption_kind,
+                mean_absorption=s.mean_absorption, form_factors=s.form_factors, dtype=dtype,
+            )
+            return stack[:, 0]
         stack, _ = simulate_lacbed(
             self.params.atoms(theta), self.crystal.a, self.grid_settings, centring=self.centring,
             thickness=t, dtype=dtype, workers=self.threads,

@@ -144,7 +144,8 @@ def refine(
         say(f"note: --refine {','.join(config.refine)} frees no parameter of {crystal.name} "
             f"(fixed sites or no free coordinates); only the thickness can move")
     model_notes: list[str] = []
-    if models is None and (config.seed or config.surrogate):
+    surrogate_ok = crystal.is_cubic and settings.standard_001  # what the shipped surrogates know
+    if models is None and (config.seed or config.surrogate) and surrogate_ok:
         from lacbed_refine.refine import surrogate_search as rs
 
         # a bad model file is found here, before the thickness scan, not after it
@@ -324,6 +325,14 @@ def _surrogate_stages(problem, params, x, pattern, mask, config, models, stages,
     if not any(wanted.values()):
         for name in wanted:
             stages.append(StageLog(name, None, 0.0, "switched off"))
+        return x, info
+    if problem.general:
+        why = (f"skipped: the surrogates are cubic [001] only; {problem.crystal.name} is "
+               f"{'cubic' if problem.crystal.is_cubic else problem.crystal.spacegroup_symbol} at zone "
+               f"{list(problem.settings.zone)}")
+        for name, on in wanted.items():
+            stages.append(StageLog(name, None, 0.0, why if on else "switched off"))
+        say(f"surrogate stages {why}")
         return x, info
     notes = list(notes)
     if models is None:

@@ -12,7 +12,11 @@ import torch
 from lacbed_refine.engine.bloch import EngineInfo, simulate_lacbed
 from lacbed_refine.conventions import NM
 from lacbed_refine.structure.crystal import Crystal
+from lacbed_refine.engine.beams import zone_beam_pool
 from lacbed_refine.engine.geometry import SimulationSettings, paper_preset
+from lacbed_refine.engine.zone import ZoneAxis, default_x_direction
+
+__all__ = ["settings_for", "simulate_crystal", "simulate_general", "zone_beams", "zone_axis", "centring_vectors", "BlochSimulator"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,11 @@ def settings_for(
     absorption: float | None = None,
     form_factors: str | None = None,
     strong_rule: str | None = None,
+    zone=None,
+    x_direction=None,
+    normal=None,
+    absorption_model: str | None = None,
+    mean_absorption: bool | None = None,
 ) -> SimulationSettings:
     """Settings from a preset plus overrides (None keeps the preset's value).
 
@@ -50,6 +59,11 @@ def settings_for(
         then every pool beam is used at every pixel unless ``strong_beams`` is given.
     absorption : float
         Proportional absorption [%].
+    zone, x_direction, normal
+        Incident beam [uvw], image x direction [hkl] (default
+        :func:`~lacbed_refine.engine.zone.default_x_direction`) and surface normal [uvw] (default the
+        zone), as FELIX defines them.
+    absorption_model : {"none", "proportional", "bird-king"}
     """
     if preset != "paper":
         raise ValueError(f"unknown preset {preset!r}; available: 'paper'")
@@ -78,6 +92,18 @@ def settings_for(
         changes["absorption"] = float(absorption)
     if form_factors is not None:
         changes["form_factors"] = form_factors
+    if absorption_model is not None:
+        changes["absorption_model"] = absorption_model
+    if mean_absorption is not None:
+        changes["mean_absorption"] = bool(mean_absorption)
+    if zone is not None:
+        changes["zone"] = tuple(zone)
+    if x_direction is not None:
+        changes["x_direction"] = tuple(x_direction)
+    elif zone is not None and tuple(zone) != (0, 0, 1):
+        changes["x_direction"] = default_x_direction(crystal.cell, zone)
+    if normal is not None:
+        changes["normal"] = tuple(normal)
     return replace(s, **changes)
 
 
@@ -107,6 +133,8 @@ def simulate_crystal(
     if precision not in ("fast", "reference"):
         raise ValueError(f"precision must be 'fast' or 'reference', got {precision!r}")
     dtype = torch.float32 if precision == "fast" else torch.float64
+    if not (crystal.is_cubic and settings.standard_001):
+        return simulate_general(crystal, settings, dtype=dtype, workers=workers)
     crystal.require_cubic("the cubic [001] Bloch engine")
     bar = None
     callback = None
@@ -141,7 +169,90 @@ def simulate_crystal(
     return stack, info
 
 
-log = logging.getLogger(__name__)
+def centring_vectors(crystal: Crystal) -> np.ndarray:
+    """The lattice-centring translations of the crystal's space group, shape (C, 3), fractional
+    (the pure translations among its operations; (0, 0, 0) first)."""
+    rot, tra = crystal.operations()
+    pure = np.all(rot == np.eye(3, dtype=rot.dtype), axis=(1, 2))
+    vecs = np.mod(tra[pure], 1.0)
+    order = np.argsort(np.abs(vecs).sum(1), kind="stable")
+    return vecs[order]
+
+
+def zone_beams(crystal: Crystal, settings: SimulationSettings) -> np.ndarray:
+    """The beam pool of ``settings`` for the crystal at any zone (FELIX's rule, HOLZ included),
+    shape (n, 3) int, 000 first; every requested reflection is checked to be in it."""
+    zone = zone_axis(crystal, settings)
+    if settings.g_limit is not None:
+        pool = zone_beam_pool(crystal.cell, zone, centring_vectors(crystal), settings.voltage, g_limit=settings.g_limit)
+    else:
+        pool = zone_beam_pool(crystal.cell, zone, centring_vectors(crystal), settings.voltage,
+                              n_beams=int(settings.n_beams or 100))
+    have = {tuple(int(i) for i in g) for g in pool}
+    for r in settings.reflections:
+        if tuple(int(i) for i in r) not in have:
+            raise ValueError(f"--reflections {' '.join(str(int(i)) for i in r)}: not in the {len(pool)}-beam pool at "
+                             f"zone {list(settings.zone)} (forbidden by centring, off the zone, or beyond the pool's "
+                             "|g| limit)")
+    return pool
+
+
+def zone_axis(crystal: Crystal, settings: SimulationSettings) -> ZoneAxis:
+    """The :class:`ZoneAxis` of ``settings`` (default x direction from the crystal's cell)."""
+    x = settings.x_direction
+    if x is None:
+        x = (1, 0, 0) if tuple(settings.zone) == (0, 0, 1) else default_x_direction(crystal.cell, settings.zone)
+    return ZoneAxis(settings.zone, x, settings.normal)
+
+
+def simulate_general(
+    crystal: Crystal,
+    settings: SimulationSettings,
+    *,
+    dtype: torch.dtype = torch.float64,
+    workers: int = 1,
+) -> tuple[np.ndarray, EngineInfo]:
+    """Simulate any crystal at any zone axis with the general engine
+    (:func:`lacbed_refine.engine.general.simulate_zone`): exact excitation errors, the surface-normal
+    factor, HOLZ beams in the pool, FELIX's per-pixel strong-beam rule when ``strong_beams`` is set
+    (whatever ``strong_rule`` says: the fixed-count rule exists only on the [001] engine), and the
+    absorption model of ``settings``.
+
+    Returns
+    -------
+    stack : ndarray, float32, shape (T, R, size, size)
+    info : EngineInfo
+    """
+    from lacbed_refine.engine.general import simulate_zone
+
+    pool = zone_beams(crystal, settings)
+    zone = zone_axis(crystal, settings)
+    if settings.strong_beams is not None and settings.strong_rule == "count":
+        log.info("%s: zone %s uses FELIX's strong-beam rule (at least %d beams per pixel)", crystal.name,
+                 list(settings.zone), settings.strong_beams)
+    kwargs = {}
+    if workers and workers > 1:
+        import inspect
+
+        if "workers" in inspect.signature(simulate_zone).parameters:
+            kwargs["workers"] = workers
+    with torch.no_grad():
+        stack = simulate_zone(
+            crystal.atoms(), crystal.cell, zone, pool,
+            torch.tensor(settings.thicknesses, dtype=torch.float64),
+            voltage=settings.voltage, size=settings.size, half_width=settings.half_width,
+            reflections=tuple(tuple(int(i) for i in r) for r in settings.reflections),
+            strong_beams=settings.strong_beams, absorption=settings.absorption,
+            absorption_model=settings.absorption_kind, mean_absorption=settings.mean_absorption,
+            form_factors=settings.form_factors, dtype=dtype, **kwargs,
+        )
+    stack = stack.cpu().numpy().astype(np.float32)
+    if not np.isfinite(stack).all():
+        raise FloatingPointError(f"{crystal.name}: the engine produced non-finite intensities")
+    info = EngineInfo(n_beams=len(pool), strong_beams=settings.strong_beams, symmetry_ops=1,
+                      pixels_computed=settings.size**2, real_symmetric=settings.absorption_kind == "none",
+                      dtype=str(dtype).replace("torch.", ""))
+    return stack, info
 
 
 class BlochSimulator:

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def parse_reflections(text: str) -> tuple[tuple[int, int, int], ...]:
-    """Parse ``"0 0 0; 2 0 0; -2 2 0"`` into (h, k, l) tuples; l must be 0 ([001] ZOLZ)."""
+    """Parse ``"0 0 0; 2 0 0; -2 2 0"`` into (h, k, l) tuples (each must later be in the beam pool)."""
     out = []
     for part in text.split(";"):
         part = part.strip()
@@ -35,14 +35,61 @@ def parse_reflections(text: str) -> tuple[tuple[int, int, int], ...]:
             raise ValueError(f"--reflections: {part!r} is not three integers 'h k l'") from None
         if len(hkl) != 3:
             raise ValueError(f"--reflections: {part!r} is not three integers 'h k l'")
-        if hkl[2] != 0:
-            raise ValueError(f"--reflections: {part!r} is not in the [001] zero-order Laue zone (l must be 0)")
         if hkl in out:
             raise ValueError(f"--reflections: {part!r} is given twice")
         out.append(hkl)
     if not out:
         raise ValueError("--reflections: no reflections given")
     return tuple(out)
+
+
+def felix_options(inp_path, *, hkl_path=None) -> tuple[dict, float, str]:
+    """Every simulation setting of a FELIX input file (either dialect, :mod:`lacbed_refine.io.felix_inp`)
+    as options of :func:`~lacbed_refine.simulators.bloch.settings_for`, so that the engine reproduces
+    FELIX's output: its zone, x direction and normal, voltage, thicknesses, image size and half-width,
+    absorption model, form factors, beam pool (``RgLimit`` or pool size), FELIX's per-pixel strong-beam
+    rule with ``IMinStrongBeams``, and no mean absorption (FELIX leaves it out).
+
+    Reflections: those of ``hkl_path`` (a ``felix.hkl``), else of a ``felix.hkl`` beside the input
+    (FELIX reads that one), else the bright field alone.
+
+    Returns
+    -------
+    options : dict
+        Keyword arguments of ``settings_for``.
+    default_b : float
+        FELIX's B [Å²] for CIF sites without one (``RDebyeWallerConstant``).
+    note : str
+        Where the reflections came from (for the log).
+    """
+    from pathlib import Path
+
+    from lacbed_refine.io.felix_inp import read_felix_inp, read_hkl
+
+    inp_path = Path(inp_path)
+    fs = read_felix_inp(inp_path).simulation_settings()
+    if fs.form_factors not in ("kirkland", "peng"):
+        raise ValueError(f"--felix-inp {inp_path}: form factors {fs.form_factors or 'of an unknown code'!r} are not "
+                         "available here (kirkland, peng)")
+    options = dict(
+        zone=fs.zone, x_direction=fs.x_direction, normal=fs.normal, kv=fs.voltage_kv,
+        thickness_nm=[float(t) / NM for t in fs.thicknesses], size=int(fs.image_size), half_width=float(fs.half_width),
+        absorption_model=fs.absorption, absorption=float(fs.absorption_percent or 0.0), form_factors=fs.form_factors,
+        strong_beams=int(fs.strong_beams), strong_rule="felix", mean_absorption=False,
+    )
+    if fs.g_limit is not None:
+        options["g_limit"] = float(fs.g_limit)
+    else:
+        options["n_beams"] = int(fs.n_beams)
+    note = "bright field only (no felix.hkl)"
+    if hkl_path is None and (inp_path.parent / "felix.hkl").exists():
+        hkl_path = inp_path.parent / "felix.hkl"
+    if hkl_path is not None:
+        hkl = read_hkl(hkl_path)
+        refl = [(0, 0, 0)] + [tuple(int(i) for i in r) for r in hkl if tuple(int(i) for i in r) != (0, 0, 0)]
+        options["reflections"] = tuple(dict.fromkeys(refl))
+        note = f"{len(options['reflections'])} reflections from {hkl_path}"
+    return options, float(fs.debye_waller), note
 
 
 def _labels(settings: SimulationSettings) -> tuple[list[str], list[str], list[str]]:
@@ -62,6 +109,8 @@ def simulate_file(
     workers: int = 1,
     engine: str = "bloch",
     overwrite: bool = False,
+    felix_inp=None,
+    hkl=None,
     **options,
 ) -> dict:
     """Read ``cif``, simulate, write ``out`` (.tif/.npy/.h5) and a PNG preview beside it.
@@ -69,7 +118,9 @@ def simulate_file(
     Options, the output path (an existing file is replaced only with ``overwrite``) and the engine
     are checked before the simulation starts.
     ``engine`` names the simulator ("bloch", or an installed plugin such as "felix");
-    ``options`` are those of :func:`settings_for`. Returns a summary dict (paths, timing, engine info).
+    ``options`` are those of :func:`settings_for`. ``felix_inp`` (a FELIX input file, either dialect)
+    supplies every setting (:func:`felix_options`); options given here (not None) override it. ``hkl``
+    (a ``felix.hkl``) gives the reflections. Returns a summary dict (paths, timing, engine info).
     """
     resolve_device(device)
     workers = check_workers(workers)
@@ -81,7 +132,19 @@ def simulate_file(
         except PluginError as exc:
             raise ValueError(f"--engine {engine!r}: {str(exc).split(': ', 1)[-1]}") from None
     out = check_stack_output(out, overwrite=overwrite, inputs=(cif,))
-    crystal = read_cif(cif)
+    default_b = None
+    if felix_inp is not None:
+        base, default_b, note = felix_options(felix_inp, hkl_path=hkl)
+        log.info("%s: %s", felix_inp, note)
+        base.update({k: v for k, v in options.items() if v is not None})
+        options = base
+    elif hkl is not None:
+        from lacbed_refine.io.felix_inp import read_hkl
+
+        refl = [(0, 0, 0)] + [tuple(int(i) for i in r) for r in read_hkl(hkl)]
+        if options.get("reflections") is None:
+            options["reflections"] = tuple(dict.fromkeys(refl))
+    crystal = read_cif(cif) if default_b is None else read_cif(cif, default_b_iso=default_b)
     settings = settings_for(crystal, **options)
     t0 = time.perf_counter()
     if engine == "bloch":
@@ -111,6 +174,11 @@ def simulate_file(
         "absorption_percent": settings.absorption,
         "form_factors": settings.form_factors,
         "precision": precision,
+        "zone": list(settings.zone),
+        "x_direction": list(settings.x_direction) if settings.x_direction is not None else [1, 0, 0],
+        "normal": list(settings.normal or settings.zone),
+        "absorption_model": settings.absorption_kind,
+        "cell": [crystal.cell.a, crystal.cell.b, crystal.cell.c, crystal.cell.alpha, crystal.cell.beta, crystal.cell.gamma],
     }
     write_stack(out, stack, labels=pages, metadata=meta)
     png = write_preview(
