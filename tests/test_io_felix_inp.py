@@ -275,12 +275,9 @@ def test_writer_matches_the_live_plugin():
 
 
 def test_fields_and_defaults_are_the_plugins():
+    # the plugin keeps no copy of its own: it uses the core's class (one definition of the format)
     lf = plugin_inp()
-    theirs = {f.name: f.default for f in dataclasses.fields(lf.FelixInput)}
-    ours = {f.name: f.default for f in dataclasses.fields(FelixInput)}
-    assert {k: ours[k] for k in theirs} == theirs  # every plugin field, same default (a drop-in)
-    assert list(ours)[: len(theirs)] == list(theirs)  # same order: positional construction works too
-    assert set(ours) - set(theirs) == {"debye_model", "plot", "debug", "dialect", "source"}
+    assert lf.FelixInput is FelixInput
 
 
 def test_reader_matches_the_live_plugin_reader():

@@ -23,7 +23,7 @@ from lacbed_refine.structure.crystal import (
     B_ISO_LIMITS, CELL_ANGLE_RANGE, CELL_EDGE_RANGE, Crystal, CrystalError, DEFAULT_B_ISO, Site, orbit_of,
 )
 from lacbed_refine.structure.spacegroup import (
-    POS_TOL, cell_constraint, crystal_system, find_setting, fit_cell, setting_of, shared_position_groups,
+    POS_TOL, cell_constraint, crystal_system, find_setting, fit_cell, shared_position_groups,
     snap_to_special, symmetry_operations, wrap_diff,
 )
 

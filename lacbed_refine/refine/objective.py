@@ -81,6 +81,9 @@ class _Problem:
                 voltage=s.voltage, size=s.size, half_width=s.half_width, reflections=((0, 0, 0),),
                 strong_beams=s.strong_beams, absorption=s.absorption, absorption_model=s.absorption_kind,
                 mean_absorption=s.mean_absorption, form_factors=s.form_factors, dtype=dtype,
+                # θ keeps the space group, so the pattern symmetry found from the U_g holds along
+                # every path the optimiser takes: the wedge stays exact, gradients included
+                use_symmetry=True, workers=self.threads,
             )
             return stack[:, 0]
         stack, _ = simulate_lacbed(

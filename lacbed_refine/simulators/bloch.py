@@ -135,6 +135,10 @@ def simulate_crystal(
     dtype = torch.float32 if precision == "fast" else torch.float64
     if not (crystal.is_cubic and settings.standard_001):
         return simulate_general(crystal, settings, dtype=dtype, workers=workers)
+    for r in settings.reflections:
+        if int(r[2]) != 0:  # the [001] engine's pool is the zero-order Laue zone
+            raise ValueError(f"--reflections {' '.join(str(int(i)) for i in r)}: not in the [001] zero-order Laue zone "
+                             "(l must be 0 at zone 0,0,1)")
     crystal.require_cubic("the cubic [001] Bloch engine")
     bar = None
     callback = None
@@ -230,28 +234,19 @@ def simulate_general(
     if settings.strong_beams is not None and settings.strong_rule == "count":
         log.info("%s: zone %s uses FELIX's strong-beam rule (at least %d beams per pixel)", crystal.name,
                  list(settings.zone), settings.strong_beams)
-    kwargs = {}
-    if workers and workers > 1:
-        import inspect
-
-        if "workers" in inspect.signature(simulate_zone).parameters:
-            kwargs["workers"] = workers
     with torch.no_grad():
-        stack = simulate_zone(
+        stack, info = simulate_zone(
             crystal.atoms(), crystal.cell, zone, pool,
             torch.tensor(settings.thicknesses, dtype=torch.float64),
             voltage=settings.voltage, size=settings.size, half_width=settings.half_width,
             reflections=tuple(tuple(int(i) for i in r) for r in settings.reflections),
             strong_beams=settings.strong_beams, absorption=settings.absorption,
             absorption_model=settings.absorption_kind, mean_absorption=settings.mean_absorption,
-            form_factors=settings.form_factors, dtype=dtype, **kwargs,
+            form_factors=settings.form_factors, dtype=dtype, workers=max(1, int(workers or 1)), return_info=True,
         )
     stack = stack.cpu().numpy().astype(np.float32)
     if not np.isfinite(stack).all():
         raise FloatingPointError(f"{crystal.name}: the engine produced non-finite intensities")
-    info = EngineInfo(n_beams=len(pool), strong_beams=settings.strong_beams, symmetry_ops=1,
-                      pixels_computed=settings.size**2, real_symmetric=settings.absorption_kind == "none",
-                      dtype=str(dtype).replace("torch.", ""))
     return stack, info
 
 

@@ -206,6 +206,7 @@ def potential_file(cif, out, *, size: int = 128, form_factors: str = "kirkland",
         raise ValueError(f"--form-factors {form_factors!r}: use kirkland or peng")
     out = check_stack_output(out, overwrite=overwrite, inputs=(cif,))
     crystal = read_cif(cif)
+    crystal.require_cubic("the [001] projected potential of the surrogates (cubic cells only)")
     with torch.no_grad():
         raw = projected_potential(
             crystal.atoms(), crystal.a, centring=crystal.spacegroup_symbol[0], size=size, table=form_factors
