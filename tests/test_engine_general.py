@@ -379,3 +379,25 @@ def test_gradients_through_the_wedge_for_symmetric_parameters(case):
     b2 = torch.tensor([0.5, 0.6], dtype=torch.float64, requires_grad=True)
     t = torch.tensor([400.0], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(f, (b2, t), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_gradcheck_rutile_001_bird_king_free_o_x():
+    # tetragonal cell, the one free coordinate of rutile (O x) moving all four O together, B of
+    # both species and thickness, with Bird–King absorption (U′ depends on B and the phases)
+    cell, atoms, centring = _rutile()
+    zone = ZoneAxis((0, 0, 1), (1, 0, 0))
+    beams = zone_beam_pool(cell, zone, centring, 200e3, n_beams=15)
+    sign = torch.tensor([[0, 0, 0], [0, 0, 0], [1, 1, 0], [-1, -1, 0], [1, -1, 0], [-1, 1, 0]], dtype=torch.float64)
+    base = torch.as_tensor(atoms["frac"], dtype=torch.float64)
+    ti = torch.as_tensor(atoms["Z"] == 22)
+
+    def f(dx, b2, t):
+        frac = base + sign * dx
+        b = torch.where(ti, b2[0], b2[1])
+        return simulate_zone(dict(atoms, frac=frac, b_iso=b), cell, zone, beams, t, voltage=200e3, size=4,
+                             half_width=0.3, reflections=[(0, 0, 0), (1, 1, 0)], absorption_model="bird-king")
+
+    args = (torch.tensor([0.0], dtype=torch.float64, requires_grad=True),
+            torch.tensor([0.45, 0.6], dtype=torch.float64, requires_grad=True),
+            torch.tensor([300.0], dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-5, rtol=1e-4)
