@@ -191,3 +191,14 @@ def test_every_package_is_installed():
     found = {_module_name(p.parent) if p.parent != PACKAGE else "lacbed_refine"
              for p in PACKAGE.rglob("__init__.py") if "weights" not in p.parts}
     assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
+
+
+def test_the_command_line_loads_torch_only_for_work():
+    # `lacbed-refine --help`/`--version` and option errors answer without loading torch (seconds);
+    # each command imports what it needs when it runs
+    import subprocess
+    import sys
+
+    code = "import sys, lacbed_refine_cli.main; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -14,7 +14,6 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from lacbed_refine.structure.crystal import Crystal
 from lacbed_refine.engine.geometry import SimulationSettings
-from lacbed_refine.simulators.bloch import BlochSimulator
 
 ENTRY_POINT_GROUP = "lacbed_refine.simulators"
 
@@ -94,6 +93,8 @@ def _load(ep) -> Simulator:
 def get_simulator(name: str = "bloch") -> Simulator:
     """The simulator called ``name`` ("bloch" or an installed plugin's name)."""
     if name == "bloch":
+        from lacbed_refine.simulators.bloch import BlochSimulator  # loads torch: only when asked for
+
         return BlochSimulator()
     for ep in _entry_points():
         if ep.name == name:
