@@ -83,3 +83,21 @@ def test_sigkill_mid_batch_loses_nothing_finished(tmp_path):
         assert (out / name / "report.json").read_text().strip().endswith("}")
     res = run_batch(manifest, out, progress=False)
     assert res["skipped"] == len(finished) and res["done"] == 4
+
+
+def test_unreachable_scheduler_is_one_line_and_leaves_no_folder(tmp_path):
+    import dask
+
+    manifest = _manifest(tmp_path, n_good=1, bad=False)
+    out = tmp_path / "out"
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        with pytest.raises(ValueError, match=r"--scheduler tcp://127\.0\.0\.1:9: cannot connect"):
+            run_batch(manifest, out, scheduler="tcp://127.0.0.1:9", progress=False)
+    assert not out.exists()  # the folder this batch made is gone again
+    keep = tmp_path / "kept"
+    keep.mkdir()
+    (keep / "other.txt").write_text("x")
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        with pytest.raises(ValueError):
+            run_batch(manifest, keep, scheduler="tcp://127.0.0.1:9", progress=False)
+    assert (keep / "other.txt").exists() and sorted(p.name for p in keep.iterdir()) == ["other.txt"]

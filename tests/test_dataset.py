@@ -315,3 +315,13 @@ def test_leftovers_of_a_kill_during_assembly_are_cleaned(tiny, tmp_path):
     result = build_dataset(out, cifs=[cifs], synthetic=3, seed=4, spec=TINY, progress=False)
     assert result.computed == 0 and result.content_hash == reference.content_hash
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]
+
+
+def test_unreachable_scheduler_leaves_no_work_folder(tmp_path):
+    import dask
+
+    out = tmp_path / "d.h5"
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        with pytest.raises(ValueError, match=r"--scheduler tcp://127\.0\.0\.1:9: cannot connect"):
+            build_dataset(out, synthetic=1, seed=0, spec=TINY, scheduler="tcp://127.0.0.1:9", progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -184,6 +184,8 @@ def build_dataset(
         if not overwrite:
             raise ValueError(f"{output} exists and was built from other inputs or settings; pass --overwrite to replace it")
 
+    if scheduler:
+        _check_scheduler(scheduler)  # before the work folder exists: an unreachable cluster leaves nothing
     work.open(spec.to_dict())
     try:
         work.write_tasks(ids)
@@ -270,6 +272,19 @@ def _bar(total: int, initial: int, progress: bool):
 
     return tqdm(total=total, initial=initial, unit="structure", desc="dataset", disable=not progress,
                 smoothing=0.05, dynamic_ncols=True, file=sys.stderr)
+
+
+def _check_scheduler(scheduler: str) -> None:
+    """Connect to the Dask scheduler once; one line naming the address if it cannot be reached."""
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise ValueError('--scheduler needs dask.distributed: pip install "lacbed-refine[dask]"') from None
+    try:
+        Client(scheduler, set_as_default=False).close()
+    except Exception as exc:  # OSError, TimeoutError, ValueError for a bad address: all one line
+        raise ValueError(f"--scheduler {scheduler}: cannot connect ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'no answer'})") from None
 
 
 def _compute_all(pending, spec, store, *, workers, scheduler, total, progress) -> int:

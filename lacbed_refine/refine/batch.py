@@ -186,6 +186,20 @@ def _write_summary(out_dir: Path, statuses: dict, order: list[str]) -> Path:
     return path
 
 
+def _connect(scheduler: str, created_folder: Path | None):
+    """A Dask client of ``scheduler``; if it cannot be reached, the output folder this batch created
+    (still empty) is removed and one line names the address."""
+    from dask.distributed import Client
+
+    try:
+        return Client(scheduler)
+    except Exception as exc:  # OSError, TimeoutError, ValueError for a bad address: all one line
+        if created_folder is not None and created_folder.is_dir() and not any(created_folder.iterdir()):
+            created_folder.rmdir()
+        raise ValueError(f"--scheduler {scheduler}: cannot connect ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'no answer'})") from None
+
+
 def run_batch(manifest, out_dir, *, workers: int = 1, scheduler: str | None = None, progress: bool = True) -> dict:
     """Refine every sample of ``manifest`` into ``out_dir``; returns counts and the summary path.
 
@@ -195,7 +209,11 @@ def run_batch(manifest, out_dir, *, workers: int = 1, scheduler: str | None = No
     """
     samples = read_manifest(manifest)
     workers = check_workers(workers)
+    created = not Path(out_dir).exists()
     out = check_writable_folder(out_dir, option="-o")
+    client = None
+    if scheduler:
+        client = _connect(scheduler, out if created else None)
     order = [s["id"] for s in samples]
     statuses = {}
     todo = []
@@ -220,10 +238,10 @@ def run_batch(manifest, out_dir, *, workers: int = 1, scheduler: str | None = No
             bar.set_postfix_str(f"{status['id']}: {status['status']}")
 
     try:
-        if scheduler:
-            from dask.distributed import Client, as_completed
+        if client is not None:
+            from dask.distributed import as_completed
 
-            with Client(scheduler) as client:
+            with client:
                 futures = [client.submit(fit_sample, s, str(out), 1, pure=False) for s in todo]
                 for fut in as_completed(futures):
                     record(fut.result())
