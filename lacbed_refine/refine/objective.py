@@ -68,10 +68,11 @@ class _Problem:
         self.mask = None if mask is None else torch.as_tensor(mask, dtype=torch.bool)
         self.grid_settings = replace(self.settings, size=size)
 
-    def simulate(self, theta, t_nm, *, dtype=torch.float32, thicknesses=None):
-        """Bright field at parameters ``theta`` and thickness ``t_nm`` [nm] (or ``thicknesses`` [Å]),
-        shape (T, size, size); differentiable in both."""
-        t = torch.atleast_1d(t_nm * NM) if thicknesses is None else thicknesses
+    def simulate(self, theta, t_nm, *, dtype=torch.float32):
+        """Bright field at parameters ``theta`` and thickness(es) ``t_nm`` [nm] (scalar or (T,)),
+        shape (T, size, size); differentiable in both. The fit works in nm throughout; this is the
+        one place where thickness becomes the engine's Å."""
+        t = torch.atleast_1d(torch.as_tensor(t_nm, dtype=torch.float64) * NM)
         if self.general:
             from lacbed_refine.engine.general import simulate_zone
 

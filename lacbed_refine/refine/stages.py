@@ -58,7 +58,7 @@ def _thickness_scan(problem, x, config, around: float | None = None) -> tuple[fl
         step = min(step, 1.0)
     grid = torch.arange(start, stop + 0.5 * step, step, dtype=torch.float64)
     with torch.no_grad():
-        sims = problem.simulate(torch.as_tensor(x[:-1]), None, thicknesses=grid * NM)
+        sims = problem.simulate(torch.as_tensor(x[:-1]), grid)
     rs = torch.stack([masked_pearson_r(_blur(s.double(), config.blur_sigma), problem.meas, problem.mask) for s in sims])
     peaks = _scan_peaks(grid.numpy(), rs.numpy(), config.thickness_starts)
     k = int(torch.argmax(rs))
