@@ -88,6 +88,9 @@ def test_sigkill_mid_batch_loses_nothing_finished(tmp_path):
 def test_unreachable_scheduler_is_one_line_and_leaves_no_folder(tmp_path):
     import dask
 
+    # distributed's defaults must be in dask's config before config.set, which restores the config
+    # as it found it on exit (it would drop them, breaking every later Dask test)
+    pytest.importorskip("dask.distributed")
     manifest = _manifest(tmp_path, n_good=1, bad=False)
     out = tmp_path / "out"
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):

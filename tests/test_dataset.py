@@ -320,6 +320,9 @@ def test_leftovers_of_a_kill_during_assembly_are_cleaned(tiny, tmp_path):
 def test_unreachable_scheduler_leaves_no_work_folder(tmp_path):
     import dask
 
+    # distributed's defaults must be in dask's config before config.set, which restores the config
+    # as it found it on exit (it would drop them, breaking every later Dask test)
+    pytest.importorskip("dask.distributed")
     out = tmp_path / "d.h5"
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
         with pytest.raises(ValueError, match=r"--scheduler tcp://127\.0\.0\.1:9: cannot connect"):
