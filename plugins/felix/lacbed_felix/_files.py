@@ -268,7 +268,8 @@ def read_structure_factors(path) -> StructureFactors:
             if len(parts) != 7:
                 raise ValueError
             row = [float(x) for x in parts]
-            if not all(math.isfinite(x) for x in row) or any(x != round(x) for x in row[:3]):
+            # Miller indices are whole numbers of a sane size (FELIX's pools stay far below 10⁶)
+            if not all(math.isfinite(x) for x in row) or any(x != round(x) or abs(x) > 1e6 for x in row[:3]):
                 raise ValueError
             rows.append(row)
         except ValueError:
