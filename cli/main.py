@@ -95,14 +95,14 @@ def simulate_command(cif, output, thickness, reflections, zone, x_direction, nor
 
 @cli.command("fit")
 @click.argument("cif", type=click.Path(dir_okay=False))
-@click.argument("pattern", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder: refined.cif, report.json, fit.png.")
-@click.option("--refine", "refine_", default="xyz,b,occ,thickness", show_default=True, help="What to refine: any of xyz,b,occ,thickness.")
+@click.argument("pattern", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder: refined.cif, report.json and fit.png (one pattern) or montage.png, correlation.png, fit.npz (an experiment).")
+@click.option("--refine", "refine_", default=None, help="What to refine: any of xyz,b,occ,thickness (default xyz,b,occ,thickness for one pattern; xyz,b for an experiment, whose thickness is always refined).")
 @click.option("--fix", default="", help="Site labels to hold fixed, comma-separated.")
 @click.option("--thickness", type=float, default=None, help="Starting thickness [nm] (default: scanned).")
 @click.option("--half-width", type=float, default=None, help="Tilt half-width of the measured pattern [1/Å] (default: the simulation's, 7.266/a).")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None, help="Mask image (non-zero = use the pixel).")
-@click.option("--blur", type=float, default=0.0, show_default=True, help="Gaussian blur of the simulation [pixels].")
+@click.option("--blur", type=float, default=None, help="Gaussian blur of the simulation [pixels] (one pattern: fixed, default 0; an experiment: the start of the fitted detector blur, default felix.inp's blur_radius or 1).")
 @click.option("--beams", type=int, default=None, help="Beam pool (whole shells) used at every pixel.")
 @click.option("--kv", type=float, default=None, help="Accelerating voltage [kV] (default 200).")
 @click.option("--zone", default=None, help="Incident beam direction [uvw] of the pattern, e.g. 1,1,0 (default 0,0,1).")
@@ -123,11 +123,38 @@ def simulate_command(cif, output, thickness, reflections, zone, x_direction, nor
 @click.option("--max-iter", type=int, default=40, show_default=True, help="L-BFGS-B iterations per polish level.")
 @click.option("--felix-seed", default=None, is_flag=False, flag_value="auto", help="Also write DIR/felix/: a FELIX refinement set seeded from the result (letters; alone: B and D as far as FELIX can refine them for the crystal; needs the FELIX plugin).")
 @click.option("--overwrite", is_flag=True, help="Replace a result already in the output folder.")
+@click.option("--discs", default="hkl", show_default=True, help="Experiment: discs fitted: hkl (000 + felix.hkl's reflections with an image), all (every image), or a list \"0 0 2;1 1 1\".")
+@click.option("--strong-beams", type=int, default=None, help="Experiment: least strong beams per pixel at the start (FELIX's rule; default felix.inp's min_strong_beams).")
+@click.option("--background-order", type=click.IntRange(0, 2), default=1, show_default=True, help="Experiment: per-disc background polynomial (0 constant, 1 plane, 2 quadratic).")
+@click.option("--stretch", is_flag=True, help="Experiment: also refine an x/y stretch of the images.")
+@click.option("--orientation", default="auto", show_default=True, help="Experiment: how the images' axes lie on the simulation's (auto: found from the data).")
+@click.option("--thickness-scan", default=None, help="Experiment: thickness scan lo,hi,step [nm] (default from felix.inp's range).")
+@click.option("--iterations", type=int, default=6, show_default=True, help="Experiment: most Gauss-Newton steps per refinement.")
+@click.option("--no-beam-convergence", is_flag=True, help="Experiment: skip raising the beams at the answer.")
+@click.option("--bin", "bin_", type=click.IntRange(1, 4), default=1, show_default=True, help="Experiment: average bin x bin pixel blocks first (faster, coarser).")
+@click.option("--workers", type=int, default=None, help="Experiment: engine worker processes (default: the CPUs available).")
 def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, zone, x_direction, normal, absorption_model, absorption,
-                size, no_seed, no_surrogate, no_polish, no_b_restart, forward_model, inverse_model, restarts, device, check, max_iter, felix_seed, overwrite):
-    """Refine the structure in CIF against the measured bright-field PATTERN."""
+                size, no_seed, no_surrogate, no_polish, no_b_restart, forward_model, inverse_model, restarts, device, check, max_iter, felix_seed, overwrite,
+                discs, strong_beams, background_order, stretch, orientation, thickness_scan, iterations, no_beam_convergence, bin_, workers):
+    """Refine the structure in CIF against a measured PATTERN: one bright-field image, or an
+    experiment (a folder with felix.inp, felix.hkl and one image per disc, or a labelled stack
+    .npz/.h5/multi-page .tif) whose discs are all fitted together with the microscope's geometry,
+    blur and background."""
     from lacbed_refine.refine.config import FitConfig
+    from lacbed_refine.refine.experiment_files import is_experiment
+
+    if is_experiment(pattern):
+        _fit_experiment_command(cif, pattern, output, refine_=refine_, fix=fix, thickness=thickness, half_width=half_width,
+                                mask_path=mask_path, blur=blur, beams=beams, kv=kv, zone=zone, x_direction=x_direction,
+                                normal=normal, absorption_model=absorption_model, felix_seed=felix_seed, overwrite=overwrite,
+                                discs=discs, strong_beams=strong_beams, background_order=background_order, stretch=stretch,
+                                orientation=orientation, thickness_scan=thickness_scan, iterations=iterations,
+                                no_beam_convergence=no_beam_convergence, bin_=bin_, workers=workers)
+        return
     from lacbed_refine.refine.files import fit_files
+
+    refine_ = refine_ or "xyz,b,occ,thickness"
+    blur = 0.0 if blur is None else blur
 
     config = FitConfig(refine=tuple(x.strip() for x in refine_.split(",") if x.strip()), fix=tuple(x.strip() for x in fix.split(",") if x.strip()),
                        thickness_nm=thickness, blur_sigma=blur, seed=not no_seed, surrogate=not no_surrogate, polish=not no_polish, check=check, max_iter=max_iter,
@@ -143,6 +170,62 @@ def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_
         click.echo(f"lacbed-refine: error: final check with {check} failed ({result.extra['check_failed']}); "
                    f"the refined result was written, checked with the built-in engine", err=True)
         sys.exit(1)
+
+
+def _fit_experiment_command(cif, pattern, output, *, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, zone,
+                            x_direction, normal, absorption_model, felix_seed, overwrite, discs, strong_beams,
+                            background_order, stretch, orientation, thickness_scan, iterations, no_beam_convergence, bin_,
+                            workers):
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from lacbed_refine.refine.experiment_files import fit_experiment_files
+    from lacbed_refine.refine.experiment_fit import ExperimentFitConfig
+
+    if mask_path is not None:
+        raise click.UsageError("--mask: an experiment's unrecorded pixels are found from the data (zeros, negatives)")
+    if felix_seed not in (None, "auto"):
+        raise click.UsageError(f"--felix-seed {felix_seed}: an experiment's FELIX set is written as it is (no letters)")
+    kinds = tuple(k.strip() for k in (refine_ or "xyz,b").split(",") if k.strip() and k.strip() != "thickness")
+    if discs not in ("hkl", "all"):
+        try:
+            discs = [tuple(int(v) for v in part.replace(",", " ").split()) for part in discs.split(";") if part.strip()]
+        except ValueError:
+            raise click.UsageError(f"--discs {discs!r}: hkl, all, or a list like \"0 0 2;1 1 1\"") from None
+        if not discs or any(len(d) != 3 for d in discs):
+            raise click.UsageError(f"--discs {discs!r}: each disc needs three indices")
+    scan = None
+    if thickness_scan is not None:
+        scan = tuple(_floats(thickness_scan, "--thickness-scan"))
+        if len(scan) != 3:
+            raise click.UsageError(f"--thickness-scan {thickness_scan!r}: expected lo,hi,step [nm]")
+    config = ExperimentFitConfig(refine=kinds, fix=tuple(x.strip() for x in fix.split(",") if x.strip()),
+                                 thickness_nm=thickness, thickness_scan_nm=scan, strong_beams=strong_beams, pool=beams,
+                                 absorption_model=absorption_model or "bird-king", background_order=background_order,
+                                 stretch=stretch, blur_px=blur, orientation=orientation, iterations=iterations,
+                                 converge_beams=not no_beam_convergence, bin=bin_, workers=workers)
+    bar = tqdm(total=None, desc="fit", bar_format="{desc} | {postfix} | {elapsed}", leave=True)
+
+    def progress(stage, fom):
+        bar.set_description_str(stage)
+        bar.set_postfix_str("fom —" if fom is None else f"fom {fom:.5f}")
+        bar.update(1)
+
+    try:
+        result, paths = fit_experiment_files(cif, pattern, output, config=config, discs=discs, kv=kv,
+                                             zone=_triple(zone, "--zone"), x_direction=_triple(x_direction, "--x-direction"),
+                                             normal=_triple(normal, "--normal"), half_width=half_width,
+                                             overwrite=overwrite, felix_seed=felix_seed is not None, progress=progress)
+    finally:
+        bar.close()
+    for name, start, value, sig in zip(result.names, result.start, result.refined, result.sigma):
+        click.echo(f"  {name:16s} {start:10.4f} -> {value:10.4f} ± {sig:.4f}")
+    g = result.geometry
+    click.echo(f"  rotation {g.rotation_deg:+.2f}°, scale {g.scale:.4f}, blur {g.blur_px:.2f} px, zone axis at "
+               f"({g.centre[0]:+.2f}, {g.centre[1]:+.2f}) px, orientation {result.orientation}")
+    click.echo(f"fom = {result.fom:.5f} over {len(result.reflections)} discs (r worst {result.disc_r.min():.4f}, median "
+               f"{float(np.median(result.disc_r)):.4f}), t = {result.thickness_nm:.2f} nm, pool {result.beams['pool']}, "
+               f"{result.extra['seconds']:.0f} s; wrote {', '.join(str(p) for p in paths.values())}")
 
 
 @cli.command("batch")

@@ -1,0 +1,217 @@
+"""The microscope between a simulated LACBED stack and a measured digital-LACBED experiment,
+differentiable in every one of its parameters (torch).
+
+A simulation is a stack of discs on the engine's square tilt grid (rows ↔ k_y, columns ↔ k_x,
+:func:`lacbed_refine.engine.geometry.tilt_grid`). A measured disc ``i`` is that simulation seen
+through:
+
+- **geometry** — measured pixel (row, col) with offsets ``(u, v) = (col, row) − (n − 1)/2`` [px]
+  from the image centre sits at the tilt
+
+  ``k = scale · δ · R(φ) · diag(1 + e, 1 − e) · ((u, v) − c − c_i)``  [Å⁻¹, 1/d units],
+
+  ``δ`` the nominal pixel step (``half_width / (n/2)``, from ``felix.inp``), ``scale`` the error of
+  that step (the convergence half-width), ``φ`` an in-plane rotation, ``e`` an optional x/y
+  stretch, ``c`` [px] where the zone axis falls in the image (the crystal's small tilt off the zone
+  axis: the centre pixel sees the tilt ``−scale · δ · R c``) and ``c_i`` [px] each disc's own
+  sub-pixel registration (mean zero over discs, so that it does not trade with ``c``);
+- **detector blur** — a Gaussian point-spread function of width ``blur`` [measured px];
+- **a smooth background per disc** — a polynomial in (u, v) of ``order`` 0 (constant), 1 (plane) or
+  2, fitted in closed form together with each disc's intensity scale: the disc's r is the Pearson
+  correlation of measured and simulated after the background basis is projected out of both over
+  the disc's recorded pixels (:func:`disc_correlations`).
+
+The figure of merit of an experiment is the weighted mean over discs of ``1 − r_i``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Geometry", "sample_discs", "blur_discs", "background_basis", "residualise", "disc_correlations",
+           "ORIENTATIONS", "orient", "BLUR_RADIUS_PX"]
+
+#: Half-width of the blur kernel [measured px]: blur widths up to 3 px are represented exactly.
+BLUR_RADIUS_PX = 9
+
+#: The eight ways an image's axes can be laid on the engine's (k_y rows, k_x columns): name → function
+#: of a (..., n, n) array. "T" transposes, "ud" flips rows, "lr" flips columns (applied in that order).
+ORIENTATIONS = {
+    "id": lambda a: a,
+    "ud": lambda a: a[..., ::-1, :],
+    "lr": lambda a: a[..., :, ::-1],
+    "rot180": lambda a: a[..., ::-1, ::-1],
+    "T": lambda a: np.swapaxes(a, -1, -2),
+    "T,ud": lambda a: np.swapaxes(a, -1, -2)[..., ::-1, :],
+    "T,lr": lambda a: np.swapaxes(a, -1, -2)[..., :, ::-1],
+    "T,rot180": lambda a: np.swapaxes(a, -1, -2)[..., ::-1, ::-1],
+}
+
+
+def orient(images: np.ndarray, name: str) -> np.ndarray:
+    """``images`` (..., n, n) laid on the engine's axes by orientation ``name`` (a copy)."""
+    if name not in ORIENTATIONS:
+        raise ValueError(f"orientation {name!r}: use one of {', '.join(ORIENTATIONS)}")
+    return np.ascontiguousarray(ORIENTATIONS[name](np.asarray(images)))
+
+
+@dataclass
+class Geometry:
+    """Values of the experiment model (see the module docstring).
+
+    Attributes
+    ----------
+    rotation_deg : float
+        In-plane rotation φ [°].
+    scale : float
+        Pixel-step (convergence half-width) factor, 1 = ``felix.inp``'s value.
+    stretch : float
+        x/y stretch e (0 = none).
+    centre : ndarray, shape (2,)
+        Zone-axis position (u, v) in the image [measured px].
+    shifts : ndarray, shape (R, 2)
+        Per-disc registration (u, v) [measured px], mean zero.
+    blur_px : float
+        Gaussian PSF width σ [measured px].
+    """
+
+    rotation_deg: float = 0.0
+    scale: float = 1.0
+    stretch: float = 0.0
+    centre: np.ndarray = None
+    shifts: np.ndarray = None
+    blur_px: float = 1.0
+
+    def __post_init__(self):
+        self.centre = np.zeros(2) if self.centre is None else np.asarray(self.centre, dtype=float).reshape(2)
+        if self.shifts is not None:
+            self.shifts = np.asarray(self.shifts, dtype=float).reshape(-1, 2)
+
+    def with_discs(self, n_discs: int) -> "Geometry":
+        if self.shifts is None or len(self.shifts) != n_discs:
+            self.shifts = np.zeros((n_discs, 2))
+        return self
+
+
+def sample_discs(
+    sim: torch.Tensor,
+    sim_half_width: float,
+    n: int,
+    step: float,
+    *,
+    rotation: torch.Tensor,
+    scale: torch.Tensor,
+    stretch: torch.Tensor,
+    centre: torch.Tensor,
+    shifts: torch.Tensor,
+) -> torch.Tensor:
+    """The simulated discs at the measured pixels (bicubic interpolation, differentiable).
+
+    Parameters
+    ----------
+    sim : Tensor, shape (R, S, S)
+        Simulated discs on the engine's grid of half-width ``sim_half_width`` [Å⁻¹].
+    n : int
+        Measured image edge [px].
+    step : float
+        Nominal measured pixel step δ [Å⁻¹].
+    rotation : Tensor, scalar
+        φ [rad].
+    scale, stretch : Tensor, scalar
+    centre : Tensor, shape (2,)
+        [px].
+    shifts : Tensor, shape (R, 2)
+        [px].
+
+    Returns
+    -------
+    Tensor, shape (R, n, n)
+    """
+    dt = sim.dtype
+    u = torch.arange(n, dtype=dt) - (n - 1) / 2.0
+    vv, uu = torch.meshgrid(u, u, indexing="ij")  # rows: v, columns: u
+    pu = uu[None] - centre[0] - shifts[:, 0, None, None]
+    pv = vv[None] - centre[1] - shifts[:, 1, None, None]
+    pu = pu * (1.0 + stretch)
+    pv = pv * (1.0 - stretch)
+    c, s = torch.cos(rotation), torch.sin(rotation)
+    f = scale * step / sim_half_width  # measured px → grid_sample's normalised coordinates
+    gx = f * (c * pu - s * pv)
+    gy = f * (s * pu + c * pv)
+    grid = torch.stack([gx, gy], dim=-1).to(dt)
+    out = F.grid_sample(sim[:, None], grid, mode="bicubic", padding_mode="border", align_corners=False)
+    return out[:, 0]
+
+
+def blur_discs(images: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur of width ``sigma_px`` [px] (≥ 0.05) of a stack (R, n, n); reflecting edges."""
+    r = BLUR_RADIUS_PX
+    x = torch.arange(-r, r + 1, dtype=images.dtype)
+    sigma = torch.clamp(sigma_px, min=0.05)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    y = F.pad(images[:, None], (r, r, r, r), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1))
+    y = F.conv2d(y, k.view(1, 1, -1, 1))
+    return y[:, 0]
+
+
+def background_basis(n: int, order: int, dtype=torch.float64) -> torch.Tensor:
+    """Polynomial background terms over an n×n image, shape (K, n·n): 1; u, v; u², uv, v² (u, v in
+    [−1, 1]) up to ``order`` (0, 1 or 2)."""
+    if order not in (0, 1, 2):
+        raise ValueError(f"--background-order {order!r}: use 0 (constant), 1 (plane) or 2 (quadratic)")
+    t = torch.linspace(-1.0, 1.0, n, dtype=dtype)
+    v, u = torch.meshgrid(t, t, indexing="ij")
+    terms = [torch.ones_like(u)]
+    if order >= 1:
+        terms += [u, v]
+    if order >= 2:
+        terms += [u * u, u * v, v * v]
+    return torch.stack([t_.reshape(-1) for t_ in terms])
+
+
+def residualise(images: torch.Tensor, weights: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``images`` (R, N) minus their weighted least-squares fit by ``basis`` (K, N), zero where the
+    weight (R, N) is zero."""
+    wb = weights[:, None, :] * basis[None]  # (R, K, N)
+    gram = torch.einsum("rkn,ln->rkl", wb, basis)
+    rhs = torch.einsum("rkn,rn->rk", wb, images)
+    coef = torch.linalg.solve(gram + 1e-12 * torch.eye(len(basis), dtype=images.dtype), rhs[..., None])[..., 0]
+    return (images - coef @ basis) * weights
+
+
+def disc_correlations(model: torch.Tensor, measured_res: torch.Tensor, weights: torch.Tensor,
+                      basis: torch.Tensor) -> torch.Tensor:
+    """Pearson r of each disc after the background basis is projected out, shape (R,).
+
+    Parameters
+    ----------
+    model : Tensor, shape (R, n, n)
+        Simulated discs at the measured pixels (blurred).
+    measured_res : Tensor, shape (R, n·n)
+        Measured discs already passed through :func:`residualise` with the same weights and basis.
+    weights : Tensor, shape (R, n·n)
+        1 on recorded pixels, 0 elsewhere.
+    basis : Tensor, shape (K, n·n)
+    """
+    a = residualise(model.reshape(len(model), -1), weights, basis)
+    num = (a * measured_res).sum(-1)
+    den = torch.sqrt((a * a).sum(-1) * (measured_res * measured_res).sum(-1))
+    return num / den.clamp_min(1e-300)
+
+
+def crystal_tilt_mrad(centre_px: np.ndarray, scale: float, step: float, rotation_deg: float,
+                      wavelength: float) -> tuple[float, float]:
+    """Crystal tilt off the zone axis seen at the image centre, (t_x, t_y) [mrad] along the image
+    x direction and y, from the zone-axis position ``centre_px`` [px]; ``step`` [Å⁻¹], ``wavelength`` [Å]."""
+    phi = math.radians(rotation_deg)
+    c, s = math.cos(phi), math.sin(phi)
+    u, v = -np.asarray(centre_px, dtype=float)
+    kx, ky = scale * step * (c * u - s * v), scale * step * (s * u + c * v)
+    return 1e3 * kx * wavelength, 1e3 * ky * wavelength
