@@ -204,7 +204,7 @@ def _fit_experiment_command(cif, pattern, output, *, refine_, fix, thickness, ha
                                  absorption_model=absorption_model or "bird-king", background_order=background_order,
                                  stretch=stretch, blur_px=blur, orientation=orientation, iterations=iterations,
                                  converge_beams=not no_beam_convergence, bin=bin_, workers=workers)
-    bar = tqdm(total=None, desc="fit", bar_format="{desc} | {postfix} | {elapsed}", leave=True)
+    bar = tqdm(total=None, desc="fit", bar_format="{desc}{postfix} | {elapsed}", leave=True)
 
     def progress(stage, fom):
         bar.set_description_str(stage)

@@ -38,7 +38,7 @@ import torch
 from lacbed_refine.conventions import NM, electron_wavelength
 from lacbed_refine.engine.geometry import SimulationSettings
 from lacbed_refine.refine.experiment_model import (
-    ORIENTATIONS, Geometry, background_basis, blur_discs, crystal_tilt_mrad, disc_correlations, orient, residualise,
+    ORIENTATIONS, Geometry, background_basis, background_projector, blur_discs, crystal_tilt_mrad, disc_correlations, orient, residualise,
     sample_discs,
 )
 from lacbed_refine.refine.result import StageLog
@@ -250,11 +250,11 @@ class _Model:
         self.n, self.step, self.sim_hw = n, step, sim_half_width
         w = torch.as_tensor(recorded.reshape(len(recorded), -1), dtype=torch.float64)
         self.W = w
-        self.basis = background_basis(n, order)
+        self.q = background_projector(w, background_basis(n, order))
         meas = torch.as_tensor(np.where(recorded, measured, 0.0).reshape(len(measured), -1), dtype=torch.float64)
-        self.meas_res = residualise(meas, w, self.basis)
-        self.basis0 = background_basis(n, 0)
-        self.meas_res0 = residualise(meas, w, self.basis0)
+        self.meas_res = residualise(meas, w, self.q)
+        self.q0 = background_projector(w, background_basis(n, 0))
+        self.meas_res0 = residualise(meas, w, self.q0)
         self.w = torch.as_tensor(weights, dtype=torch.float64)
         self.base = None  # (R, S, S)
         self.jac = None  # (P, R, S, S)
@@ -274,8 +274,8 @@ class _Model:
     def r(self, dtheta, g, plain=False):
         d = self.discs(dtheta, g)
         if plain:
-            return disc_correlations(d, self.meas_res0, self.W, self.basis0)
-        return disc_correlations(d, self.meas_res, self.W, self.basis)
+            return disc_correlations(d, self.meas_res0, self.W, self.q0)
+        return disc_correlations(d, self.meas_res, self.W, self.q)
 
     def fom(self, dtheta, g):
         r = self.r(dtheta, g)
@@ -536,7 +536,7 @@ def fit_experiment(crystal: Crystal, experiment, config: ExperimentFitConfig = E
     # 4. refinement (+ 5. beam convergence)
     x = np.concatenate([theta0[free], [t_nm]])
     x_start = x.copy()
-    x, geo, fom = _gauss_newton(engine, model, params, free, theta0, x, geo, scale, kinds, config, R, say)
+    x, geo, fom, _ = _gauss_newton(engine, model, params, free, theta0, x, geo, scale, config, R, say)
     if len(bins) > 1:  # the full grid: geometry in its pixels, then the last steps
         t0 = time.perf_counter()
         f = bins[0] / bins[1]
@@ -545,8 +545,8 @@ def fit_experiment(crystal: Crystal, experiment, config: ExperimentFitConfig = E
         model, meas_o, rec_o = model_for(orientation)
         geo = replace(geo, centre=geo.centre * f, shifts=geo.shifts * f, blur_px=geo.blur_px * f)
         say("full grid", None, t0, f"{n}² px, {size_sim}² simulated px")
-        x, geo, fom = _gauss_newton(engine, model, params, free, theta0, x, geo, scale, kinds, config, R, say,
-                                    max_iter=max(2, config.iterations // 2))
+        x, geo, fom, _ = _gauss_newton(engine, model, params, free, theta0, x, geo, scale, config, R, say,
+                                       max_iter=max(2, config.iterations // 2), name="full-grid refinement")
     beams = {"pool": len(engine.pool), "strong_beams": engine.settings.strong_beams, "steps": []}
     if config.converge_beams:
         t0 = time.perf_counter()
@@ -555,13 +555,16 @@ def fit_experiment(crystal: Crystal, experiment, config: ExperimentFitConfig = E
             strong = int(round(s_old.strong_beams * config.beam_factor))
             pool = max(int(s_old.n_beams), int(1.5 * strong))
             engine.set_beams(replace(s_old, strong_beams=strong, n_beams=pool))
-            x_new, geo_new, fom_new = _gauss_newton(engine, model, params, free, theta0, x, geo, scale, kinds,
-                                                    config, R, lambda *a, **k: None, max_iter=max(2, config.iterations // 2))
+            # the answer with more beams (its figure of merit) and one Gauss–Newton step from there
+            # (the values it moves): both must stay within the tolerances
+            x_new, geo_new, fom_new, fom_at = _gauss_newton(engine, model, params, free, theta0, x, geo, scale, config,
+                                                            R, lambda *a, **k: None, max_iter=1)
             shift = {nm: float(b - a) for nm, a, b in zip(names, x, x_new)}
             within = abs(fom_new - fom) <= BEAM_TOLERANCE["fom"] and all(
                 abs(shift[nm]) <= BEAM_TOLERANCE[k] for nm, k in zip(names, kinds))
-            beams["steps"].append({"pool": len(engine.pool), "strong_beams": strong, "fom": fom_new,
-                                   "fom_change": fom_new - fom, "shifts": shift, "converged": bool(within)})
+            beams["steps"].append({"pool": len(engine.pool), "strong_beams": strong, "fom_same_values": fom_at,
+                                   "fom": fom_new, "fom_change": fom_new - fom, "shifts": shift,
+                                   "converged": bool(within)})
             x, geo, fom = x_new, geo_new, fom_new
             beams.update(pool=len(engine.pool), strong_beams=strong)
             if within:
@@ -578,8 +581,7 @@ def fit_experiment(crystal: Crystal, experiment, config: ExperimentFitConfig = E
     theta = theta0.copy()
     theta[free] = x[:-1]
     with torch.no_grad():
-        base = engine.run(theta, [x[-1]])[0]
-        model.set_base(base, None)
+        model.set_base(model.base, None)  # the engine's discs at the answer
         gt = _vec_to_torch(torch.as_tensor(_geometry_to_vec(geo)), R)
         sim_discs = model.discs(torch.zeros(0), gt).numpy()
         r = model.r(torch.zeros(0), gt).numpy()
@@ -623,13 +625,20 @@ def _register_discs(model, geo, R, max_shift):
     return replace(geo, centre=centre, shifts=pos - centre)
 
 
-def _jacobian(engine, params, free, theta0, x, scale, kinds):
-    """Discs at x (R, S, S) and their derivatives per scaled parameter (P, R, S, S): thickness by a
-    central difference within the same decomposition, the structure by forward differences."""
+def _evaluate(engine, free, theta0, x, scale):
+    """Discs at x and at x ± a thickness step, (3, R, S, S), from one decomposition."""
     theta = theta0.copy()
     theta[free] = x[:-1]
     h_t = 0.2 * scale[-1]
-    trio = engine.run(theta, [x[-1] - h_t, x[-1], x[-1] + h_t])
+    return engine.run(theta, [x[-1] - h_t, x[-1], x[-1] + h_t])
+
+
+def _jacobian(engine, free, theta0, x, scale, trio):
+    """Derivatives of the discs per scaled parameter (P, R, S, S) at x: the thickness by a central
+    difference within the decomposition of ``trio`` (:func:`_evaluate`), the structure by forward
+    differences (one engine call each)."""
+    theta = theta0.copy()
+    theta[free] = x[:-1]
     base = trio[1]
     cols = []
     for j, i in enumerate(free):
@@ -637,59 +646,65 @@ def _jacobian(engine, params, free, theta0, x, scale, kinds):
         th = theta.copy()
         th[i] += h
         cols.append((engine.run(th, [x[-1]])[0] - base) * (scale[j] / h))
-    cols.append((trio[2] - trio[0]) * (scale[-1] / (2 * h_t)))
-    return base, torch.stack(cols)
+    cols.append((trio[2] - trio[0]) * (scale[-1] / (2 * 0.2 * scale[-1])))
+    return torch.stack(cols)
 
 
-def _gauss_newton(engine, model, params, free, theta0, x, geo, scale, kinds, config, R, say, max_iter=None):
+def _gauss_newton(engine, model, params, free, theta0, x, geo, scale, config, R, say, max_iter=None, name="refinement"):
     """Trust-region Gauss–Newton in (structure, thickness) with the experiment model minimised
-    exactly in each linearised step; returns (x, geometry, figure of merit)."""
+    exactly in each linearised step. Returns (x, geometry, figure of merit, figure of merit at the
+    start point after the geometry fit); the model is left holding the base and Jacobian at x."""
     t0 = time.perf_counter()
     P = len(x)
     lo = np.concatenate([params.lower[free], [1.0]])
     hi = np.concatenate([params.upper[free], [2000.0]])
     radius = 1.0  # trust region, in units of `scale`
-    base, jac = _jacobian(engine, params, free, theta0, x, scale, kinds)
-    model.set_base(base, None)
+    trio = _evaluate(engine, free, theta0, x, scale)
+    jac = None
+    model.set_base(trio[1], None)
     gv = _geometry_to_vec(geo)
     bounds_g = _geometry_bounds(gv, R, config, geo.centre)
     res = _minimise(model, gv, bounds_g, 0, R)
     gv, fom = res.x, float(res.fun)
+    fom_first = fom
     n_iter = config.iterations if max_iter is None else max_iter
     for k in range(n_iter):
-        model.set_base(base, jac)
+        if jac is None:
+            jac = _jacobian(engine, free, theta0, x, scale, trio)
+        model.set_base(trio[1], jac)
         zlo = np.maximum(-radius, (lo - x) / scale)
         zhi = np.minimum(radius, (hi - x) / scale)
         z0 = np.concatenate([np.zeros(P), gv])
         res = _minimise(model, z0, list(zip(zlo, zhi)) + bounds_g, P, R)
         dz, gv_new, predicted = res.x[:P], res.x[P:], float(res.fun)
         x_new = x + dz * scale
-        base_new, jac_new = _jacobian(engine, params, free, theta0, x_new, scale, kinds)
-        model.set_base(base_new, None)
+        trio_new = _evaluate(engine, free, theta0, x_new, scale)
+        model.set_base(trio_new[1], None)
         with torch.no_grad():
             fom_new = float(model.fom(torch.zeros(0), _vec_to_torch(torch.as_tensor(gv_new), R)))
         gain, promised = fom - fom_new, fom - predicted
         if fom_new < fom:
-            x, base, jac, gv = x_new, base_new, jac_new, gv_new
+            x, trio, jac, gv = x_new, trio_new, None, gv_new
             # the geometry may move again at the new engine point (cheap)
-            model.set_base(base, None)
             res = _minimise(model, gv, bounds_g, 0, R, max_iter=100)
             if res.fun < fom_new:
                 gv, fom_new = res.x, float(res.fun)
             step = float(np.abs(dz).max())
             fom_old, fom = fom, fom_new
             radius = min(4.0, radius * 2) if promised > 0 and gain > 0.75 * promised else radius
-            say(f"refinement step {k + 1}", fom, t0, f"Δfom {fom - fom_old:+.2e}, largest step {step:.3f} units")
+            say(f"{name} step {k + 1}", fom, t0, f"Δfom {fom - fom_old:+.2e}, largest step {step:.3f} units")
             if step < 0.05 and fom_old - fom < 1e-4:
                 break
         else:
             radius /= 4
-            say(f"refinement step {k + 1}", fom, t0, f"rejected (engine fom {fom_new:.5f}); trust radius {radius:.3g}")
+            say(f"{name} step {k + 1}", fom, t0, f"rejected (engine fom {fom_new:.5f}); trust radius {radius:.3g}")
             if radius < 0.01 or fom_new - fom < 1e-5:  # no better point within reach of the engine's noise
                 break
         t0 = time.perf_counter()
-    model.set_base(base, jac)
-    return x, _vec_to_geometry(gv, R), fom
+    if jac is None:
+        jac = _jacobian(engine, free, theta0, x, scale, trio)
+    model.set_base(trio[1], jac)
+    return x, _vec_to_geometry(gv, R), fom, fom_first
 
 
 def _uncertainties(model, x, geo, scale, R, stretch):

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812
 
-__all__ = ["Geometry", "sample_discs", "blur_discs", "background_basis", "residualise", "disc_correlations",
+__all__ = ["Geometry", "sample_discs", "blur_discs", "background_basis", "background_projector", "residualise", "disc_correlations", "crystal_tilt_mrad",
            "ORIENTATIONS", "orient", "BLUR_RADIUS_PX"]
 
 #: Half-width of the blur kernel [measured px]: blur widths up to 3 px are represented exactly.
@@ -149,16 +149,14 @@ def sample_discs(
 
 
 def blur_discs(images: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
-    """Gaussian blur of width ``sigma_px`` [px] (≥ 0.05) of a stack (R, n, n); reflecting edges."""
-    r = BLUR_RADIUS_PX
-    x = torch.arange(-r, r + 1, dtype=images.dtype)
-    sigma = torch.clamp(sigma_px, min=0.05)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    y = F.pad(images[:, None], (r, r, r, r), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, 1, -1))
-    y = F.conv2d(y, k.view(1, 1, -1, 1))
-    return y[:, 0]
+    """Gaussian blur of width ``sigma_px`` [px] (≥ 0.05) of a stack (R, n, n), as two matrix products
+    with the 1-D kernel matrix (each row normalised, so that the image edge loses no intensity)."""
+    n = images.shape[-1]
+    x = torch.arange(n, dtype=images.dtype)
+    d = (x[:, None] - x[None, :]) / torch.clamp(sigma_px, min=0.05)
+    g = torch.exp(-0.5 * d * d) * (torch.abs(x[:, None] - x[None, :]) <= BLUR_RADIUS_PX)
+    g = g / g.sum(1, keepdim=True)
+    return g @ images @ g.T
 
 
 def background_basis(n: int, order: int, dtype=torch.float64) -> torch.Tensor:
@@ -176,31 +174,39 @@ def background_basis(n: int, order: int, dtype=torch.float64) -> torch.Tensor:
     return torch.stack([t_.reshape(-1) for t_ in terms])
 
 
-def residualise(images: torch.Tensor, weights: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """``images`` (R, N) minus their weighted least-squares fit by ``basis`` (K, N), zero where the
-    weight (R, N) is zero."""
-    wb = weights[:, None, :] * basis[None]  # (R, K, N)
-    gram = torch.einsum("rkn,ln->rkl", wb, basis)
-    rhs = torch.einsum("rkn,rn->rk", wb, images)
-    coef = torch.linalg.solve(gram + 1e-12 * torch.eye(len(basis), dtype=images.dtype), rhs[..., None])[..., 0]
-    return (images - coef @ basis) * weights
+def background_projector(weights: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Orthonormal background basis of each disc over its recorded pixels, shape (R, N, K): the
+    columns of the QR factor of ``weights`` (R, N) × ``basis`` (K, N)."""
+    wb = weights[:, :, None] * basis.T[None]  # (R, N, K)
+    q, r = torch.linalg.qr(wb)
+    # a term that vanishes on a disc's recorded pixels (e.g. a disc with too few) contributes nothing
+    ok = (torch.abs(torch.diagonal(r, dim1=-2, dim2=-1)) > 1e-9)[:, None, :]
+    return q * ok
+
+
+def residualise(images: torch.Tensor, weights: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``images`` (R, N) minus their least-squares background over the recorded pixels, zero
+    elsewhere; ``q`` from :func:`background_projector` with the same ``weights`` (R, N)."""
+    a = images * weights
+    return a - torch.einsum("rnk,rk->rn", q, torch.einsum("rnk,rn->rk", q, a))
 
 
 def disc_correlations(model: torch.Tensor, measured_res: torch.Tensor, weights: torch.Tensor,
-                      basis: torch.Tensor) -> torch.Tensor:
-    """Pearson r of each disc after the background basis is projected out, shape (R,).
+                      q: torch.Tensor) -> torch.Tensor:
+    """Pearson r of each disc after the background is projected out, shape (R,).
 
     Parameters
     ----------
     model : Tensor, shape (R, n, n)
         Simulated discs at the measured pixels (blurred).
     measured_res : Tensor, shape (R, n·n)
-        Measured discs already passed through :func:`residualise` with the same weights and basis.
+        Measured discs already passed through :func:`residualise` with the same weights and ``q``.
     weights : Tensor, shape (R, n·n)
         1 on recorded pixels, 0 elsewhere.
-    basis : Tensor, shape (K, n·n)
+    q : Tensor, shape (R, n·n, K)
+        :func:`background_projector`.
     """
-    a = residualise(model.reshape(len(model), -1), weights, basis)
+    a = residualise(model.reshape(len(model), -1), weights, q)
     num = (a * measured_res).sum(-1)
     den = torch.sqrt((a * a).sum(-1) * (measured_res * measured_res).sum(-1))
     return num / den.clamp_min(1e-300)
