@@ -26,6 +26,8 @@ _API = {
     "write_cif": "lacbed_refine.io.cif",
     "read_pattern": "lacbed_refine.io.images",
     "read_felix_inp": "lacbed_refine.io.felix_inp",
+    "read_experiment": "lacbed_refine.io.experiment",
+    "Experiment": "lacbed_refine.io.experiment",
     "SimulationSettings": "lacbed_refine.engine.geometry",
     "paper_preset": "lacbed_refine.engine.geometry",
     "ZoneAxis": "lacbed_refine.engine.zone",
@@ -42,6 +44,9 @@ _API = {
     "RefinementResult": "lacbed_refine.refine.result",
     "refine": "lacbed_refine.refine.stages",
     "fit_files": "lacbed_refine.refine.files",
+    "ExperimentFitConfig": "lacbed_refine.refine.experiment_fit",
+    "fit_experiment": "lacbed_refine.refine.experiment_fit",
+    "fit_experiment_files": "lacbed_refine.refine.experiment_files",
     "run_batch": "lacbed_refine.refine.batch",
 }
 

@@ -121,6 +121,8 @@ def experiment_report(result: ExperimentFit) -> dict:
     g, gs = result.geometry, result.geometry_sigma
     params = [{"name": n, "kind": k, "start": a, "refined": b, "sigma": s}
               for n, k, a, b, s in zip(result.names, result.kinds, result.start, result.refined, result.sigma)]
+    params += [{k: t[k] for k in ("name", "kind", "start", "refined", "sigma", "rule")}
+               for t in result.extra.get("tied", [])]
     params += [
         {"name": "rotation_deg", "kind": "geometry", "start": 0.0, "refined": g.rotation_deg, "sigma": gs["rotation_deg"]},
         {"name": "scale", "kind": "geometry", "start": 1.0, "refined": g.scale, "sigma": gs["scale"]},

@@ -406,6 +406,28 @@ def _free_indices(params, crystal) -> list[int]:
     return [i for i in idx if i not in drop]
 
 
+class _ThetaMap:
+    """The optimiser's structural values x (P,) → the parameter vector θ: the ``free`` entries are x,
+    an occupancy tied by a site sum is the sum's start value minus the others, the rest stay at θ0."""
+
+    def __init__(self, params, theta0, free):
+        self.theta0, self.free, self.ties = theta0, list(free), []
+        occ = {params.site_of[i]: i for i, k in enumerate(params.kinds) if k == "occ"}
+        for group in params.occupancy_groups():
+            members = [occ[s] for s in group if s in occ]
+            if len(members) == len(group) and len(group) > 1:  # every occupancy on the site is refined
+                dep, rest = members[0], members[1:]
+                self.ties.append((dep, rest, float(sum(theta0[m] for m in members))))
+                self.free.remove(dep)
+
+    def __call__(self, x) -> np.ndarray:
+        theta = self.theta0.copy()
+        theta[self.free] = x
+        for dep, rest, total in self.ties:
+            theta[dep] = total - sum(theta[m] for m in rest)
+        return theta
+
+
 def fit_experiment(crystal: Crystal, experiment, config: ExperimentFitConfig = ExperimentFitConfig(), *,
                    progress=None) -> ExperimentFit:
     """Refine ``crystal`` and the experiment model against a measured experiment
@@ -413,9 +435,18 @@ def fit_experiment(crystal: Crystal, experiment, config: ExperimentFitConfig = E
 
     ``progress``: a callable taking (stage name, figure of merit or None) or None.
     """
-    from lacbed_refine.runtime import available_cpus
+    from lacbed_refine.runtime import single_thread
 
     check_experiment_config(config)
+    # one intra-op thread: the model's operations are small, and torch's thread barriers make them
+    # many times slower on a busy machine; the engine's parallelism is its worker processes
+    with single_thread():
+        return _fit_experiment(crystal, experiment, config, progress)
+
+
+def _fit_experiment(crystal, experiment, config, progress):
+    from lacbed_refine.runtime import available_cpus
+
     t_start = time.perf_counter()
     stages: list[StageLog] = []
 
@@ -441,7 +472,8 @@ def fit_experiment(crystal: Crystal, experiment, config: ExperimentFitConfig = E
         if tuple(k) in reflections:
             weights[reflections.index(tuple(k))] = float(w)
     params = free_parameters(crystal, refine=config.refine, fix=config.fix)
-    free = _free_indices(params, crystal)
+    tmap = _ThetaMap(params, params.initial().numpy().astype(float), _free_indices(params, crystal))
+    free = tmap.free
     kinds = [params.kinds[i] for i in free] + ["thickness"]
     names = [params.names[i] for i in free] + ["thickness_nm"]
     scale = np.array([STEP[k] for k in kinds])
@@ -536,7 +568,7 @@ def fit_experiment(crystal: Crystal, experiment, config: ExperimentFitConfig = E
     # 4. refinement (+ 5. beam convergence)
     x = np.concatenate([theta0[free], [t_nm]])
     x_start = x.copy()
-    x, geo, fom, _ = _gauss_newton(engine, model, params, free, theta0, x, geo, scale, config, R, say)
+    x, geo, fom, _ = _gauss_newton(engine, model, params, tmap, x, geo, scale, config, R, say)
     if len(bins) > 1:  # the full grid: geometry in its pixels, then the last steps
         t0 = time.perf_counter()
         f = bins[0] / bins[1]
@@ -545,7 +577,7 @@ def fit_experiment(crystal: Crystal, experiment, config: ExperimentFitConfig = E
         model, meas_o, rec_o = model_for(orientation)
         geo = replace(geo, centre=geo.centre * f, shifts=geo.shifts * f, blur_px=geo.blur_px * f)
         say("full grid", None, t0, f"{n}² px, {size_sim}² simulated px")
-        x, geo, fom, _ = _gauss_newton(engine, model, params, free, theta0, x, geo, scale, config, R, say,
+        x, geo, fom, _ = _gauss_newton(engine, model, params, tmap, x, geo, scale, config, R, say,
                                        max_iter=max(2, config.iterations // 2), name="full-grid refinement")
     beams = {"pool": len(engine.pool), "strong_beams": engine.settings.strong_beams, "steps": []}
     if config.converge_beams:
@@ -557,8 +589,10 @@ def fit_experiment(crystal: Crystal, experiment, config: ExperimentFitConfig = E
             engine.set_beams(replace(s_old, strong_beams=strong, n_beams=pool))
             # the answer with more beams (its figure of merit) and one Gauss–Newton step from there
             # (the values it moves): both must stay within the tolerances
-            x_new, geo_new, fom_new, fom_at = _gauss_newton(engine, model, params, free, theta0, x, geo, scale, config,
-                                                            R, lambda *a, **k: None, max_iter=1)
+            # (the Jacobian from before: the structure's derivatives barely change with the beams)
+            x_new, geo_new, fom_new, fom_at = _gauss_newton(engine, model, params, tmap, x, geo, scale, config,
+                                                            R, lambda *a, **k: None, max_iter=1, jac=model.jac,
+                                                            final_jacobian=False)
             shift = {nm: float(b - a) for nm, a, b in zip(names, x, x_new)}
             within = abs(fom_new - fom) <= BEAM_TOLERANCE["fom"] and all(
                 abs(shift[nm]) <= BEAM_TOLERANCE[k] for nm, k in zip(names, kinds))
@@ -567,6 +601,10 @@ def fit_experiment(crystal: Crystal, experiment, config: ExperimentFitConfig = E
                                    "converged": bool(within)})
             x, geo, fom = x_new, geo_new, fom_new
             beams.update(pool=len(engine.pool), strong_beams=strong)
+            say(f"beams {len(engine.pool)}/{strong}", fom, t0, f"Δfom {beams['steps'][-1]['fom_change']:+.1e}, "
+                f"largest value change {max(abs(v) for v in shift.values()):.3g}"
+                + (" — converged" if within else ""))
+            t0 = time.perf_counter()
             if within:
                 break
         beams["converged"] = bool(beams["steps"] and beams["steps"][-1]["converged"])
@@ -575,11 +613,13 @@ def fit_experiment(crystal: Crystal, experiment, config: ExperimentFitConfig = E
 
     # 6. uncertainties and correlations at the answer
     t0 = time.perf_counter()
+    if config.converge_beams:  # the Jacobian at the answer with the final beams
+        trio = _evaluate(engine, tmap, x, scale)
+        model.set_base(trio[1], _jacobian(engine, tmap, x, scale, trio))
     sigma, corr, geo_sigma = _uncertainties(model, x, geo, scale, R, config.stretch)
     say("uncertainties", fom, t0, "Hessian: exact in the experiment model, Gauss–Newton in the structure")
 
-    theta = theta0.copy()
-    theta[free] = x[:-1]
+    theta = tmap(x[:-1])
     with torch.no_grad():
         model.set_base(model.base, None)  # the engine's discs at the answer
         gt = _vec_to_torch(torch.as_tensor(_geometry_to_vec(geo)), R)
@@ -601,7 +641,11 @@ def fit_experiment(crystal: Crystal, experiment, config: ExperimentFitConfig = E
                "blur_start_px": blur0,
                "step_inv_A": step, "crystal_tilt_mrad": crystal_tilt_mrad(
                    geo.centre, geo.scale, step, geo.rotation_deg, electron_wavelength(inp.voltage)),
-               "orientation_table": table},
+               "orientation_table": table,
+               "tied": [{"name": params.names[dep], "kind": "occ", "start": float(theta0[dep]),
+                         "refined": float(theta[dep]), "rule": f"{total:g} − " + " − ".join(params.names[m] for m in rest),
+                         "sigma": float(np.sqrt(sum(sigma[free.index(m)] ** 2 for m in rest)))}
+                        for dep, rest, total in tmap.ties]},
     )
 
 
@@ -625,42 +669,41 @@ def _register_discs(model, geo, R, max_shift):
     return replace(geo, centre=centre, shifts=pos - centre)
 
 
-def _evaluate(engine, free, theta0, x, scale):
+def _evaluate(engine, tmap, x, scale):
     """Discs at x and at x ± a thickness step, (3, R, S, S), from one decomposition."""
-    theta = theta0.copy()
-    theta[free] = x[:-1]
+    theta = tmap(x[:-1])
     h_t = 0.2 * scale[-1]
     return engine.run(theta, [x[-1] - h_t, x[-1], x[-1] + h_t])
 
 
-def _jacobian(engine, free, theta0, x, scale, trio):
+def _jacobian(engine, tmap, x, scale, trio):
     """Derivatives of the discs per scaled parameter (P, R, S, S) at x: the thickness by a central
     difference within the decomposition of ``trio`` (:func:`_evaluate`), the structure by forward
     differences (one engine call each)."""
-    theta = theta0.copy()
-    theta[free] = x[:-1]
     base = trio[1]
     cols = []
-    for j, i in enumerate(free):
+    for j in range(len(x) - 1):
         h = 0.2 * scale[j]
-        th = theta.copy()
-        th[i] += h
-        cols.append((engine.run(th, [x[-1]])[0] - base) * (scale[j] / h))
+        xs = x[:-1].copy()
+        xs[j] += h
+        cols.append((engine.run(tmap(xs), [x[-1]])[0] - base) * (scale[j] / h))
     cols.append((trio[2] - trio[0]) * (scale[-1] / (2 * 0.2 * scale[-1])))
     return torch.stack(cols)
 
 
-def _gauss_newton(engine, model, params, free, theta0, x, geo, scale, config, R, say, max_iter=None, name="refinement"):
+def _gauss_newton(engine, model, params, tmap, x, geo, scale, config, R, say, max_iter=None, name="refinement",
+                  jac=None, final_jacobian=True):
     """Trust-region Gauss–Newton in (structure, thickness) with the experiment model minimised
-    exactly in each linearised step. Returns (x, geometry, figure of merit, figure of merit at the
-    start point after the geometry fit); the model is left holding the base and Jacobian at x."""
+    exactly in each linearised step. ``jac``: a Jacobian to start from (e.g. the last one, before the
+    beams were raised) instead of computing one. Returns (x, geometry, figure of merit, figure of
+    merit at the start point after the geometry fit); the model is left holding the base and, with
+    ``final_jacobian``, the Jacobian at x."""
     t0 = time.perf_counter()
     P = len(x)
-    lo = np.concatenate([params.lower[free], [1.0]])
-    hi = np.concatenate([params.upper[free], [2000.0]])
+    lo = np.concatenate([params.lower[tmap.free], [1.0]])
+    hi = np.concatenate([params.upper[tmap.free], [2000.0]])
     radius = 1.0  # trust region, in units of `scale`
-    trio = _evaluate(engine, free, theta0, x, scale)
-    jac = None
+    trio = _evaluate(engine, tmap, x, scale)
     model.set_base(trio[1], None)
     gv = _geometry_to_vec(geo)
     bounds_g = _geometry_bounds(gv, R, config, geo.centre)
@@ -670,7 +713,7 @@ def _gauss_newton(engine, model, params, free, theta0, x, geo, scale, config, R,
     n_iter = config.iterations if max_iter is None else max_iter
     for k in range(n_iter):
         if jac is None:
-            jac = _jacobian(engine, free, theta0, x, scale, trio)
+            jac = _jacobian(engine, tmap, x, scale, trio)
         model.set_base(trio[1], jac)
         zlo = np.maximum(-radius, (lo - x) / scale)
         zhi = np.minimum(radius, (hi - x) / scale)
@@ -678,7 +721,7 @@ def _gauss_newton(engine, model, params, free, theta0, x, geo, scale, config, R,
         res = _minimise(model, z0, list(zip(zlo, zhi)) + bounds_g, P, R)
         dz, gv_new, predicted = res.x[:P], res.x[P:], float(res.fun)
         x_new = x + dz * scale
-        trio_new = _evaluate(engine, free, theta0, x_new, scale)
+        trio_new = _evaluate(engine, tmap, x_new, scale)
         model.set_base(trio_new[1], None)
         with torch.no_grad():
             fom_new = float(model.fom(torch.zeros(0), _vec_to_torch(torch.as_tensor(gv_new), R)))
@@ -701,8 +744,8 @@ def _gauss_newton(engine, model, params, free, theta0, x, geo, scale, config, R,
             if radius < 0.01 or fom_new - fom < 1e-5:  # no better point within reach of the engine's noise
                 break
         t0 = time.perf_counter()
-    if jac is None:
-        jac = _jacobian(engine, free, theta0, x, scale, trio)
+    if jac is None and final_jacobian:
+        jac = _jacobian(engine, tmap, x, scale, trio)
     model.set_base(trio[1], jac)
     return x, _vec_to_geometry(gv, R), fom, fom_first
 
