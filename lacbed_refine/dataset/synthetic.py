@@ -20,6 +20,10 @@ drawn, in which order or by how many workers:
   (periodic, cell images included) is at least ``0.85 (r_i + r_j)`` (covalent radii; 2.2 Å between
   anions, 1.5 Å at least) and the site's orbit has the position's full multiplicity;
 - B_iso uniform in 0.2–1.5 Å², occupancy 1.
+
+:func:`microscope_faults` turns a simulated stack into what a real microscope would record of it
+(rotation, scale, zone-axis position and per-disc registration, detector blur, background and
+Poisson noise): the known truth against which the fit of measured experiments is tested.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ __all__ = [
     "random_crystal",
     "synthetic_id",
     "write_synthetic_cifs",
+    "microscope_faults",
     "REAL_A_QUANTILES",
     "ELEMENT_WEIGHTS",
     "ANIONS",
@@ -221,6 +226,148 @@ def write_synthetic_cifs(folder, n: int, *, seed: int = 0, start: int = 0, overw
         write_cif(random_crystal(seed, index), path)
         paths.append(path)
     return paths
+
+
+def microscope_faults(stack, *, rotation_deg: float = 0.0, scale: float = 1.0, centre_px=(0.0, 0.0), shifts_px=None,
+                      blur_px: float = 0.0, background: float = 0.0, counts: float | None = None, seed: int = 0,
+                      size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """What a real microscope records of a simulated stack: the faults the experiment fit must undo.
+
+    This is the inverse of the fit's microscope model
+    (:mod:`lacbed_refine.refine.experiment_model`, ``sample_discs`` then ``blur_discs`` then a
+    background per disc), with the same sign conventions, implemented independently (scipy, not
+    torch): for no blur, background or noise the two agree to a few 1e-3 of the disc's intensity on
+    a smooth image (``tests/test_experiment_truth.py``). The difference is the fit's interpolator:
+    torch's bicubic is Keys' kernel with a = −0.75, which misplaces even a linear ramp by up to
+    3/64 px; the cubic spline here is exact to ~1e-4 on such an image.
+
+    Geometry. The recorded images have ``n = size or S`` pixels a side and the *same nominal pixel
+    step* δ [Å⁻¹] as the simulation (so the ``felix.inp`` of the recorded experiment has
+    ``convergence_angle = n/2 · δ``). Measured pixel (row, col) has the offsets
+    ``(u, v) = (col, row) − (n − 1)/2`` [px] from the image centre and sees the simulated image at the
+    sim-pixel coordinates (x = column, y = row)
+
+        (x, y) = scale · R(φ) · ((u, v) − centre_px − shifts_px[i]) + (S − 1)/2,
+        R(φ) = [[cos φ, −sin φ], [sin φ, cos φ]],
+
+    i.e. at the tilt ``k = scale · δ · R(φ) · ((u, v) − c − c_i)`` of the fit's model (its stretch
+    e = 0). ``centre_px`` is therefore where the zone axis falls in the recorded image (the fit's
+    ``Geometry.centre`` equals ``centre_px + mean(shifts_px)``, its ``shifts`` the mean-free part of
+    ``shifts_px``); ``scale`` > 1 means the true tilt per recorded pixel is larger than the nominal δ.
+    The value there is interpolated by :func:`scipy.ndimage.map_coordinates` (order 3, edge values
+    extended within the last half pixel). Recorded pixels that fall outside the simulated tilt square
+    (x or y outside [−0.5, S − 0.5], the pixels' outer edges) are exactly 0 and not recorded.
+
+    Then, in this order, on each disc's recorded pixels only:
+
+    - detector blur: Gaussian of σ = ``blur_px`` [recorded px] (:func:`scipy.ndimage.gaussian_filter`,
+      mirror edges), normalised over the recorded area so that unrecorded pixels contribute nothing;
+    - background: ``background · m_i · (1 + ½ (cos θ_i · ū + sin θ_i · v̄))``, a constant plus a plane
+      (ū, v̄ = u, v / ((n − 1)/2) ∈ [−1, 1]; ``m_i`` the disc's mean after the blur; θ_i uniform from
+      ``seed``), positive everywhere;
+    - Poisson noise: each pixel is ``Poisson(g_i · I) / g_i`` with the gain ``g_i = counts / M_i``
+      (``M_i`` the disc's mean with its background): ``counts`` expected electrons per pixel at the
+      disc's mean intensity, the result in the stack's units. None: no noise. A disc with no positive
+      intensity is left without noise.
+
+    Parameters
+    ----------
+    stack : array_like, shape (R, S, S)
+        Simulated discs on the engine's (FELIX's) tilt grid: rows ↔ k_y, columns ↔ k_x, pixel
+        centres at ``(j − (S − 1)/2) · δ``.
+    rotation_deg : float
+        In-plane rotation φ [°].
+    scale : float
+        True tilt step ÷ nominal step (the convergence half-width's error), > 0.
+    centre_px : (float, float)
+        Zone-axis position (u, v) in the recorded image [recorded px].
+    shifts_px : array_like, shape (R, 2), optional
+        Each disc's own registration (u, v) [recorded px]; default zero.
+    blur_px : float
+        Detector point-spread σ [recorded px], ≥ 0 (0: none).
+    background : float
+        Background amplitude as a fraction of each disc's mean intensity, ≥ 0.
+    counts : float or None
+        Expected electrons per pixel at a disc's mean intensity (> 0), or None for no noise.
+    seed : int
+        Seed of the background directions and of the noise.
+    size : int, optional
+        Recorded image edge n [px]; default S.
+
+    Returns
+    -------
+    images : ndarray, shape (R, n, n), float64
+        The recorded discs (0 where not recorded).
+    recorded : ndarray of bool, shape (R, n, n)
+        True where the pixel saw the simulated tilt square.
+
+    Raises
+    ------
+    ValueError
+        One line naming the argument and its value for a stack that is not (R, S, S) and finite, or
+        an absurd fault.
+    """
+    from scipy import ndimage
+
+    stack = np.asarray(stack, dtype=np.float64)
+    if stack.ndim != 3 or stack.shape[1] != stack.shape[2] or stack.shape[0] < 1 or stack.shape[1] < 2:
+        raise ValueError(f"stack of shape {stack.shape}: need (R, S, S) simulated discs with S >= 2")
+    if not np.isfinite(stack).all():
+        raise ValueError("stack: holds NaN or infinite values")
+    n_discs, sim = stack.shape[0], stack.shape[1]
+    n = sim if size is None else int(size)
+    if n < 2:
+        raise ValueError(f"size {size!r}: the recorded image needs at least 2 pixels a side")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale {scale!r}: must be a positive factor")
+    if not math.isfinite(rotation_deg):
+        raise ValueError(f"rotation_deg {rotation_deg!r}: must be finite")
+    centre = np.asarray(centre_px, dtype=float).reshape(-1)
+    if centre.shape != (2,) or not np.isfinite(centre).all():
+        raise ValueError(f"centre_px {centre_px!r}: need two finite pixel offsets (u, v)")
+    shifts = np.zeros((n_discs, 2)) if shifts_px is None else np.asarray(shifts_px, dtype=float)
+    if shifts.shape != (n_discs, 2) or not np.isfinite(shifts).all():
+        raise ValueError(f"shifts_px of shape {shifts.shape}: need ({n_discs}, 2) finite pixel offsets (u, v)")
+    if not (math.isfinite(blur_px) and blur_px >= 0):
+        raise ValueError(f"blur_px {blur_px!r}: must be >= 0 px")
+    if not (math.isfinite(background) and background >= 0):
+        raise ValueError(f"background {background!r}: must be >= 0 (a fraction of each disc's mean)")
+    if counts is not None and not (math.isfinite(counts) and counts > 0):
+        raise ValueError(f"counts {counts!r}: must be a positive number of electrons per pixel, or None")
+
+    rng = np.random.default_rng(int(seed))
+    phi = math.radians(rotation_deg)
+    cos, sin = math.cos(phi), math.sin(phi)
+    axis = np.arange(n) - (n - 1) / 2.0
+    v, u = np.meshgrid(axis, axis, indexing="ij")  # rows: v, columns: u
+    half = max((n - 1) / 2.0, 0.5)
+    theta = rng.uniform(0.0, 2 * math.pi, n_discs)
+    images = np.zeros((n_discs, n, n))
+    recorded = np.zeros((n_discs, n, n), dtype=bool)
+    for i in range(n_discs):
+        pu = u - centre[0] - shifts[i, 0]
+        pv = v - centre[1] - shifts[i, 1]
+        x = scale * (cos * pu - sin * pv) + (sim - 1) / 2.0
+        y = scale * (sin * pu + cos * pv) + (sim - 1) / 2.0
+        inside = (x >= -0.5) & (x <= sim - 0.5) & (y >= -0.5) & (y <= sim - 0.5)
+        img = ndimage.map_coordinates(stack[i], [y, x], order=3, mode="nearest")
+        img = np.where(inside, img, 0.0)
+        if blur_px > 0:
+            weight = ndimage.gaussian_filter(inside.astype(float), blur_px, mode="mirror")
+            img = ndimage.gaussian_filter(img, blur_px, mode="mirror") / np.where(inside, weight, 1.0)
+            img = np.where(inside, img, 0.0)
+        if background > 0 and inside.any():
+            mean = float(img[inside].mean())
+            plane = 1.0 + 0.5 * (math.cos(theta[i]) * u / half + math.sin(theta[i]) * v / half)
+            img = np.where(inside, img + background * mean * plane, 0.0)
+        if counts is not None and inside.any():
+            mean = float(img[inside].mean())
+            if mean > 0:
+                gain = counts / mean
+                img = np.where(inside, rng.poisson(np.clip(img, 0.0, None) * gain) / gain, 0.0)
+        images[i] = img
+        recorded[i] = inside
+    return images, recorded
 
 
 # ------------------------------------------------------------------------------------------------
