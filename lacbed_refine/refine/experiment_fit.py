@@ -123,7 +123,7 @@ class ExperimentFitConfig:
     iterations: int = 6
     converge_beams: bool = True
     beam_factor: float = 1.5
-    max_beam_steps: int = 3
+    max_beam_steps: int = 5
     bin: int = 1
     weights: dict | None = None
     workers: int | None = None
@@ -335,10 +335,11 @@ def _settings_from(crystal, experiment, config, size_sim, sim_hw, n_meas, hw_mea
     if zone is None:
         raise ValueError(f"{experiment.source}: no felix.inp, so the zone axis is unknown; pass --zone/--x-direction")
     strong = config.strong_beams or (inp.min_strong_beams if inp is not None and inp.min_strong_beams > 0 else 50)
-    pool = config.pool or (inp.min_reflection_pool if inp is not None and inp.min_reflection_pool > 0 else 200)
-    pool = max(pool, int(1.5 * strong))
+    # the pool as FELIX makes it: RgLimit when it is set, else the pool-size cap
+    g_limit = inp.g_limit if config.pool is None and inp.g_limit > 0 else None
+    pool = None if g_limit else (config.pool or (inp.min_reflection_pool if inp.min_reflection_pool > 0 else 200))
     return SimulationSettings(
-        voltage=inp.voltage, size=size_sim, half_width=sim_hw, thicknesses=(1000.0,), n_beams=pool,
+        voltage=inp.voltage, size=size_sim, half_width=sim_hw, thicknesses=(1000.0,), n_beams=pool, g_limit=g_limit,
         strong_beams=strong, strong_rule="felix", zone=zone, x_direction=tuple(inp.x_direction),
         normal=tuple(inp.normal_direction), absorption_model=config.absorption_model,
         absorption=inp.absorption_percent if config.absorption_model == "proportional" else 0.0,
@@ -569,6 +570,48 @@ def _fit_experiment(crystal, experiment, config, progress):
     x = np.concatenate([theta0[free], [t_nm]])
     x_start = x.copy()
     x, geo, fom, _ = _gauss_newton(engine, model, params, tmap, x, geo, scale, config, R, say)
+    beams = {"pool": len(engine.pool), "strong_beams": engine.settings.strong_beams, "steps": [], "converged": None}
+
+    def raise_beams(x, geo, fom, grid):
+        """Raise the beams by ``beam_factor`` until one more step changes nothing beyond the
+        tolerances; returns (x, geometry, fom, the settings before the last step, converged)."""
+        t0 = time.perf_counter()
+        before = engine.settings
+        jac = model.jac
+        for _ in range(config.max_beam_steps):
+            before = engine.settings
+            strong = int(round(before.strong_beams * config.beam_factor))
+            pool = max(len(engine.pool), int(1.5 * strong))
+            engine.set_beams(replace(before, strong_beams=strong, n_beams=pool, g_limit=None))
+            # the answer with more beams (its figure of merit) and one Gauss–Newton step from there
+            # (the values it moves), both within the tolerances; the Jacobian from before serves (the
+            # structure's derivatives change little with the beams)
+            x_new, geo_new, fom_new, fom_at = _gauss_newton(engine, model, params, tmap, x, geo, scale, config, R,
+                                                            lambda *a, **k: None, max_iter=1, jac=jac,
+                                                            final_jacobian=False)
+            model.set_base(model.base, jac)
+            shift = {nm: float(b - a) for nm, a, b in zip(names, x, x_new)}
+            within = abs(fom_new - fom) <= BEAM_TOLERANCE["fom"] and all(
+                abs(shift[nm]) <= BEAM_TOLERANCE[k] for nm, k in zip(names, kinds))
+            beams["steps"].append({"grid": grid, "pool": len(engine.pool), "strong_beams": strong,
+                                   "fom_same_values": fom_at, "fom": fom_new, "fom_change": fom_new - fom,
+                                   "shifts": shift, "converged": bool(within)})
+            x, geo, fom = x_new, geo_new, fom_new
+            say(f"beams {len(engine.pool)}/{strong} ({grid} grid)", fom, t0,
+                f"Δfom {beams['steps'][-1]['fom_change']:+.1e}, largest value change "
+                f"{max(abs(v) for v in shift.values()):.3g}" + (" — converged" if within else ""))
+            t0 = time.perf_counter()
+            if within:
+                return x, geo, fom, before, True
+        return x, geo, fom, engine.settings, False
+
+    if config.converge_beams:
+        # the beams are converged on the cheap grid first: how many a pixel needs is physics, not
+        # resolution; the full grid then runs with that many and checks once more at the answer
+        x, geo, fom, enough, ok = raise_beams(x, geo, fom, "binned" if len(bins) > 1 else "full")
+        beams["converged"] = ok
+        if len(bins) > 1:
+            engine.set_beams(enough)
     if len(bins) > 1:  # the full grid: geometry in its pixels, then the last steps
         t0 = time.perf_counter()
         f = bins[0] / bins[1]
@@ -576,46 +619,21 @@ def _fit_experiment(crystal, experiment, config, progress):
         engine.set_beams(replace(engine.settings, size=size_sim, half_width=sim_hw))
         model, meas_o, rec_o = model_for(orientation)
         geo = replace(geo, centre=geo.centre * f, shifts=geo.shifts * f, blur_px=geo.blur_px * f)
-        say("full grid", None, t0, f"{n}² px, {size_sim}² simulated px")
+        say("full grid", None, t0, f"{n}² px, {size_sim}² simulated px, pool {len(engine.pool)}, "
+            f"≥{engine.settings.strong_beams} strong beams")
         x, geo, fom, _ = _gauss_newton(engine, model, params, tmap, x, geo, scale, config, R, say,
                                        max_iter=max(2, config.iterations // 2), name="full-grid refinement")
-    beams = {"pool": len(engine.pool), "strong_beams": engine.settings.strong_beams, "steps": []}
+        if config.converge_beams:
+            x, geo, fom, _, ok = raise_beams(x, geo, fom, "full")
+            beams["converged"] = ok
+    beams.update(pool=len(engine.pool), strong_beams=engine.settings.strong_beams)
     if config.converge_beams:
-        t0 = time.perf_counter()
-        for _ in range(config.max_beam_steps):
-            s_old = engine.settings
-            strong = int(round(s_old.strong_beams * config.beam_factor))
-            pool = max(int(s_old.n_beams), int(1.5 * strong))
-            engine.set_beams(replace(s_old, strong_beams=strong, n_beams=pool))
-            # the answer with more beams (its figure of merit) and one Gauss–Newton step from there
-            # (the values it moves): both must stay within the tolerances
-            # (the Jacobian from before: the structure's derivatives barely change with the beams)
-            x_new, geo_new, fom_new, fom_at = _gauss_newton(engine, model, params, tmap, x, geo, scale, config,
-                                                            R, lambda *a, **k: None, max_iter=1, jac=model.jac,
-                                                            final_jacobian=False)
-            shift = {nm: float(b - a) for nm, a, b in zip(names, x, x_new)}
-            within = abs(fom_new - fom) <= BEAM_TOLERANCE["fom"] and all(
-                abs(shift[nm]) <= BEAM_TOLERANCE[k] for nm, k in zip(names, kinds))
-            beams["steps"].append({"pool": len(engine.pool), "strong_beams": strong, "fom_same_values": fom_at,
-                                   "fom": fom_new, "fom_change": fom_new - fom, "shifts": shift,
-                                   "converged": bool(within)})
-            x, geo, fom = x_new, geo_new, fom_new
-            beams.update(pool=len(engine.pool), strong_beams=strong)
-            say(f"beams {len(engine.pool)}/{strong}", fom, t0, f"Δfom {beams['steps'][-1]['fom_change']:+.1e}, "
-                f"largest value change {max(abs(v) for v in shift.values()):.3g}"
-                + (" — converged" if within else ""))
-            t0 = time.perf_counter()
-            if within:
-                break
-        beams["converged"] = bool(beams["steps"] and beams["steps"][-1]["converged"])
-        say("beam convergence", fom, t0, f"final pool {beams['pool']}, ≥{beams['strong_beams']} strong beams, "
-            f"{'converged' if beams['converged'] else 'NOT converged within the steps allowed'}")
+        say("beam convergence", fom, time.perf_counter(), f"final pool {beams['pool']}, ≥{beams['strong_beams']} "
+            f"strong beams, {'converged' if beams['converged'] else 'NOT converged within the steps allowed'}")
 
     # 6. uncertainties and correlations at the answer
+    # (the structure's Jacobian is the last one computed, on the full grid at the answer or next to it)
     t0 = time.perf_counter()
-    if config.converge_beams:  # the Jacobian at the answer with the final beams
-        trio = _evaluate(engine, tmap, x, scale)
-        model.set_base(trio[1], _jacobian(engine, tmap, x, scale, trio))
     sigma, corr, geo_sigma = _uncertainties(model, x, geo, scale, R, config.stretch)
     say("uncertainties", fom, t0, "Hessian: exact in the experiment model, Gauss–Newton in the structure")
 
