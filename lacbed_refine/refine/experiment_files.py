@@ -240,8 +240,7 @@ def _montage(result: ExperimentFit, path: Path, per_row: int = 4) -> None:
         row, col = divmod(i, per_row)
         for j, (img, cmap) in enumerate(((meas, "gray"), (sim, "gray"), (diff, "RdBu_r"))):
             ax = axes[row, 3 * col + j]
-            cm = plt.get_cmap(cmap).copy()
-            cm.set_bad("#c8a0a0")  # unrecorded pixels (masked)
+            cm = plt.get_cmap(cmap).with_extremes(bad="#c8a0a0")  # unrecorded pixels (masked)
             lim = 3.0
             ax.imshow(np.ma.masked_invalid(img), cmap=cm, vmin=-lim, vmax=lim, interpolation="nearest")
             ax.set_title(("meas " if j == 0 else "sim " if j == 1 else "diff ") + (_label(h) if j == 0 else ""),
