@@ -481,11 +481,11 @@ def _fit_experiment(crystal, experiment, config, progress):
     theta0 = params.initial().numpy().astype(float)
     workers = config.workers or available_cpus()
 
-    def level(b):
+    def level(b, size_sim=None):
         images, recorded = _bin_images(full_images, full_recorded, b)
         n = images.shape[-1]
         step = inp.half_width / (n / 2)
-        size_sim = 2 * int(math.ceil(config.margin * n / 2))
+        size_sim = size_sim or 2 * int(math.ceil(config.margin * n / 2))
         sim_hw = size_sim / 2 * step
         return images, recorded, n, step, size_sim, sim_hw
 
@@ -614,15 +614,25 @@ def _fit_experiment(crystal, experiment, config, progress):
             engine.set_beams(enough)
     if len(bins) > 1:  # the full grid: geometry in its pixels, then the last steps
         t0 = time.perf_counter()
-        f = bins[0] / bins[1]
-        images, recorded, n, step, size_sim, sim_hw = level(bins[1])
+        f = bins[0] // bins[1]
+        # the full grid spans the same tilts with f× the pixels, so that the binned grid's Jacobian,
+        # interpolated, serves the full grid's steps (each then costs one engine call, not P + 1;
+        # every step is still kept only when the engine confirms it)
+        jac = model.jac
+        P_, R_, S_, _ = jac.shape
+        jac = torch.nn.functional.interpolate(jac.reshape(P_ * R_, 1, S_, S_), scale_factor=f, mode="bicubic",
+                                              align_corners=False).reshape(P_, R_, f * S_, f * S_)
+        images, recorded, n, step, size_sim, sim_hw = level(bins[1], size_sim * f)
         engine.set_beams(replace(engine.settings, size=size_sim, half_width=sim_hw))
         model, meas_o, rec_o = model_for(orientation)
         geo = replace(geo, centre=geo.centre * f, shifts=geo.shifts * f, blur_px=geo.blur_px * f)
         say("full grid", None, t0, f"{n}² px, {size_sim}² simulated px, pool {len(engine.pool)}, "
             f"≥{engine.settings.strong_beams} strong beams")
         x, geo, fom, _ = _gauss_newton(engine, model, params, tmap, x, geo, scale, config, R, say,
-                                       max_iter=max(2, config.iterations // 2), name="full-grid refinement")
+                                       max_iter=max(2, config.iterations // 2), name="full-grid refinement",
+                                       jac=jac, final_jacobian=False, reuse_jacobian=True)
+        if model.jac is None:
+            model.set_base(model.base, jac)
         if config.converge_beams:
             x, geo, fom, _, ok = raise_beams(x, geo, fom, "full")
             beams["converged"] = ok
@@ -635,7 +645,8 @@ def _fit_experiment(crystal, experiment, config, progress):
     # (the structure's Jacobian is the last one computed, on the full grid at the answer or next to it)
     t0 = time.perf_counter()
     sigma, corr, geo_sigma = _uncertainties(model, x, geo, scale, R, config.stretch)
-    say("uncertainties", fom, t0, "Hessian: exact in the experiment model, Gauss–Newton in the structure")
+    say("uncertainties", fom, t0, "Hessian: exact in the experiment model, Gauss–Newton in the structure"
+        + (" (Jacobian from the binned grid, interpolated)" if len(bins) > 1 else ""))
 
     theta = tmap(x[:-1])
     with torch.no_grad():
@@ -710,12 +721,14 @@ def _jacobian(engine, tmap, x, scale, trio):
 
 
 def _gauss_newton(engine, model, params, tmap, x, geo, scale, config, R, say, max_iter=None, name="refinement",
-                  jac=None, final_jacobian=True):
+                  jac=None, final_jacobian=True, reuse_jacobian=False):
     """Trust-region Gauss–Newton in (structure, thickness) with the experiment model minimised
     exactly in each linearised step. ``jac``: a Jacobian to start from (e.g. the last one, before the
     beams were raised) instead of computing one. Returns (x, geometry, figure of merit, figure of
     merit at the start point after the geometry fit); the model is left holding the base and, with
-    ``final_jacobian``, the Jacobian at x."""
+    ``final_jacobian``, the Jacobian at x. ``reuse_jacobian``: keep ``jac`` for every step (a
+    quasi-Newton step: the engine still confirms each one)."""
+    kept = jac if reuse_jacobian else None
     t0 = time.perf_counter()
     P = len(x)
     lo = np.concatenate([params.lower[tmap.free], [1.0]])
@@ -745,7 +758,7 @@ def _gauss_newton(engine, model, params, tmap, x, geo, scale, config, R, say, ma
             fom_new = float(model.fom(torch.zeros(0), _vec_to_torch(torch.as_tensor(gv_new), R)))
         gain, promised = fom - fom_new, fom - predicted
         if fom_new < fom:
-            x, trio, jac, gv = x_new, trio_new, None, gv_new
+            x, trio, jac, gv = x_new, trio_new, kept, gv_new
             # the geometry may move again at the new engine point (cheap)
             res = _minimise(model, gv, bounds_g, 0, R, max_iter=100)
             if res.fun < fom_new:
