@@ -26,8 +26,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "measured"
 #: experiment → (CIF, extra options)
 RUNS = {
     "GaAs": ("GaAs.cif", ["--discs", "all", "--refine", "b"]),
-    "GeSn152": ("GeSn.cif", ["--refine", "b,occ"]),
-    "LiNbO3": ("LiNbO3.cif", ["--refine", "xyz,b", "--bin", "2"]),
+    "GeSn152": ("GeSn.cif", ["--refine", "b,occ", "--bin", "2"]),
+    "LiNbO3": ("LiNbO3.cif", ["--refine", "xyz,b", "--bin", "4"]),
 }
 
 

@@ -229,7 +229,7 @@ def _montage(result: ExperimentFit, path: Path, per_row: int = 4) -> None:
 
     R = len(result.reflections)
     rows = math.ceil(R / per_row)
-    fig, axes = plt.subplots(rows, 3 * per_row, figsize=(1.35 * 3 * per_row, 1.5 * rows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(rows, 3 * per_row, figsize=(1.35 * 3 * per_row, 1.8 * rows + 0.6), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for i, h in enumerate(result.reflections):
