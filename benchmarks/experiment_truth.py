@@ -13,10 +13,8 @@ Cases:
   80×80 grid; start O moved 0.07 Å along (1 1 0), every B × 1.6.
 - ``gaas-felix`` — FELIX's own Bird–King GaAs [110] discs (``../shared/data/felix-reference/general/
   GaAs-110-bk``, all 9 discs, 64×64, ``--felix-thickness`` Å of 500/1000/1500/2000) and its
-  ``felix.inp``; start every B × 1.6. Skipped when the folder is absent. FELIX's pool there is its
-  RgLimit (91 beams, ≥ 90 strong), which the fit does not read (it takes ``IMinReflectionPool``, 200
-  when 0, and at least 1.5 × the strong beams): the fit's discs then differ from FELIX's (r ≈ 0.98 at
-  1000 Å) and the scale takes up the difference (see ``tests/test_experiment_truth.py``).
+  ``felix.inp``; start every B × 1.6. Skipped when the folder is absent. The fit takes FELIX's pool
+  from that ``felix.inp`` (RgLimit 1.46 Å⁻¹: 91 beams, ≥ 90 strong), as it does for any experiment.
 
 Faults (:func:`lacbed_refine.dataset.synthetic.microscope_faults`, drawn from ``--seed``): rotation
 uniform in ±5°, scale in 1 ± 3 %, zone axis within ±1.5 px of the centre, per-disc shifts in ±2 px
