@@ -134,3 +134,25 @@ def test_model_gradients_match_finite_differences():
             torch.tensor([[0.3, -0.2], [-0.3, 0.2]], dtype=T, requires_grad=True),
             torch.tensor(0.8, dtype=T, requires_grad=True))
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-5)
+
+
+def test_sparse_hessian_equals_the_dense_one():
+    """The fit's Hessian probes all discs' shifts at once (each disc's shifts touch only its own r):
+    it must equal torch's dense Hessian of the same figure of merit."""
+    from lacbed_refine.refine.experiment_fit import _geometry_to_vec, _hessian_sparse, _Model, _vec_to_torch
+    from lacbed_refine.refine.experiment_model import Geometry
+
+    R, n, S, P = 5, 20, 24, 2
+    rng = np.random.default_rng(0)
+    m = _Model(rng.random((R, n, n)), rng.random((R, n, n)) > 0.1, np.ones(R), 1, n, 0.02, S / 2 * 0.02)
+    m.set_base(torch.rand(R, S, S, dtype=T), torch.rand(P, R, S, S, dtype=T))
+    g = Geometry(blur_px=0.8, rotation_deg=1.0).with_discs(R)
+    g.shifts = rng.normal(size=(R, 2)) * 0.3
+    npix = m.W.sum(-1)
+
+    def f(z):
+        return (npix * (1 - m.r(z[:P], _vec_to_torch(z[P:], R)))).sum()
+
+    z = torch.as_tensor(np.concatenate([rng.normal(size=P) * 0.1, _geometry_to_vec(g)]))
+    dense = torch.autograd.functional.hessian(f, z).numpy()
+    assert np.allclose(_hessian_sparse(f, z, P + 4, R), dense, atol=1e-9 * np.abs(dense).max())

@@ -781,6 +781,36 @@ def _gauss_newton(engine, model, params, tmap, x, geo, scale, config, R, say, ma
     return x, _vec_to_geometry(gv, R), fom, fom_first
 
 
+def _hessian_sparse(F, z: torch.Tensor, n_global: int, R: int) -> np.ndarray:
+    """Hessian of F at z whose last 2R entries are per-disc (u, v) shifts: disc i's shifts touch only
+    disc i's r, so the shift–shift block is 2×2 block-diagonal and all u (then all v) shifts can be
+    probed with one Hessian-vector product; the global columns take one each (n_global + 2 products
+    in all, instead of n_global + 2R)."""
+    z = z.detach().clone().requires_grad_()
+    (g,) = torch.autograd.grad(F(z), z, create_graph=True)
+
+    def hvp(v):
+        (hv,) = torch.autograd.grad(g, z, grad_outputs=v, retain_graph=True)
+        return hv.detach().numpy()
+
+    N = len(z)
+    H = np.zeros((N, N))
+    for j in range(n_global):
+        v = torch.zeros(N, dtype=z.dtype)
+        v[j] = 1.0
+        H[:, j] = hvp(v)
+    pos = np.arange(n_global, N).reshape(R, 2)
+    for c in range(2):
+        v = torch.zeros(N, dtype=z.dtype)
+        v[pos[:, c]] = 1.0
+        hv = hvp(v)
+        for i in range(R):
+            H[pos[i], pos[i, c]] = hv[pos[i]]
+    for j in range(n_global):  # global rows from the symmetric columns
+        H[j, pos.ravel()] = H[pos.ravel(), j]
+    return 0.5 * (H + H.T)
+
+
 def _uncertainties(model, x, geo, scale, R, stretch):
     """σ of every refined value and the correlation matrix (structure, thickness, then the
     experiment model's rotation, scale, stretch, blur and the zone-axis position), from the Hessian of
@@ -795,7 +825,7 @@ def _uncertainties(model, x, geo, scale, R, stretch):
         return (n_pix * (1 - r)).sum()
 
     z = torch.as_tensor(np.concatenate([np.zeros(P), gv]))
-    H = torch.autograd.functional.hessian(F, z).numpy()
+    H = _hessian_sparse(F, z, P + 4, R)
     # geometry entries that were not free (stretch off) and the per-disc shifts' common mode are
     # handled by keeping only directions of positive curvature
     keep = np.ones(len(z), dtype=bool)
