@@ -153,7 +153,7 @@ def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_
         return
     from lacbed_refine.refine.files import fit_files
 
-    refine_ = refine_ or "xyz,b,occ,thickness"
+    refine_ = "xyz,b,occ,thickness" if refine_ is None else refine_
     blur = 0.0 if blur is None else blur
 
     config = FitConfig(refine=tuple(x.strip() for x in refine_.split(",") if x.strip()), fix=tuple(x.strip() for x in fix.split(",") if x.strip()),
@@ -186,7 +186,7 @@ def _fit_experiment_command(cif, pattern, output, *, refine_, fix, thickness, ha
         raise click.UsageError("--mask: an experiment's unrecorded pixels are found from the data (zeros, negatives)")
     if felix_seed not in (None, "auto"):
         raise click.UsageError(f"--felix-seed {felix_seed}: an experiment's FELIX set is written as it is (no letters)")
-    kinds = tuple(k.strip() for k in (refine_ or "xyz,b").split(",") if k.strip() and k.strip() != "thickness")
+    kinds = tuple(k.strip() for k in ("xyz,b" if refine_ is None else refine_).split(",") if k.strip() and k.strip() != "thickness")
     if discs not in ("hkl", "all"):
         try:
             discs = [tuple(int(v) for v in part.replace(",", " ").split()) for part in discs.split(";") if part.strip()]
