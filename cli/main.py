@@ -133,9 +133,11 @@ def simulate_command(cif, output, thickness, reflections, zone, x_direction, nor
 @click.option("--no-beam-convergence", is_flag=True, help="Experiment: skip raising the beams at the answer.")
 @click.option("--bin", "bin_", type=click.IntRange(1, 4), default=1, show_default=True, help="Experiment: average bin x bin pixel blocks first (faster, coarser).")
 @click.option("--workers", type=int, default=None, help="Experiment: engine worker processes (default: the CPUs available).")
+@click.option("--disc-weights", default=None, help="Experiment: weights of discs in the figure of merit, e.g. \"1 1 -3=0.5;3 3 -3=0.5\" (others 1).")
 def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, zone, x_direction, normal, absorption_model, absorption,
                 size, no_seed, no_surrogate, no_polish, no_b_restart, forward_model, inverse_model, restarts, device, check, max_iter, felix_seed, overwrite,
-                discs, strong_beams, background_order, stretch, orientation, thickness_scan, iterations, no_beam_convergence, bin_, workers):
+                discs, strong_beams, background_order, stretch, orientation, thickness_scan, iterations, no_beam_convergence, bin_, workers,
+                disc_weights):
     """Refine the structure in CIF against a measured PATTERN: one bright-field image, or an
     experiment (a folder with felix.inp, felix.hkl and one image per disc, or a labelled stack
     .npz/.h5/multi-page .tif) whose discs are all fitted together with the microscope's geometry,
@@ -149,7 +151,7 @@ def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_
                                 normal=normal, absorption_model=absorption_model, felix_seed=felix_seed, overwrite=overwrite,
                                 discs=discs, strong_beams=strong_beams, background_order=background_order, stretch=stretch,
                                 orientation=orientation, thickness_scan=thickness_scan, iterations=iterations,
-                                no_beam_convergence=no_beam_convergence, bin_=bin_, workers=workers)
+                                no_beam_convergence=no_beam_convergence, bin_=bin_, workers=workers, disc_weights=disc_weights)
         return
     from lacbed_refine.refine.files import fit_files
 
@@ -175,7 +177,7 @@ def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_
 def _fit_experiment_command(cif, pattern, output, *, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, zone,
                             x_direction, normal, absorption_model, felix_seed, overwrite, discs, strong_beams,
                             background_order, stretch, orientation, thickness_scan, iterations, no_beam_convergence, bin_,
-                            workers):
+                            workers, disc_weights=None):
     import numpy as np
     from tqdm.auto import tqdm
 
@@ -199,7 +201,21 @@ def _fit_experiment_command(cif, pattern, output, *, refine_, fix, thickness, ha
         scan = tuple(_floats(thickness_scan, "--thickness-scan"))
         if len(scan) != 3:
             raise click.UsageError(f"--thickness-scan {thickness_scan!r}: expected lo,hi,step [nm]")
-    config = ExperimentFitConfig(refine=kinds, fix=tuple(x.strip() for x in fix.split(",") if x.strip()),
+    weights = None
+    if disc_weights:
+        weights = {}
+        for part in disc_weights.split(";"):
+            if not part.strip():
+                continue
+            try:
+                hkl, w = part.split("=")
+                key = tuple(int(v) for v in hkl.replace(",", " ").split())
+                weights[key] = float(w)
+            except ValueError:
+                raise click.UsageError(f"--disc-weights {part.strip()!r}: expected \"h k l=weight\"") from None
+            if len(key) != 3:
+                raise click.UsageError(f"--disc-weights {part.strip()!r}: expected \"h k l=weight\"")
+    config = ExperimentFitConfig(weights=weights, refine=kinds, fix=tuple(x.strip() for x in fix.split(",") if x.strip()),
                                  thickness_nm=thickness, thickness_scan_nm=scan, strong_beams=strong_beams, pool=beams,
                                  absorption_model=absorption_model or "bird-king", background_order=background_order,
                                  stretch=stretch, blur_px=blur, orientation=orientation, iterations=iterations,

@@ -168,6 +168,9 @@ def check_experiment_config(c: ExperimentFitConfig) -> None:
         bad("--beam-factor", c.beam_factor, "must lie in 1.1–4")
     if int(c.bin) not in (1, 2, 3, 4):
         bad("--bin", c.bin, "use 1, 2, 3 or 4")
+    for k, w in (c.weights or {}).items():
+        if len(tuple(k)) != 3 or not (math.isfinite(float(w)) and 0 <= float(w) <= 100):
+            bad("--disc-weights", f"{' '.join(map(str, k))}={w}", "need three indices and a weight in 0–100")
     if not (1.0 <= c.margin <= 2.0):
         bad("margin", c.margin, "must lie in 1–2")
 
@@ -470,8 +473,11 @@ def _fit_experiment(crystal, experiment, config, progress):
     bins = [2 * config.bin, config.bin] if full_images.shape[-1] // config.bin >= 64 else [config.bin]
     weights = np.ones(R)
     for k, w in (config.weights or {}).items():
-        if tuple(k) in reflections:
-            weights[reflections.index(tuple(k))] = float(w)
+        if tuple(k) not in reflections:
+            raise ValueError(f"--disc-weights {' '.join(map(str, k))}: not one of the discs fitted")
+        weights[reflections.index(tuple(k))] = float(w)
+    if not weights.sum() > 0:
+        raise ValueError("--disc-weights: every disc has weight 0")
     params = free_parameters(crystal, refine=config.refine, fix=config.fix)
     tmap = _ThetaMap(params, params.initial().numpy().astype(float), _free_indices(params, crystal))
     free = tmap.free
