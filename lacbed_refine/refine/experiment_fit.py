@@ -331,19 +331,16 @@ def _minimise(model: _Model, z0: np.ndarray, bounds, n_struct: int, n_discs: int
 
 
 # ------------------------------------------------------------------------------------------------
-def _settings_from(crystal, experiment, config, size_sim, sim_hw, n_meas, hw_meas):
-    """Engine settings for the experiment: felix.inp's beam, zone and absorption, CLI choices over them."""
-    inp = experiment.felix
-    zone = tuple(inp.beam_direction) if inp is not None else None
-    if zone is None:
-        raise ValueError(f"{experiment.source}: no felix.inp, so the zone axis is unknown; pass --zone/--x-direction")
-    strong = config.strong_beams or (inp.min_strong_beams if inp is not None and inp.min_strong_beams > 0 else 50)
+def _settings_from(inp, config, size_sim: int, sim_hw: float) -> SimulationSettings:
+    """Engine settings for the experiment: ``felix.inp``'s (``inp``) voltage, zone, x direction,
+    normal and beams, the fit's choices over them; ``size_sim`` [px], ``sim_hw`` [Å⁻¹]."""
+    strong = config.strong_beams or (inp.min_strong_beams if inp.min_strong_beams > 0 else 50)
     # the pool as FELIX makes it: RgLimit when it is set, else the pool-size cap
     g_limit = inp.g_limit if config.pool is None and inp.g_limit > 0 else None
     pool = None if g_limit else (config.pool or (inp.min_reflection_pool if inp.min_reflection_pool > 0 else 200))
     return SimulationSettings(
         voltage=inp.voltage, size=size_sim, half_width=sim_hw, thicknesses=(1000.0,), n_beams=pool, g_limit=g_limit,
-        strong_beams=strong, strong_rule="felix", zone=zone, x_direction=tuple(inp.x_direction),
+        strong_beams=strong, strong_rule="felix", zone=tuple(inp.beam_direction), x_direction=tuple(inp.x_direction),
         normal=tuple(inp.normal_direction), absorption_model=config.absorption_model,
         absorption=inp.absorption_percent if config.absorption_model == "proportional" else 0.0,
     )
@@ -366,8 +363,8 @@ def _scan_range(config, experiment) -> np.ndarray:
         lo, hi, st = config.thickness_scan_nm
     else:
         inp = experiment.felix
-        t0 = inp.thickness_initial / NM if inp is not None else 100.0
-        t1 = max(inp.thickness_final / NM, t0) if inp is not None else 100.0
+        t0 = inp.thickness_initial / NM
+        t1 = max(inp.thickness_final / NM, t0)
         lo, hi, st = max(10.0, 0.5 * t0), max(1.5 * t1, t0 + 60.0), 2.0
         if config.thickness_nm is not None:
             lo, hi = max(1.0, min(lo, config.thickness_nm - 30)), max(hi, config.thickness_nm + 30)
@@ -497,7 +494,7 @@ def _fit_experiment(crystal, experiment, config, progress):
 
     b = bins[0]
     images, recorded, n, step, size_sim, sim_hw = level(b)
-    settings = _settings_from(crystal, experiment, config, size_sim, sim_hw, n, inp.half_width)
+    settings = _settings_from(inp, config, size_sim, sim_hw)
     engine = _Engine(crystal, params, settings, reflections, workers)
     where = f" ({n}² px, bin {b})"
 
