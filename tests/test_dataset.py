@@ -220,7 +220,7 @@ def test_work_folder_of_other_settings_is_refused(tmp_path):
 def test_dask_local_cluster_gives_the_same_hash(tiny, tmp_path):
     distributed = pytest.importorskip("dask.distributed")
     _, reference, cifs = tiny
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         res = CliRunner().invoke(cli, ["dataset", "build", "--cifs", str(cifs), "--synthetic", "3", "--seed", "4",
                                        "-o", str(tmp_path / "dask.h5"), "--size", "16", "--beams", "21",
                                        "--scheduler", cluster.scheduler_address, "--no-progress"])
