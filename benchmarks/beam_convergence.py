@@ -99,8 +99,8 @@ def _study_one(cif: str, beams: list[int], size: int) -> dict:
         "spacegroup": crystal.spacegroup_symbol,
         "a": crystal.a,
         "a_eff": crystal.a * _EFFECTIVE[crystal.spacegroup_symbol[0]],
-        "atoms": int(len(crystal.atoms()["Z"])),
-        "max_Z": int(crystal.atoms()["Z"].max()),
+        "atoms": int(len(crystal.atoms().Z)),
+        "max_Z": int(crystal.atoms().Z.max()),
         "symmetry_ops": ops,
         "rows": rows,
     }

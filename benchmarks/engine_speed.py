@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _felix_ref as ref  # noqa: E402
 
 import lacbed_refine.engine.bloch as bloch  # noqa: E402
+from lacbed_refine.structure import Atoms  # noqa: E402
 from lacbed_refine.engine.geometry import SimulationSettings, paper_preset  # noqa: E402
 
 log = logging.getLogger("engine_speed")
@@ -104,7 +105,7 @@ def start_pool(workers: int) -> tuple[object, float]:
     """Start and warm up the engine's own pool of single-thread workers (``simulate_lacbed(...,
     workers=N)``); returns it and its start-up time [s]."""
     t0 = time.perf_counter()
-    atoms = {"frac": np.zeros((1, 3)), "Z": np.array([8]), "occupancy": np.ones(1), "b_iso": np.full(1, 0.5)}
+    atoms = Atoms(frac=np.zeros((1, 3)), Z=np.array([8]), occupancy=np.ones(1), b_iso=np.full(1, 0.5))
     tiny = SimulationSettings(size=8, half_width=0.5, thicknesses=(100.0,), n_beams=5)
     with torch.no_grad():
         bloch.simulate_lacbed(atoms, 4.0, tiny, workers=workers)

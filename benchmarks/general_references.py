@@ -34,7 +34,7 @@ import torch
 
 from lacbed_refine.engine import ZoneAxis, simulate_zone, zone_beam_pool
 from lacbed_refine.engine.general import zone_symmetry
-from lacbed_refine.structure import Cell
+from lacbed_refine.structure import Atoms, Cell
 
 REF = Path(os.environ.get("LACBED_FELIX_REFERENCE", "/work/shared/data/felix-reference"))
 RUNS = ("GaAs-110", "GaAs-110-bk", "Si-111", "TiO2-001", "GaN-100")
@@ -44,7 +44,7 @@ def _atoms(cif: Path):
     st = gemmi.read_small_structure(str(cif))
     uc = st.cell
     sites = st.get_all_unit_cell_sites()
-    atoms = dict(frac=np.array([[s.fract.x, s.fract.y, s.fract.z] for s in sites]),
+    atoms = Atoms(frac=np.array([[s.fract.x, s.fract.y, s.fract.z] for s in sites]),
                  Z=np.array([s.element.atomic_number for s in sites]), occupancy=np.array([s.occ for s in sites]),
                  b_iso=np.array([s.u_iso * 8 * math.pi**2 for s in sites]))
     ops = gemmi.GroupOps([gemmi.Op(o) for o in st.symops])

@@ -17,6 +17,7 @@ from lacbed_refine.version import __version__
 
 #: public name → module that defines it
 _API = {
+    "Atoms": "lacbed_refine.structure.atoms",
     "Cell": "lacbed_refine.structure.cell",
     "Crystal": "lacbed_refine.structure.crystal",
     "Site": "lacbed_refine.structure.crystal",

@@ -87,9 +87,9 @@ def test_reference_cifs(reference_runs, run):
     assert multiplicities(crystal) == mult
     assert crystal.name == run
     atoms = crystal.atoms()
-    assert len(atoms["frac"]) == sum(mult.values())
-    assert distinct_positions(atoms["frac"]) == sum(mult.values())
-    assert np.all(atoms["b_iso"] == 0.5)
+    assert len(atoms.frac) == sum(mult.values())
+    assert distinct_positions(atoms.frac) == sum(mult.values())
+    assert np.all(atoms.b_iso == 0.5)
     assert all(s.wyckoff for s in crystal.sites)  # the FELIX CIFs give Wyckoff letters
 
 
@@ -120,9 +120,9 @@ def test_shared_cif_sample(shared_dir):
         assert crystal.spacegroup_number == int(row["spacegroup_number"]), row["id"]
         assert crystal.a == pytest.approx(float(row["a_angstrom"]), abs=1e-5), row["id"]
         # mixed-occupancy rows on one position count once in the index
-        assert distinct_positions(atoms["frac"]) == int(row["n_atoms_conventional_cell"]), row["id"]
-        assert np.all((atoms["occupancy"] > 0) & (atoms["occupancy"] <= 1))
-        assert np.all(atoms["b_iso"] >= 0)
+        assert distinct_positions(atoms.frac) == int(row["n_atoms_conventional_cell"]), row["id"]
+        assert np.all((atoms.occupancy > 0) & (atoms.occupancy <= 1))
+        assert np.all(atoms.b_iso >= 0)
 
 
 # -- rejections -------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def test_monoclinic_symbol_only_is_read(tmp_path):
     path = write(tmp_path, make_cif(a="5.0", hm="P 21/c", rows=[("O1", "O", "0.1", "0.2", "0.3")]))
     crystal = read_cif(path)
     assert crystal.spacegroup_symbol == "P 1 21/c 1"
-    assert len(crystal.atoms()["frac"]) == 4
+    assert len(crystal.atoms().frac) == 4
 
 
 def test_cell_that_fits_no_monoclinic_axis_is_refused(tmp_path):
@@ -244,7 +244,7 @@ def test_uncertainties_and_mixed_occupancy(tmp_path):
     assert crystal.sites[3].frac == (0.2624, 0.2624, 0.2624)
     assert [s.occupancy for s in crystal.sites] == [0.6, 0.4, 1.0, 1.0]
     assert multiplicities(crystal) == {"Mg1": 8, "Fe1": 8, "Al1": 16, "O1": 32}
-    assert distinct_positions(crystal.atoms()["frac"]) == 56
+    assert distinct_positions(crystal.atoms().frac) == 56
     assert crystal.sites[0].b_iso == DEFAULT_B_ISO
     assert crystal.sites[2].b_iso == pytest.approx(8 * math.pi**2 * 0.005)
 
@@ -269,7 +269,7 @@ def test_number_only(tmp_path):
     rows = [("Cs1", "Cs", "0", "0", "0"), ("Cl1", "Cl", "0.5", "0.5", "0.5")]
     crystal = read_cif(write(tmp_path, make_cif(a="4.12", number=221, rows=rows)))
     assert crystal.spacegroup_symbol == "P m -3 m"
-    assert len(crystal.atoms()["frac"]) == 2
+    assert len(crystal.atoms().frac) == 2
 
 
 SPINEL_ROWS_ORIGIN2 = [
@@ -312,7 +312,7 @@ def test_operators_decide_over_symbol(tmp_path):
     text = make_cif(hm="F d -3 m:1", hall="F 4d 2 3 -1d", ops=SPINEL_ORIGIN2_OPS, rows=SPINEL_ROWS_ORIGIN2)
     crystal = read_cif(write(tmp_path, text))
     assert crystal.hall == "-F 4vw 2vw 3"
-    assert len(crystal.atoms()["frac"]) == 56
+    assert len(crystal.atoms().frac) == 56
 
 
 def test_legacy_operator_tag_without_centring(tmp_path):
@@ -337,7 +337,7 @@ def test_near_special_position_is_snapped(tmp_path):
     assert crystal.sites[2].frac == pytest.approx((0.2624, 0.2624, 0.2624))
     assert len(set(crystal.sites[2].frac)) == 1
     assert multiplicities(crystal) == {"Mg1": 8, "Al1": 16, "O1": 32}
-    assert distinct_positions(crystal.atoms()["frac"], tol=1e-9) == 56
+    assert distinct_positions(crystal.atoms().frac, tol=1e-9) == 56
 
 
 def test_site_symmetry_of_spinel_oxygen(tmp_path):
@@ -354,7 +354,7 @@ def test_shifted_drops_wyckoff_letters(reference_runs):
     moved = si.shifted([-1 / 8, -1 / 8, -1 / 8])  # origin choice 1 -> 2
     assert moved.spacegroup.ext == "2"
     assert moved.sites[0].wyckoff == ""
-    assert len(moved.atoms()["frac"]) == 8
+    assert len(moved.atoms().frac) == 8
 
 
 # -- writing ----------------------------------------------------------------------------------

@@ -76,10 +76,10 @@ def _shortest_distance(crystal: Crystal, pair=None) -> float:
     """Shortest distance [Å] between two atoms of the full cell (periodic images included), or
     between atoms of the two atomic numbers ``pair``."""
     atoms = crystal.atoms()
-    frac = atoms["frac"]
+    frac = atoms.frac
     z1, z2 = pair if pair else (None, None)
-    first = frac if z1 is None else frac[atoms["Z"] == z1]
-    second = frac if z2 is None else frac[atoms["Z"] == z2]
+    first = frac if z1 is None else frac[atoms.Z == z1]
+    second = frac if z2 is None else frac[atoms.Z == z2]
     d = first[:, None, :] - second[None, :, :]
     d -= np.rint(d)
     shifts = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
@@ -108,13 +108,13 @@ def test_cell_group_and_atoms_match_crystallography(known):
     assert (crystal.spacegroup_number, crystal.spacegroup.xhm(), crystal.crystal_system) == (number, xhm, system)
     assert {s.label: o.multiplicity for s, o in zip(crystal.sites, crystal.orbits())} == mult
     atoms = crystal.atoms()
-    assert len(atoms["Z"]) == _distinct(atoms["frac"]) == sum(mult.values())
+    assert len(atoms.Z) == _distinct(atoms.frac) == sum(mult.values())
     assert crystal.is_cubic == (system == "cubic")
 
 
 def test_atom_counts_per_cell():
     """Z × atoms per formula unit: rutile 2 × 3, GaN 2 × 2, LiNbO3 (hexagonal cell) 6 × 5."""
-    counts = {name: len(read_cif(DATA / f"{name}.cif").atoms()["Z"]) for name in KNOWN}
+    counts = {name: len(read_cif(DATA / f"{name}.cif").atoms().Z) for name in KNOWN}
     assert counts == {"TiO2": 6, "GaN": 4, "LiNbO3": 30, "GaAs": 8, "Si": 8}
     assert read_cif(DATA / "LiNbO3.cif").formula == "Li6Nb6O18"
 
@@ -170,7 +170,7 @@ def test_gan_is_read_in_its_shifted_origin():
     ita = gan.shifted([1 / 3, 2 / 3, 0])
     assert ita.hall == "P 6c -2c"
     np.testing.assert_allclose(ita.sites[0].frac, (1 / 3, 2 / 3, 0), atol=1e-12)
-    assert len(ita.atoms()["Z"]) == 4
+    assert len(ita.atoms().Z) == 4
 
 
 # -- the cubic-only paths ---------------------------------------------------------------------------
@@ -227,7 +227,7 @@ def test_rhombohedral_group_keeps_the_axes_it_is_given(tmp_path):
     path = tmp_path / "h.cif"
     path.write_text(head + "loop_\n_atom_site_label" + atoms)
     hexagonal = read_cif(path)
-    assert hexagonal.spacegroup.xhm() == "R 3 c:H" and len(hexagonal.atoms()["Z"]) == 30
+    assert hexagonal.spacegroup.xhm() == "R 3 c:H" and len(hexagonal.atoms().Z) == 30
     rhombohedral = (
         "data_r\n_cell_length_a 5.0\n_cell_length_b 5.0\n_cell_length_c 5.0\n_cell_angle_alpha 55.3\n"
         "_cell_angle_beta 55.3\n_cell_angle_gamma 55.3\n_symmetry_space_group_name_H-M 'R -3 m'\n"
@@ -238,7 +238,7 @@ def test_rhombohedral_group_keeps_the_axes_it_is_given(tmp_path):
     path.write_text(rhombohedral)
     crystal = read_cif(path)
     assert crystal.spacegroup.xhm() == "R -3 m:R" and crystal.crystal_system == "rhombohedral"
-    assert len(crystal.atoms()["Z"]) == 2
+    assert len(crystal.atoms().Z) == 2
     assert len(allowed_directions(crystal, 0)) == 1
     write_cif(crystal, tmp_path / "back.cif")
     assert read_cif(tmp_path / "back.cif").spacegroup.xhm() == "R -3 m:R"
@@ -429,7 +429,7 @@ def test_free_directions_of_every_wyckoff_position_keep_the_orbit(data):
         return
     frac_of_theta = data.draw(st.lists(st.floats(-1, 1), min_size=len(params), max_size=len(params)))
     theta = torch.as_tensor(np.asarray(frac_of_theta) * params.upper, dtype=torch.float64)
-    moved = params.atoms(theta)["frac"].numpy()
+    moved = params.atoms(theta).frac.numpy()
     all_rot, all_tra = crystal.operations()
     assert len(moved) == wyck.multiplicity and _distinct(moved, 1e-9) == wyck.multiplicity
     assert _orbit_is_invariant(moved, all_rot, all_tra)
@@ -455,7 +455,7 @@ def test_displacements_are_angstrom_in_a_hexagonal_cell():
     dz = (moved.sites[1].frac[2] - linbo3.sites[1].frac[2] + 0.5) % 1 - 0.5
     assert dz * linbo3.cell.c == pytest.approx(-0.02, abs=1e-12)
     xyz = params.cartesian(theta)
-    np.testing.assert_allclose(xyz.numpy(), params.atoms(theta)["frac"].numpy() @ orth.T, atol=1e-12)
+    np.testing.assert_allclose(xyz.numpy(), params.atoms(theta).frac.numpy() @ orth.T, atol=1e-12)
 
 
 def test_atoms_and_cell_drive_the_general_engine():
@@ -467,7 +467,7 @@ def test_atoms_and_cell_drive_the_general_engine():
     atoms, cell = params.atoms_and_cell(params.initial())
     assert cell is rutile.cell
     ref = rutile.atoms()
-    np.testing.assert_allclose(np.mod(atoms["frac"].numpy(), 1.0), ref["frac"], atol=1e-12)
+    np.testing.assert_allclose(np.mod(atoms.frac.numpy(), 1.0), ref.frac, atol=1e-12)
     zone = ZoneAxis((0, 0, 1), (1, 0, 0))
     pool = zone_beam_pool(cell, zone, [np.zeros(3)], 200e3, n_beams=15)
     theta = params.initial().clone()

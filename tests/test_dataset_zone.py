@@ -107,10 +107,10 @@ def test_zone_potential_field_of_view_and_the_001_image_differ():
 def test_zone_potential_is_differentiable_in_the_coordinates():
     c = read_cif(GAAS)
     atoms = c.atoms()
-    frac0 = torch.as_tensor(atoms["frac"], dtype=torch.float64)
+    frac0 = torch.as_tensor(atoms.frac, dtype=torch.float64)
 
     def f(frac):
-        return zone_projected_potential(dict(atoms, frac=frac), c.cell, (1, 1, 0), AXES_110,
+        return zone_projected_potential(atoms.replace( frac=frac), c.cell, (1, 1, 0), AXES_110,
                                         centring=centring_vectors(c), size=8, n_terms=60)
 
     frac = frac0.clone().requires_grad_(True)

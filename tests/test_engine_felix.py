@@ -89,10 +89,10 @@ def test_ug_matches_felix_structure_factors():
         at = crystal.atoms()
         u = ug_coefficients(
             torch.as_tensor(table[:, :3]),
-            torch.as_tensor(at["frac"]),
-            at["Z"],
-            torch.as_tensor(at["occupancy"]),
-            torch.as_tensor(at["b_iso"]),
+            torch.as_tensor(at.frac),
+            at.Z,
+            torch.as_tensor(at.occupancy),
+            torch.as_tensor(at.b_iso),
             crystal.a,
             voltage=200e3,
         ).numpy()

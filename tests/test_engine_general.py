@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lacbed_refine.engine import ZoneAxis, zone_beam_pool, simulate_zone
-from lacbed_refine.structure import Cell
+from lacbed_refine.structure import Atoms, Cell
 
 THICK_A = (500.0, 1000.0, 1500.0, 2000.0)
 
@@ -34,7 +34,7 @@ def _read_run(run: Path):
     ops = gemmi.GroupOps([gemmi.Op(o) for o in st.symops])
     centring = [np.array(t, float) / gemmi.Op.DEN for t in ops.cen_ops]
     sites = st.get_all_unit_cell_sites()
-    atoms = dict(frac=np.array([[s.fract.x, s.fract.y, s.fract.z] for s in sites]),
+    atoms = Atoms(frac=np.array([[s.fract.x, s.fract.y, s.fract.z] for s in sites]),
                  Z=np.array([s.element.atomic_number for s in sites]),
                  occupancy=np.array([s.occ for s in sites]),
                  b_iso=np.array([s.u_iso * 8 * math.pi**2 for s in sites]))
@@ -86,9 +86,9 @@ def test_matches_felix_at_other_zones(general_refs, name, pool):
             assert np.abs(ref - sim[ti, ri]).max() < 2e-3
 
 
-GAAS = dict(frac=np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0],
-                           [.25, .25, .25], [.25, .75, .75], [.75, .25, .75], [.75, .75, .25]]),
-            Z=np.array([31] * 4 + [33] * 4), occupancy=np.ones(8), b_iso=np.array([0.6] * 4 + [0.55] * 4))
+GAAS = Atoms(frac=np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0],
+                            [.25, .25, .25], [.25, .75, .75], [.75, .25, .75], [.75, .75, .25]]),
+             Z=np.array([31] * 4 + [33] * 4), occupancy=np.ones(8), b_iso=np.array([0.6] * 4 + [0.55] * 4))
 F_CENTRING = [(0, 0, 0), (0, .5, .5), (.5, 0, .5), (.5, .5, 0)]
 
 
@@ -111,7 +111,7 @@ def test_current_is_conserved_without_absorption():
 def test_origin_shift_leaves_a_non_centrosymmetric_pattern_unchanged():
     """GaAs has no centre of symmetry; moving the origin changes every U_g phase, not the pattern."""
     cell, zone, beams = _gaas_110()
-    shifted = dict(GAAS, frac=(GAAS["frac"] + np.array([0.137, 0.291, 0.053])) % 1.0)
+    shifted = GAAS.replace(frac=(GAAS.frac + np.array([0.137, 0.291, 0.053])) % 1.0)
     kw = dict(voltage=200e3, size=16, half_width=0.5, reflections=[(0, 0, 0), (1, -1, 1), (0, 0, 2)], absorption=5.0)
     with torch.no_grad():
         a = simulate_zone(GAAS, cell, zone, beams, torch.tensor([800.0]), **kw)
@@ -121,12 +121,12 @@ def test_origin_shift_leaves_a_non_centrosymmetric_pattern_unchanged():
 
 def test_gradients_in_coordinates_b_and_thickness():
     cell, zone, beams = _gaas_110(20)
-    frac = torch.tensor(GAAS["frac"], dtype=torch.float64, requires_grad=True)
-    b = torch.tensor(GAAS["b_iso"], dtype=torch.float64, requires_grad=True)
+    frac = torch.tensor(GAAS.frac, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(GAAS.b_iso, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([400.0], dtype=torch.float64, requires_grad=True)
 
     def f(frac, b, t):
-        atoms = dict(GAAS, frac=frac, b_iso=b)
+        atoms = GAAS.replace(frac=frac, b_iso=b)
         return simulate_zone(atoms, cell, zone, beams, t, voltage=200e3, size=4, half_width=0.3,
                              reflections=[(0, 0, 0), (1, -1, 1)], absorption_model=model, absorption=3.0)
 
@@ -158,7 +158,7 @@ def test_felix_shipped_srtio3_sample_with_bird_king(shared_dir):
         pytest.skip(f"{run} is absent")
     st = gemmi.read_small_structure(str(run / "felix.cif"))
     sites = st.get_all_unit_cell_sites()
-    atoms = dict(frac=np.array([[s.fract.x, s.fract.y, s.fract.z] for s in sites]),
+    atoms = Atoms(frac=np.array([[s.fract.x, s.fract.y, s.fract.z] for s in sites]),
                  Z=np.array([s.element.atomic_number for s in sites]), occupancy=np.array([s.occ for s in sites]),
                  b_iso=np.array([s.u_iso * 8 * math.pi**2 for s in sites]))
     names = {r: "SrTiO3_" + "".join(f"{'+' if x >= 0 else '-'}{abs(x)}" for x in r) + ".bin"
@@ -212,14 +212,14 @@ def _si():
 def _rutile():
     x = 0.3048
     frac = np.array([[0, 0, 0], [.5, .5, .5], [x, x, 0], [-x % 1, -x % 1, 0], [.5 + x, .5 - x, .5], [.5 - x, .5 + x, .5]])
-    atoms = dict(frac=frac, Z=np.array([22, 22, 8, 8, 8, 8]), occupancy=np.ones(6), b_iso=np.array([.45, .45, .6, .6, .6, .6]))
+    atoms = Atoms(frac=frac, Z=np.array([22, 22, 8, 8, 8, 8]), occupancy=np.ones(6), b_iso=np.array([.45, .45, .6, .6, .6, .6]))
     return Cell(4.5937, 4.5937, 2.9587, 90, 90, 90), atoms, [(0, 0, 0)]
 
 
 def _wurtzite():
     u = 0.377
     frac = np.array([[1 / 3, 2 / 3, 0], [2 / 3, 1 / 3, .5], [1 / 3, 2 / 3, u], [2 / 3, 1 / 3, .5 + u]])
-    atoms = dict(frac=frac, Z=np.array([31, 31, 7, 7]), occupancy=np.ones(4), b_iso=np.array([.35, .35, .45, .45]))
+    atoms = Atoms(frac=frac, Z=np.array([31, 31, 7, 7]), occupancy=np.ones(4), b_iso=np.array([.35, .35, .45, .45]))
     return Cell(3.189, 3.189, 5.185, 90, 90, 120), atoms, [(0, 0, 0)]
 
 
@@ -307,7 +307,7 @@ def test_a_few_pixels_through_the_wedge():
 
 def test_broken_symmetry_is_not_used():
     cell, atoms, centring = _gaas()
-    moved = dict(atoms, frac=atoms["frac"] + np.array([[0.01, 0, 0]] + [[0, 0, 0]] * 7))
+    moved = atoms.replace(frac=atoms.frac + np.array([[0.01, 0, 0]] + [[0, 0, 0]] * 7))
     zone = ZoneAxis((1, 1, 0), (0, 0, 1))
     beams = zone_beam_pool(cell, zone, centring, 200e3, n_beams=30)
     from lacbed_refine.engine.general import zone_symmetry
@@ -367,11 +367,11 @@ def test_gradients_through_the_wedge_for_symmetric_parameters(case):
         cell, atoms, centring = _gaas()
         zone, refl, extra = ZoneAxis((1, 1, 0), (0, 0, 1)), [(0, 0, 0), (1, -1, 1)], dict(absorption=3.0, strong_beams=11)
     beams = zone_beam_pool(cell, zone, centring, 200e3, n_beams=15)
-    species = torch.as_tensor(atoms["Z"] == atoms["Z"][0])
+    species = torch.as_tensor(atoms.Z == atoms.Z[0])
 
     def f(b2, t):
         b = torch.where(species, b2[0], b2[1])
-        out, info = simulate_zone(dict(atoms, b_iso=b), cell, zone, beams, t, voltage=200e3, size=4, half_width=0.3,
+        out, info = simulate_zone(atoms.replace( b_iso=b), cell, zone, beams, t, voltage=200e3, size=4, half_width=0.3,
                                   reflections=refl, use_symmetry=True, return_info=True, **extra)
         assert info.symmetry_ops > 1 and info.pixels_computed < 16
         return out
@@ -388,16 +388,33 @@ def test_gradcheck_rutile_001_bird_king_free_o_x():
     zone = ZoneAxis((0, 0, 1), (1, 0, 0))
     beams = zone_beam_pool(cell, zone, centring, 200e3, n_beams=15)
     sign = torch.tensor([[0, 0, 0], [0, 0, 0], [1, 1, 0], [-1, -1, 0], [1, -1, 0], [-1, 1, 0]], dtype=torch.float64)
-    base = torch.as_tensor(atoms["frac"], dtype=torch.float64)
-    ti = torch.as_tensor(atoms["Z"] == 22)
+    base = torch.as_tensor(atoms.frac, dtype=torch.float64)
+    ti = torch.as_tensor(atoms.Z == 22)
 
     def f(dx, b2, t):
         frac = base + sign * dx
         b = torch.where(ti, b2[0], b2[1])
-        return simulate_zone(dict(atoms, frac=frac, b_iso=b), cell, zone, beams, t, voltage=200e3, size=4,
+        return simulate_zone(atoms.replace(frac=frac, b_iso=b), cell, zone, beams, t, voltage=200e3, size=4,
                              half_width=0.3, reflections=[(0, 0, 0), (1, 1, 0)], absorption_model="bird-king")
 
     args = (torch.tensor([0.0], dtype=torch.float64, requires_grad=True),
             torch.tensor([0.45, 0.6], dtype=torch.float64, requires_grad=True),
             torch.tensor([300.0], dtype=torch.float64, requires_grad=True))
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_atoms_from_a_mapping_simulate_the_same_and_bad_ones_are_named():
+    """A plain mapping with the four keys is accepted (as an ``Atoms``); a missing key or a wrong
+    shape is one line naming it."""
+    cell, atoms, centring = _gaas()
+    zone = ZoneAxis((1, 1, 0), (0, 0, 1))
+    beams = zone_beam_pool(cell, zone, centring, 200e3, n_beams=12)
+    kw = dict(voltage=200e3, size=4, half_width=0.3, dtype=torch.float64)
+    plain = {"frac": atoms.frac.tolist(), "Z": atoms.Z, "occupancy": atoms.occupancy, "b_iso": atoms.b_iso}
+    with torch.no_grad():
+        ref = simulate_zone(atoms, cell, zone, beams, torch.tensor([500.0]), **kw)
+        assert torch.equal(simulate_zone(plain, cell, zone, beams, torch.tensor([500.0]), **kw), ref)
+    with pytest.raises(ValueError, match="missing key.*b_iso"):
+        Atoms.coerce({k: v for k, v in plain.items() if k != "b_iso"})
+    with pytest.raises(ValueError, match=r"occupancy has shape \(7,\), expected \(8,\)"):
+        Atoms.coerce(dict(plain, occupancy=np.ones(7)))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lacbed_refine.structure import Atoms
 from lacbed_refine.engine.bloch import excitation_errors, simulate_lacbed
 from lacbed_refine.conventions import wavevector_2pi
 from lacbed_refine.io.cif import read_cif
@@ -44,7 +45,7 @@ def _pyrite_atoms():
     fe, s = orbit((0.0, 0.0, 0.0)), orbit((0.385, 0.385, 0.385))
     frac = np.array(fe + s)
     z = np.array([26] * len(fe) + [16] * len(s))
-    return {"frac": frac, "Z": z, "occupancy": np.ones(len(z)), "b_iso": np.full(len(z), 0.4)}, 5.418
+    return Atoms(frac=frac, Z=z, occupancy=np.ones(len(z)), b_iso=np.full(len(z), 0.4)), 5.418
 
 
 def _run(atoms, a, *, size=32, t=(600.0, 1500.0), n_beams=45, reflections=((0, 0, 0),), dtype=torch.float64, sym=False, **kw):
@@ -56,7 +57,7 @@ def _run(atoms, a, *, size=32, t=(600.0, 1500.0), n_beams=45, reflections=((0, 0
 
 def test_pyrite_has_only_2mm_pattern_symmetry():
     atoms, a = _pyrite_atoms()
-    assert len(atoms["frac"]) == 12
+    assert len(atoms.frac) == 12
     _, info = _run(atoms, a, sym=True)
     assert info.symmetry_ops == 4
 
@@ -64,7 +65,7 @@ def test_pyrite_has_only_2mm_pattern_symmetry():
 def test_origin_shift_leaves_intensities_unchanged():
     atoms, a = _pyrite_atoms()
     ref, _ = _run(atoms, a)
-    shifted = dict(atoms, frac=atoms["frac"] + np.array([0.137, 0.291, 0.05]))
+    shifted = atoms.replace( frac=atoms.frac + np.array([0.137, 0.291, 0.05]))
     out, info = _run(shifted, a)
     assert not info.real_symmetric  # a general shift forces the complex Hermitian path
     np.testing.assert_allclose(out, ref, atol=1e-6)
@@ -73,14 +74,14 @@ def test_origin_shift_leaves_intensities_unchanged():
 def test_rotation_and_mirror_of_crystal_rotate_and_mirror_the_pattern():
     atoms, a = _pyrite_atoms()
     ref, _ = _run(atoms, a)
-    x, y, z = atoms["frac"].T
-    rotated, _ = _run(dict(atoms, frac=np.stack([-y, x, z], 1)), a)  # 90° about [001]
+    x, y, z = atoms.frac.T
+    rotated, _ = _run(atoms.replace( frac=np.stack([-y, x, z], 1)), a)  # 90° about [001]
     assert np.abs(rotated - ref).max() > 1e-2  # not 4-fold: the test can fail
     # R: (kx, ky) -> (-ky, kx); I'(R k) = I(k). Rows are ky (down), columns kx: np.rot90 k=-1.
     np.testing.assert_allclose(rotated[0, 0], np.rot90(ref[0, 0], k=-1), atol=1e-8)
-    mirrored, _ = _run(dict(atoms, frac=np.stack([-x, y, z], 1)), a)  # mirror (100)
+    mirrored, _ = _run(atoms.replace( frac=np.stack([-x, y, z], 1)), a)  # mirror (100)
     np.testing.assert_allclose(mirrored[0, 0], ref[0, 0][:, ::-1], atol=1e-8)
-    diag, _ = _run(dict(atoms, frac=np.stack([y, x, z], 1)), a)  # mirror (1-10)
+    diag, _ = _run(atoms.replace( frac=np.stack([y, x, z], 1)), a)  # mirror (1-10)
     np.testing.assert_allclose(diag[0, 0], ref[0, 0].T, atol=1e-8)
 
 
@@ -162,7 +163,7 @@ def test_kinematic_weak_potential_limit():
     """A very weak crystal (5 % of one H per cell): dark-field intensity follows first-order
     (kinematic) theory, I_g = κ²|U_g|² sin²(s_g t/2)/(s_g/2)² with κ = 4π²/2K, at every pixel."""
     a = 4.0
-    atoms = {"frac": np.zeros((1, 3)), "Z": np.array([1]), "occupancy": np.array([0.05]), "b_iso": np.array([0.5])}
+    atoms = Atoms(frac=np.zeros((1, 3)), Z=np.array([1]), occupancy=np.array([0.05]), b_iso=np.array([0.5]))
     out, _ = _run(atoms, a, size=8, t=(100.0, 400.0), n_beams=9, reflections=((1, 0, 0),))
     big_k = wavevector_2pi(200e3)
     u = ug_coefficients(torch.tensor([[1, 0, 0]]), torch.zeros(1, 3, dtype=torch.float64), [1],
@@ -233,12 +234,12 @@ def test_engine_gradcheck_high_symmetry_crystal():
     pixels on mirror lines (degenerate eigenvalues)."""
     c = read_cif(Path(__file__).parent / "data" / "felix" / "MgO" / "felix.cif")
     at = c.atoms()
-    is_o = torch.as_tensor(at["Z"] == 8)
+    is_o = torch.as_tensor(at.Z == 8)
     settings = SimulationSettings(size=4, half_width=1.0, thicknesses=(300.0,), n_beams=13)
 
     def f(b_mg_o, t):
         b = torch.where(is_o, b_mg_o[1], b_mg_o[0])
-        atoms = dict(at, b_iso=b)
+        atoms = at.replace(b_iso=b)
         stack, info = simulate_lacbed(atoms, c.a, settings, centring="F", thickness=t, dtype=torch.float64)
         assert info.symmetry_ops == 8
         return stack
@@ -250,13 +251,13 @@ def test_engine_gradcheck_high_symmetry_crystal():
 
 def test_engine_gradcheck_coordinates_low_symmetry():
     atoms, a = _pyrite_atoms()
-    frac0 = torch.as_tensor(atoms["frac"])
+    frac0 = torch.as_tensor(atoms.frac)
     settings = SimulationSettings(size=4, half_width=0.8, thicknesses=(400.0, 900.0), n_beams=9)
 
     def f(x):
         frac = frac0.clone()
         frac = frac + torch.nn.functional.pad(x[None, :], (0, 0, 4, 7))  # move one S atom
-        stack, _ = simulate_lacbed(dict(atoms, frac=frac), a, settings, dtype=torch.float64)
+        stack, _ = simulate_lacbed(atoms.replace( frac=frac), a, settings, dtype=torch.float64)
         return stack
 
     x = torch.tensor([0.01, -0.02, 0.005], dtype=torch.float64, requires_grad=True)

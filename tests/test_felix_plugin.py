@@ -249,7 +249,7 @@ def test_felix_cif_matches_reference(name, tmp_path):
     assert np.allclose([[float(x) for x in r[3:]] for r in ours], [[float(x) for x in r[3:]] for r in ref])
     back = read_cif(tmp_path / "felix.cif")
     assert back.spacegroup_number == crystal.spacegroup_number and back.a == crystal.a
-    assert np.allclose(np.sort(back.atoms()["frac"], axis=0), np.sort(crystal.atoms()["frac"], axis=0))
+    assert np.allclose(np.sort(back.atoms().frac, axis=0), np.sort(crystal.atoms().frac, axis=0))
 
 
 def test_felix_cif_spinel_operators_and_labels(tmp_path):

@@ -154,7 +154,7 @@ def test_rutile_001_tetragonal_inputs(tmp_path):
     assert items["_symmetry_Int_Tables_number"] == "136" and len(felix_ops(text)) == 16
     assert atom_rows(text) == [["Ti1", "Ti", "a", "0.0", "0.0", "0.0", "0.45", "1.0"],
                                ["O1", "O", "f", "0.3048", "0.3048", "0.0", "0.6", "1.0"]]
-    assert felix_cell_atoms(text) == 6 == len(crystal.atoms()["Z"])
+    assert felix_cell_atoms(text) == 6 == len(crystal.atoms().Z)
 
 
 def test_wurtzite_100_hexagonal_inputs(tmp_path):
@@ -192,7 +192,7 @@ def test_thirds_are_written_atom_by_atom(tmp_path):
     assert lf._cif._felix_atom_counts(["Ga1", "N1"], points, rot, tra) == [6, 6]
     # atom positions, modulo the lattice translations written to keep FELIX's linked-site check quiet
     written = np.mod(np.array([[float(v) for v in r[3:6]] for r in rows]), 1.0)
-    assert np.allclose(np.sort(written, axis=0), np.sort(crystal.atoms()["frac"], axis=0), atol=1e-8)
+    assert np.allclose(np.sort(written, axis=0), np.sort(crystal.atoms().frac, axis=0), atol=1e-8)
     with pytest.raises(ValueError, match="cannot refine this structure"):
         lf.format_felix_cif(crystal, expand=False)
     with pytest.raises(ValueError, match="cannot refine"):
@@ -215,7 +215,7 @@ def test_rows_felix_would_link_get_a_lattice_translation():
     points = np.array([[lf._cif._float32(v) for v in r[3:6]] for r in rows])
     assert lf._cif._overfull_sites(points, [r[7] for r in rows]) == []
     assert lf._cif._overfull_sites(np.array([[0.25, 0.5, 0.0], [0.25, 0.0, 0.5]]), ["1.0", "1.0"]) == [[0, 1]]
-    assert felix_cell_atoms(text) == len(crystal.atoms()["Z"])
+    assert felix_cell_atoms(text) == len(crystal.atoms().Z)
 
 
 def test_reflection_rule_is_felixs():
@@ -228,7 +228,7 @@ def test_reflection_rule_is_felixs():
     linbo3 = read_cif(GENERAL / "LiNbO3.cif")
     assert lf.felix_centring(linbo3) == "V"
     text = lf.format_felix_cif(linbo3)
-    assert cif_items(text)["_cell_angle_gamma"] == "120" and felix_cell_atoms(text) == len(linbo3.atoms()["Z"])
+    assert cif_items(text)["_cell_angle_gamma"] == "120" and felix_cell_atoms(text) == len(linbo3.atoms().Z)
     a_setting = Crystal("X", 5.0, gemmi.find_spacegroup_by_name("A 1 2/m 1").hall, (Site("Na1", "Na", (0.0, 0.0, 0.0)),),
                         cell=Cell(5.0, 6.0, 7.0, 90.0, 100.0, 90.0))
     with pytest.raises(ValueError, match="standard symbol .*C-centred.*standard setting"):
@@ -348,7 +348,7 @@ def test_inputs_reproduce_the_reference_run(general_runs, name, tmp_path):
     assert felix_ops(ours) == felix_ops(theirs)
     for a, b in zip(atom_rows(ours), atom_rows(theirs), strict=True):
         assert a[:3] == b[:3] and [float(x) for x in a[3:]] == [float(x) for x in b[3:]]
-    assert felix_cell_atoms(ours) == felix_cell_atoms(theirs) == len(crystal.atoms()["Z"])
+    assert felix_cell_atoms(ours) == felix_cell_atoms(theirs) == len(crystal.atoms().Z)
 
 
 # ------------------------------------------------------------------------------------------------

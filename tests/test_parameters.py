@@ -138,12 +138,12 @@ def test_displacements_keep_space_group_symmetry(make):
     atoms = params.atoms(theta)
     for i, (orb0, orb1) in enumerate(zip(crystal.orbits(), moved.orbits())):
         assert orb1.multiplicity == orb0.multiplicity
-        pos = atoms["frac"][atoms["site"] == i].numpy()
+        pos = atoms.frac[atoms.site == i].numpy()
         assert len(pos) == orb0.multiplicity
         assert _orbit_is_invariant(pos, crystal)
         # atoms(θ) and the regenerated crystal agree
         ref = moved.atoms()
-        np.testing.assert_allclose(np.mod(pos, 1.0), ref["frac"][ref["site"] == i], atol=1e-12)
+        np.testing.assert_allclose(np.mod(pos, 1.0), ref.frac[ref.site == i], atol=1e-12)
     moved_any = [i for i in range(len(crystal.sites)) if len(params.directions[i])]
     assert any(moved.sites[i].frac != crystal.sites[i].frac for i in moved_any)
 
@@ -183,11 +183,11 @@ def test_initial_reproduces_crystal_atoms():
         params = free_parameters(crystal)
         got = params.atoms(params.initial())
         ref = crystal.atoms()
-        np.testing.assert_allclose(np.mod(got["frac"].numpy(), 1.0), ref["frac"], atol=1e-12)
-        assert got["Z"].dtype == torch.long
-        np.testing.assert_array_equal(got["Z"].numpy(), ref["Z"])
-        np.testing.assert_allclose(got["occupancy"].numpy(), ref["occupancy"])
-        np.testing.assert_allclose(got["b_iso"].numpy(), ref["b_iso"])
+        np.testing.assert_allclose(np.mod(got.frac.numpy(), 1.0), ref.frac, atol=1e-12)
+        assert got.Z.dtype == torch.long
+        np.testing.assert_array_equal(got.Z.numpy(), ref.Z)
+        np.testing.assert_allclose(got.occupancy.numpy(), ref.occupancy)
+        np.testing.assert_allclose(got.b_iso.numpy(), ref.b_iso)
         assert params.to_crystal(params.initial()).sites == crystal.sites
 
 
@@ -198,7 +198,7 @@ def test_refine_and_fix_options():
     np.testing.assert_allclose(params.upper, 0.5)
     params = free_parameters(crystal, refine="b", fix=("O1", "Al2"))
     assert params.names == ("Y1.B", "Al1.B")
-    b = params.atoms(torch.tensor([1.0, 2.0], dtype=torch.float64))["b_iso"].numpy()
+    b = params.atoms(torch.tensor([1.0, 2.0], dtype=torch.float64)).b_iso.numpy()
     mult = [o.multiplicity for o in crystal.orbits()]
     np.testing.assert_allclose(b[: mult[0]], 1.0)
     np.testing.assert_allclose(b[mult[0] : mult[0] + mult[1]], 2.0)
@@ -250,8 +250,8 @@ def test_shared_position_sites_are_tied_and_grouped():
     assert params.targets[0] == (0, 1)
     theta = params.initial()
     theta[0] = 0.9
-    b = params.atoms(theta)["b_iso"]
-    site = params.atoms(theta)["site"]
+    b = params.atoms(theta).b_iso
+    site = params.atoms(theta).site
     assert torch.all(b[site <= 1] == 0.9)
     untied = free_parameters(crystal, tie_shared=False)
     assert "Fe1.B" in untied.names
@@ -268,10 +268,10 @@ def test_fixing_one_site_of_a_tied_group_fixes_its_shared_parameters():
 def _kinematic_sum(params, g):
     def f(theta):
         atoms = params.atoms(theta)
-        phase = 2 * math.pi * atoms["frac"] @ g.T  # (N, G)
+        phase = 2 * math.pi * atoms.frac @ g.T  # (N, G)
         s2 = (g * g).sum(dim=1) / params.crystal.a**2 / 4
-        dw = torch.exp(-atoms["b_iso"][:, None] * s2)
-        return (atoms["occupancy"][:, None] * dw * torch.cos(phase)).sum(dim=0)
+        dw = torch.exp(-atoms.b_iso[:, None] * s2)
+        return (atoms.occupancy[:, None] * dw * torch.cos(phase)).sum(dim=0)
 
     return f
 

@@ -48,7 +48,7 @@ def test_potential_period_is_the_image():
     at = c.atoms()
     n = 32
     rho = projected_potential(at, c.a, size=n).numpy()
-    moved = dict(at, frac=at["frac"] + np.array([1.0 / n, 2.0 / n, 0.3]))
+    moved = at.replace(frac=at.frac + np.array([1.0 / n, 2.0 / n, 0.3]))
     rho2 = projected_potential(moved, c.a, size=n).numpy()
     np.testing.assert_allclose(rho2, np.roll(rho, shift=(2, 1), axis=(0, 1)), atol=1e-9)
 
@@ -56,10 +56,10 @@ def test_potential_period_is_the_image():
 def test_potential_is_differentiable_and_normalised():
     c = read_cif(EXAMPLE)
     at = c.atoms()
-    frac = torch.as_tensor(at["frac"]).requires_grad_()
+    frac = torch.as_tensor(at.frac).requires_grad_()
 
     def f(frac):
-        return projected_potential(dict(at, frac=frac), c.a, size=8, n_terms=60)
+        return projected_potential(at.replace(frac=frac), c.a, size=8, n_terms=60)
 
     assert torch.autograd.gradcheck(f, (frac,))
     norm, lo, hi = normalise(f(frac.detach()))

@@ -275,7 +275,7 @@ def check_crystal(crystal: Crystal):
         assert 0.0 <= s.occupancy <= 1.0, s
         assert math.isfinite(s.b_iso) and 0.0 <= s.b_iso <= B_ISO_LIMITS[1], s
     atoms = crystal.atoms()
-    assert np.isfinite(atoms["frac"]).all()
+    assert np.isfinite(atoms.frac).all()
 
 
 def read_cif_bytes(folder, data: bytes):

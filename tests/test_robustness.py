@@ -374,7 +374,6 @@ def test_invert_refuses_absurd_cell_and_thickness(tmp_path, args, option):
 def test_fit_refuses_a_bad_surrogate_file_before_the_scan(spinel_crop, tmp_path):
     bad = tmp_path / "f.pt"
     bad.write_bytes(b"not a checkpoint")
-    t0 = time.perf_counter()
     code, out = run("fit", SPINEL / "MgAl2O4_start.cif", spinel_crop, "-o", tmp_path / "o", "--half-width", SPINEL_HALF,
                     "--forward-model", bad, "--beams", "13")
     assert code == 2 and "--forward-model" in one_error_line(out) and "f.pt" in out

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from lacbed_refine.structure import Atoms
 from lacbed_refine.engine.bloch import beam_pool, lacbed_from_ug
 from lacbed_refine.conventions import relativistic_gamma
 from lacbed_refine.physics.potential import VOLT_ANGSTROM2, normalise, projected_potential
@@ -55,8 +56,8 @@ def test_prior_is_the_bloch_engine_for_weak_reflections(hk):
 
 def test_prior_is_blind_to_the_origin_and_turns_with_the_crystal():
     """|U_g| does not see the origin; a 90° turn of the potential turns the prior the same way."""
-    atoms = {"frac": np.array([[0.1, 0.2, 0.0], [0.6, 0.3, 0.25]]), "Z": np.array([26, 8]),
-             "occupancy": np.ones(2), "b_iso": np.full(2, 0.5)}
+    atoms = Atoms(frac=np.array([[0.1, 0.2, 0.0], [0.6, 0.3, 0.25]]), Z=np.array([26, 8]),
+                  occupancy=np.ones(2), b_iso=np.full(2, 0.5))
     pot, lo, hi = normalise(projected_potential(atoms, A, size=N, n_terms=300))
     args = ((hi - lo)[None].float(), torch.tensor([A]), torch.tensor([80.0]))
     base = two_beam_prior(pot[None, None].float(), *args)[0, 0]
@@ -77,8 +78,8 @@ def test_prior_gradient_reaches_the_potential():
 def test_a_symmetric_set_is_never_split_by_the_cut():
     """Rock salt at [001] (4mm): whatever the cut, the prior keeps the 4mm symmetry and ignores the origin."""
     frac = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-    atoms = {"frac": np.vstack([frac, frac + [0.5, 0, 0]]) % 1, "Z": np.array([11] * 4 + [17] * 4),
-             "occupancy": np.ones(8), "b_iso": np.full(8, 0.8)}
+    atoms = Atoms(frac=np.vstack([frac, frac + [0.5, 0, 0]]) % 1, Z=np.array([11] * 4 + [17] * 4),
+                  occupancy=np.ones(8), b_iso=np.full(8, 0.8))
     pot, lo, hi = normalise(projected_potential(atoms, A, centring="F", size=N, n_terms=400))
     args = ((hi - lo)[None].float(), torch.tensor([A]), torch.tensor([90.0]))
     for m in (5, 6, 7, 9, 13):

@@ -74,7 +74,7 @@ def test_random_crystal_is_reproducible_and_round_trips(tmp_path):
     write_cif(a, path)
     back = read_cif(path)
     assert back.formula == a.formula and back.spacegroup_number == a.spacegroup_number
-    assert np.allclose(back.atoms()["frac"], a.atoms()["frac"])
+    assert np.allclose(back.atoms().frac, a.atoms().frac)
 
 
 @pytest.mark.parametrize("index", [0, 4, 17, 26, 33, 35])
@@ -85,13 +85,13 @@ def test_random_crystals_are_plausible(index):
     assert cfg.a_range[0] <= c.a <= cfg.a_range[1]
     atoms = c.atoms()
     assert all(cfg.b_iso_range[0] <= s.b_iso <= cfg.b_iso_range[1] for s in c.sites)
-    assert np.all(atoms["occupancy"] == 1.0)
+    assert np.all(atoms.occupancy == 1.0)
     # no two atoms closer than the minimum distance (periodic images included)
-    d = atoms["frac"][:, None, :] - atoms["frac"][None, :, :]
+    d = atoms.frac[:, None, :] - atoms.frac[None, :, :]
     d = (d - np.rint(d)) * c.a
     dist = np.sqrt((d * d).sum(-1))
     np.fill_diagonal(dist, np.inf)
-    if len(atoms["Z"]) > 1:
+    if len(atoms.Z) > 1:
         assert dist.min() >= cfg.min_distance - 1e-9
     assert c.name == reduced_formula(_counts(c))
 

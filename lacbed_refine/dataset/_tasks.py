@@ -311,7 +311,7 @@ def _compute(task: Task, spec: BuildSpec) -> Record:
         "spacegroup_number": int(crystal.spacegroup_number),
         "spacegroup_symbol": crystal.spacegroup_symbol,
         "a_angstrom": float(crystal.a),
-        "n_atoms": int(len(atoms["Z"])),
+        "n_atoms": int(len(atoms.Z)),
         "split": "",
         "n_beams": n_beams,
         "symmetry_ops": symmetry_ops,

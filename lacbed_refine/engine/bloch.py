@@ -22,6 +22,7 @@ import torch
 
 from lacbed_refine.conventions import wavevector_2pi
 from lacbed_refine.engine.geometry import SimulationSettings, tilt_grid
+from lacbed_refine.structure.atoms import Atoms
 from lacbed_refine.structure.reflections import zolz_beams
 from lacbed_refine.engine.propagation import propagate
 from lacbed_refine.runtime import single_thread
@@ -448,7 +449,7 @@ def engine_chunk(n_pool: int, n_matrix: int, *, chunk: int = 1024) -> int:
 
 
 def simulate_lacbed(
-    atoms: dict,
+    atoms: Atoms | dict,
     a: float,
     settings: SimulationSettings,
     *,
@@ -465,7 +466,7 @@ def simulate_lacbed(
 
     Parameters
     ----------
-    atoms : dict
+    atoms : Atoms or mapping
         The full cell: ``frac`` (N, 3), ``Z`` (N,), ``occupancy`` (N,), ``b_iso`` (N,) [Å²], as
         :meth:`Crystal.atoms` (numpy) or ``FreeParameters.atoms(θ)`` (torch, differentiable).
     a : float
@@ -495,13 +496,14 @@ def simulate_lacbed(
     n_matrix = settings.strong_beams if settings.strong_beams and settings.strong_rule == "count" else len(beams)
     chunk = engine_chunk(len(beams), min(n_matrix, len(beams)))
     pool = beam_pool(beams)
-    frac = torch.as_tensor(atoms["frac"], dtype=torch.float64, device=device)
-    occ = torch.as_tensor(atoms["occupancy"], dtype=torch.float64, device=device)
-    b = torch.as_tensor(atoms["b_iso"], dtype=torch.float64, device=device)
+    atoms = Atoms.coerce(atoms)
+    frac = torch.as_tensor(atoms.frac, dtype=torch.float64, device=device)
+    occ = torch.as_tensor(atoms.occupancy, dtype=torch.float64, device=device)
+    b = torch.as_tensor(atoms.b_iso, dtype=torch.float64, device=device)
     u = ug_coefficients(
         torch.as_tensor(pool.diffs, device=device),
         frac,
-        atoms["Z"],
+        atoms.Z,
         occ,
         b,
         a,

@@ -40,6 +40,7 @@ from lacbed_refine.engine.zone_symmetry import ZoneSymmetry, realifying_phases, 
 from lacbed_refine.physics.absorption import ABSORPTION_MODELS, absorptive_ug
 from lacbed_refine.physics.structure_factors import ug_for_cell
 from lacbed_refine.runtime import single_thread
+from lacbed_refine.structure.atoms import Atoms
 from lacbed_refine.structure.cell import Cell
 
 __all__ = ["simulate_zone", "zone_symmetry"]
@@ -47,22 +48,23 @@ __all__ = ["simulate_zone", "zone_symmetry"]
 
 def _couplings(atoms, cell, pool, *, voltage, absorption, absorption_model, form_factors):
     """U of every beam difference and the absorptive U′ (or None), both complex (D,) [Å⁻²]."""
-    frac = torch.as_tensor(atoms["frac"], dtype=torch.float64)
-    occ = torch.as_tensor(atoms["occupancy"], dtype=torch.float64)
-    b = torch.as_tensor(atoms["b_iso"], dtype=torch.float64)
-    u_diffs = ug_for_cell(pool.diffs, frac, atoms["Z"], occ, b, cell, voltage=voltage, table=form_factors)
+    atoms = Atoms.coerce(atoms)
+    frac = torch.as_tensor(atoms.frac, dtype=torch.float64)
+    occ = torch.as_tensor(atoms.occupancy, dtype=torch.float64)
+    b = torch.as_tensor(atoms.b_iso, dtype=torch.float64)
+    u_diffs = ug_for_cell(pool.diffs, frac, atoms.Z, occ, b, cell, voltage=voltage, table=form_factors)
     if absorption_model not in ABSORPTION_MODELS:
         raise ValueError(f"absorption model {absorption_model!r}: use one of {', '.join(ABSORPTION_MODELS)}")
     u_abs = None
     if absorption_model == "proportional" and absorption:
         u_abs = 1j * (absorption / 100.0) * u_diffs
     elif absorption_model == "bird-king":
-        u_abs = absorptive_ug(pool.diffs, frac, atoms["Z"], occ, b, cell, voltage=voltage)
+        u_abs = absorptive_ug(pool.diffs, frac, atoms.Z, occ, b, cell, voltage=voltage)
     return u_diffs, u_abs
 
 
 def zone_symmetry(
-    atoms: dict,
+    atoms: Atoms | dict,
     cell: Cell,
     zone: ZoneAxis,
     beams: np.ndarray,
@@ -225,7 +227,6 @@ def _expm_amplitudes(A: torch.Tensor, step: float, mult: list[int], pos_i, pos_j
     powers applied to e₀ (column) and e₀ᵀ (row): for the general (absorbing) matrix this is ~2–3×
     faster than the eigen-decomposition and its inverse. A scalar shift of the diagonal (the mean
     excitation error) only changes a common phase, so it is taken out to shrink the norm."""
-    n = A.shape[-1]
     diag = A.diagonal(dim1=-2, dim2=-1)
     shift = diag.real.mean(-1)
     X = A.clone()
@@ -352,7 +353,7 @@ def _chunk_intensities(plan: _Plan, s: torch.Tensor, f: torch.Tensor | None, kee
 
 
 def simulate_zone(
-    atoms: dict,
+    atoms: Atoms | dict,
     cell: Cell,
     zone: ZoneAxis,
     beams: np.ndarray,
@@ -379,7 +380,7 @@ def simulate_zone(
 
     Parameters
     ----------
-    atoms : dict
+    atoms : Atoms or mapping
         The full cell: ``frac`` (N, 3), ``Z`` (N,), ``occupancy`` (N,), ``b_iso`` (N,) [Å²] (numpy or
         torch; torch tensors carry gradients).
     cell : Cell
@@ -453,11 +454,12 @@ def _simulate_zone(atoms, cell, zone, beams, thickness, *, voltage, size, half_w
     n = pool.size
     out_idx = np.array([pool.index_of(r) for r in reflections], dtype=np.int64)
     big_k = wavevector_2pi(voltage)
+    atoms = Atoms.coerce(atoms)
 
     u_diffs, u_abs = _couplings(atoms, cell, pool, voltage=voltage, absorption=absorption,
                                 absorption_model=absorption_model, form_factors=form_factors)
     structure_grad = torch.is_grad_enabled() and any(
-        isinstance(atoms[k], torch.Tensor) and atoms[k].requires_grad for k in ("frac", "occupancy", "b_iso"))
+        isinstance(v, torch.Tensor) and v.requires_grad for v in (atoms.frac, atoms.occupancy, atoms.b_iso))
     thickness = torch.as_tensor(thickness)
     needs_grad = structure_grad or (torch.is_grad_enabled() and thickness.requires_grad)
     symmetric = (not structure_grad) if use_symmetry is None else bool(use_symmetry)

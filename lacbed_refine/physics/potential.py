@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from lacbed_refine.conventions import ELECTRON_MASS, ELEMENTARY_CHARGE, PLANCK_H
+from lacbed_refine.structure.atoms import Atoms
 from lacbed_refine.structure.reflections import zolz_beams
 from lacbed_refine.physics.structure_factors import _structure_factors, structure_factors
 
@@ -52,7 +53,7 @@ def potential_reflections(a: float, centring: str, size: int, n_terms: int = PAP
 
 
 def projected_potential(
-    atoms: dict,
+    atoms: Atoms | dict,
     a: float,
     *,
     centring: str = "P",
@@ -64,7 +65,7 @@ def projected_potential(
 
     Parameters
     ----------
-    atoms : dict
+    atoms : Atoms or mapping
         ``frac`` (N, 3), ``Z`` (N,), ``occupancy`` (N,), ``b_iso`` (N,) [Å²]; numpy arrays or
         torch tensors (differentiable).
     a : float
@@ -83,11 +84,12 @@ def projected_potential(
     """
     if size < 4:
         raise ValueError(f"size must be at least 4 pixels, got {size!r}")
-    frac = torch.as_tensor(atoms["frac"], dtype=torch.float64)
-    occ = torch.as_tensor(atoms["occupancy"], dtype=torch.float64)
-    b = torch.as_tensor(atoms["b_iso"], dtype=torch.float64)
+    atoms = Atoms.coerce(atoms)
+    frac = torch.as_tensor(atoms.frac, dtype=torch.float64)
+    occ = torch.as_tensor(atoms.occupancy, dtype=torch.float64)
+    b = torch.as_tensor(atoms.b_iso, dtype=torch.float64)
     hkl = potential_reflections(a, centring, size, n_terms)
-    f = structure_factors(torch.as_tensor(hkl), frac, atoms["Z"], occ, b, a, table=table)  # (G,)
+    f = structure_factors(torch.as_tensor(hkl), frac, atoms.Z, occ, b, a, table=table)  # (G,)
     grid = torch.zeros((size, size), dtype=f.dtype)
     rows = torch.as_tensor(hkl[:, 1] % size)
     cols = torch.as_tensor(hkl[:, 0] % size)
@@ -200,7 +202,7 @@ def zone_potential_reflections(
 
 
 def zone_projected_potential(
-    atoms: dict,
+    atoms: Atoms | dict,
     cell,
     zone,
     axes,
@@ -227,7 +229,7 @@ def zone_projected_potential(
 
     Parameters
     ----------
-    atoms : dict
+    atoms : Atoms or mapping
         ``frac`` (N, 3), ``Z`` (N,), ``occupancy`` (N,), ``b_iso`` (N,) [Å²]; numpy arrays or
         torch tensors (differentiable in ``frac``, ``occupancy`` and ``b_iso``).
     cell : lacbed_refine.structure.Cell
@@ -254,11 +256,12 @@ def zone_projected_potential(
     """
     hkl, freq = zone_potential_reflections(cell, zone, axes, centring=centring, size=size, field_of_view=field_of_view,
                                            n_terms=n_terms)
-    frac = torch.as_tensor(atoms["frac"], dtype=torch.float64)
-    occ = torch.as_tensor(atoms["occupancy"], dtype=torch.float64)
-    b = torch.as_tensor(atoms["b_iso"], dtype=torch.float64)
+    atoms = Atoms.coerce(atoms)
+    frac = torch.as_tensor(atoms.frac, dtype=torch.float64)
+    occ = torch.as_tensor(atoms.occupancy, dtype=torch.float64)
+    b = torch.as_tensor(atoms.b_iso, dtype=torch.float64)
     q2 = torch.as_tensor(cell.g_length(hkl) ** 2, dtype=torch.float64)
-    f = _structure_factors(torch.as_tensor(hkl), q2, frac, atoms["Z"], occ, b, table=table, chunk=4096)  # (G,)
+    f = _structure_factors(torch.as_tensor(hkl), q2, frac, atoms.Z, occ, b, table=table, chunk=4096)  # (G,)
     scale = VOLT_ANGSTROM2 / cell.volume
     whole = np.round(freq)
     if np.abs(freq - whole).max(initial=0.0) < 1e-9:

@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 import gemmi
 import numpy as np
+from lacbed_refine.structure.atoms import Atoms
 from lacbed_refine.structure.cell import Cell
 from lacbed_refine.structure.spacegroup import (
     POS_TOL, cell_constraint, crystal_system, find_setting, fit_cell, setting_of, stabilizer, symmetry_operations,
@@ -289,12 +290,12 @@ class Crystal:
             object.__setattr__(self, "_orbits", orbits)
         return self._orbits
 
-    def atoms(self) -> dict[str, np.ndarray]:
+    def atoms(self) -> Atoms:
         """The full conventional cell as arrays.
 
         Returns
         -------
-        dict with
+        Atoms
             ``frac`` (N, 3) float64 fractional positions in [0, 1); ``Z`` (N,) int atomic numbers;
             ``occupancy`` (N,); ``b_iso`` (N,) [Å²]; ``site`` (N,) index into :attr:`sites`.
         """
@@ -307,13 +308,13 @@ class Crystal:
             occ += [site.occupancy] * n
             b += [site.b_iso] * n
             idx += [i] * n
-        return {
-            "frac": np.concatenate(frac) if frac else np.zeros((0, 3)),
-            "Z": np.asarray(z, dtype=np.int64),
-            "occupancy": np.asarray(occ, dtype=float),
-            "b_iso": np.asarray(b, dtype=float),
-            "site": np.asarray(idx, dtype=np.int64),
-        }
+        return Atoms(
+            frac=np.concatenate(frac) if frac else np.zeros((0, 3)),
+            Z=np.asarray(z, dtype=np.int64),
+            occupancy=np.asarray(occ, dtype=float),
+            b_iso=np.asarray(b, dtype=float),
+            site=np.asarray(idx, dtype=np.int64),
+        )
 
     def with_sites(self, sites) -> "Crystal":
         """A copy with another asymmetric unit (orbits recomputed)."""

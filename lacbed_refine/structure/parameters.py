@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from lacbed_refine.structure.atoms import Atoms
 from lacbed_refine.structure.cell import Cell
 from lacbed_refine.structure.spacegroup import POS_TOL, shared_position_groups, wrap_diff
 from lacbed_refine.structure.crystal import Crystal
@@ -158,7 +159,7 @@ class FreeParameters:
         """
         return torch.as_tensor(self._theta0, dtype=dtype, device=device).clone()
 
-    def atoms(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+    def atoms(self, theta: torch.Tensor) -> Atoms:
         """The full conventional cell for parameters ``theta`` (differentiable).
 
         Parameters
@@ -168,7 +169,7 @@ class FreeParameters:
 
         Returns
         -------
-        dict with
+        Atoms
             ``frac`` (N, 3) fractional positions (not wrapped into [0, 1): structure factors are
             periodic); ``Z`` (N,) long atomic numbers; ``occupancy`` (N,); ``b_iso`` (N,) [Å²];
             ``site`` (N,) long index into ``crystal.sites``. Same atom order as
@@ -181,15 +182,9 @@ class FreeParameters:
         frac = torch.einsum("nij,nj->ni", c["rot"], r[c["site"]]) + c["tra"]
         b = c["b_keep"] + c["b_sel"] @ theta
         occ = c["occ_keep"] + c["occ_sel"] @ theta
-        return {
-            "frac": frac,
-            "Z": c["Z"],
-            "occupancy": occ[c["site"]],
-            "b_iso": b[c["site"]],
-            "site": c["site"],
-        }
+        return Atoms(frac=frac, Z=c["Z"], occupancy=occ[c["site"]], b_iso=b[c["site"]], site=c["site"])
 
-    def atoms_and_cell(self, theta: torch.Tensor) -> tuple[dict[str, torch.Tensor], Cell]:
+    def atoms_and_cell(self, theta: torch.Tensor) -> tuple[Atoms, Cell]:
         """The full cell for ``theta`` and the unit cell: the ``atoms`` and ``cell`` arguments of
         :func:`lacbed_refine.engine.general.simulate_zone` (any cell, any zone axis).
 
@@ -200,7 +195,7 @@ class FreeParameters:
 
         Returns
         -------
-        atoms : dict
+        atoms : Atoms
             :meth:`atoms` ``(theta)``: ``frac`` (N, 3) fractional, ``Z`` (N,), ``occupancy`` (N,),
             ``b_iso`` (N,) [Å²], ``site`` (N,); differentiable in ``theta``.
         cell : Cell
@@ -216,7 +211,7 @@ class FreeParameters:
         -------
         xyz : Tensor, shape (N, 3)
         """
-        frac = self.atoms(theta)["frac"]
+        frac = self.atoms(theta).frac
         orth = torch.as_tensor(self.crystal.cell.orth, dtype=frac.dtype, device=frac.device)
         return frac @ orth.T
 

@@ -22,6 +22,7 @@ from torch import nn
 from lacbed_refine.version import __version__
 from lacbed_refine import metrics
 from lacbed_refine.physics.potential import projected_potential
+from lacbed_refine.structure.atoms import Atoms
 from lacbed_refine.runtime import resolve_device
 from lacbed_refine.surrogate._config import TaskConfig
 from lacbed_refine.surrogate._models import decode_scale, generator_predict, prepare_input
@@ -153,7 +154,7 @@ class ForwardSurrogate(_Surrogate):
         res = {"intensity": intensity, "normalised": normalised, "lo": lo_i, "hi": hi_i}
         return {k: v[0] for k, v in res.items()} if single else res
 
-    def from_atoms(self, atoms: dict, a_angstrom: float, thickness_nm, *, centring: str = "P", table: str = "kirkland",
+    def from_atoms(self, atoms: Atoms | dict, a_angstrom: float, thickness_nm, *, centring: str = "P", table: str = "kirkland",
                    symmetrise: bool = False):
         """Predict from a cell's atoms (``frac``, ``Z``, ``occupancy``, ``b_iso``; tensors may carry
         gradients) through :func:`lacbed_refine.physics.potential.projected_potential`."""

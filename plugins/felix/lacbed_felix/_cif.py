@@ -434,10 +434,10 @@ def format_felix_cif(crystal: Crystal, *, expand: bool | None = None) -> str:
             )
     if expand or miscounted:
         atoms = crystal.atoms()
-        keep = [k for k in range(len(atoms["Z"])) if atoms["occupancy"][k] > 1e-9]
+        keep = [k for k in range(len(atoms.Z)) if atoms.occupancy[k] > 1e-9]
         site_label = dict(zip(range(len(labels)), labels))
-        rows = [(site_label[int(atoms["site"][k])], crystal.sites[int(atoms["site"][k])].element, "",
-                 tuple(float(v) for v in atoms["frac"][k]), float(atoms["b_iso"][k]), float(atoms["occupancy"][k]))
+        rows = [(site_label[int(atoms.site[k])], crystal.sites[int(atoms.site[k])].element, "",
+                 tuple(float(v) for v in atoms.frac[k]), float(atoms.b_iso[k]), float(atoms.occupancy[k]))
                 for k in keep]
         ops = ["x,y,z"]
         fractions = np.array([r[3] for r in rows], dtype=np.float64)
