@@ -388,8 +388,9 @@ def test_build_caps_workers_at_the_cpus_with_a_warning(tmp_path, monkeypatch, ca
     class Stop(Exception):
         pass
 
-    def compute_all(pending, spec, store, *, workers, **kw):  # stands in for the pool: records its size
-        seen["workers"] = workers
+    def compute_all(pending, spec, store, *, parallel, **kw):  # stands in for the pool: records its size
+        seen["workers"] = parallel.workers
+        seen["kind"] = parallel.kind
         raise Stop
 
     monkeypatch.setattr(_build, "_compute_all", compute_all)
@@ -397,6 +398,7 @@ def test_build_caps_workers_at_the_cpus_with_a_warning(tmp_path, monkeypatch, ca
         _build.build_dataset(tmp_path / "b.h5", synthetic=1, spec=_build.BuildSpec(size=16, n_beams=21), workers=1000,
                              progress=False)
     assert seen["workers"] == available_cpus()
+    assert seen["kind"] == ("processes" if available_cpus() > 1 else "serial")
     assert any("--workers 1000" in r.getMessage() and "capped" in r.getMessage() for r in caplog.records)
 
 

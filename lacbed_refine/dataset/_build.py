@@ -13,11 +13,9 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from lacbed_refine.io.files import check_writable_folder
-from lacbed_refine.runtime import check_workers
+from lacbed_refine.runtime import Parallel
 from lacbed_refine.dataset.splits import DEFAULT_FRACTIONS, assign_split
 from lacbed_refine.dataset._layout import canonical_json, read_info, write_dataset
 from lacbed_refine.dataset._tasks import BuildSpec, Task, cif_tasks, run_task, synthetic_tasks
@@ -94,6 +92,7 @@ def build_dataset(
     progress: bool = True,
     command: str = "",
     throttle_s: float = 0.0,
+    parallel: Parallel | None = None,
 ) -> BuildResult:
     """Build (or resume building) a dataset file.
 
@@ -128,6 +127,9 @@ def build_dataset(
         Command line to record in the file.
     throttle_s : float
         Pause [s] after storing each result; only for tests that interrupt a build.
+    parallel : lacbed_refine.runtime.Parallel, optional
+        The executor policy, instead of ``workers``/``scheduler`` (which make one by
+        :meth:`Parallel.of`): serial, threads, processes or Dask.
 
     Returns
     -------
@@ -144,7 +146,7 @@ def build_dataset(
     t_start = time.perf_counter()
     spec = spec or BuildSpec()
     output = Path(output)
-    workers = check_workers(workers, option="--workers")
+    parallel = parallel if parallel is not None else Parallel.of(workers, scheduler)
     for option, value in (("--synthetic", synthetic), ("--seed", seed)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{option} {value!r}: must be a whole number >= 0")
@@ -184,8 +186,8 @@ def build_dataset(
         if not overwrite:
             raise ValueError(f"{output} exists and was built from other inputs or settings; pass --overwrite to replace it")
 
-    if scheduler:
-        _check_scheduler(scheduler)  # before the work folder exists: an unreachable cluster leaves nothing
+    if parallel.kind == "dask":
+        parallel.connect().close()  # before the work folder exists: an unreachable cluster leaves nothing
     work.open(spec.to_dict())
     try:
         work.write_tasks(ids)
@@ -194,8 +196,7 @@ def build_dataset(
         log.info("%d structures: %d finished in %s, %d to compute", len(tasks), len(tasks) - len(pending),
                  work.path, len(pending))
         store = _Store(work, throttle_s)
-        computed = _compute_all(pending, spec, store, workers=workers, scheduler=scheduler, total=len(tasks),
-                                progress=progress)
+        computed = _compute_all(pending, spec, store, parallel=parallel, total=len(tasks), progress=progress)
         result = _assemble(output, tasks, work, settings, spec, command=command, progress=progress)
     except _NothingBuilt:
         # shards that only record failures are no use to a later run: leave nothing behind
@@ -274,46 +275,29 @@ def _bar(total: int, initial: int, progress: bool):
                 smoothing=0.05, dynamic_ncols=True, file=sys.stderr)
 
 
-def _check_scheduler(scheduler: str) -> None:
-    """Connect to the Dask scheduler once; one line naming the address if it cannot be reached."""
-    try:
-        from dask.distributed import Client
-    except ImportError:
-        raise ValueError('--scheduler needs dask.distributed: pip install "lacbed-refine[dask]"') from None
-    try:
-        Client(scheduler, set_as_default=False).close()
-    except Exception as exc:  # OSError, TimeoutError, ValueError for a bad address: all one line
-        raise ValueError(f"--scheduler {scheduler}: cannot connect ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else 'no answer'})") from None
-
-
-def _compute_all(pending, spec, store, *, workers, scheduler, total, progress) -> int:
+def _compute_all(pending, spec, store, *, parallel: Parallel, total, progress) -> int:
     if not pending:
         return 0
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     with _bar(total, total - len(pending), progress) as bar, logging_redirect_tqdm():
-        if scheduler:
-            return _run_dask(pending, spec, store, scheduler, bar)
-        if workers == 1:
+        if parallel.kind == "dask":
+            return _run_dask(pending, spec, store, parallel, bar)
+        if parallel.kind == "serial":
             for task in pending:
                 status, payload = run_task(task, spec)
                 store(task, status, payload)
                 bar.update(1)
             return len(pending)
-        return _run_pool(pending, spec, store, workers, bar)
+        return _run_pool(pending, spec, store, parallel, bar)
 
 
 def _init_worker(parent: int) -> None:
-    """Worker set-up: one torch thread, and exit when the parent build (pid ``parent``) dies, even
-    by SIGKILL, instead of lingering as an orphan. The parent's pid is passed in rather than read
+    """Worker set-up (after :class:`Parallel` set one torch thread): exit when the parent build (pid
+    ``parent``) dies, even by SIGKILL, instead of lingering as an orphan. The parent's pid is passed in rather than read
     here: on a loaded machine a worker can reach this point after the parent was already killed,
     and would then take its new parent (init) for the build."""
     import threading
-
-    import torch
-
-    torch.set_num_threads(1)
 
     def watch():
         while True:
@@ -324,39 +308,18 @@ def _init_worker(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-@contextlib.contextmanager
-def _single_threaded_children():
-    """Spawned workers inherit OMP/MKL_NUM_THREADS=1 (BLAS pools are sized before torch can be told)."""
-    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    before = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: "1" for k in keys})
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _run_pool(pending, spec, store, workers, bar) -> int:
-    """Process pool with at most 2×workers tasks in flight; a pool broken by a dying worker is
-    rebuilt and its tasks retried, and a task that kills workers twice is recorded as failed."""
-    with _single_threaded_children():
-        return _run_pool_inner(pending, spec, store, workers, bar)
-
-
-def _run_pool_inner(pending, spec, store, workers, bar) -> int:
+def _run_pool(pending, spec, store, parallel: Parallel, bar) -> int:
+    """A local pool (``parallel``: processes or threads) with at most 2×workers tasks in flight; a
+    pool broken by a dying worker is rebuilt and its tasks retried, and a task that kills workers
+    twice is recorded as failed."""
+    workers = parallel.workers
     queue = list(reversed(pending))
     crashes: dict[str, int] = {}
     done = 0
-    ctx = mp.get_context("spawn")
     while queue:
-        pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),))
         inflight: dict[cf.Future, Task] = {}
         broken = False
-        try:
+        with parallel.executor(initializer=_init_worker, initargs=(os.getpid(),)) as pool:
             while queue or inflight:
                 while queue and len(inflight) < 2 * workers and not broken:
                     task = queue.pop()
@@ -382,25 +345,17 @@ def _run_pool_inner(pending, spec, store, workers, bar) -> int:
                 if broken and not inflight:
                     log.warning("a worker process died; restarting the pool")
                     break
-        finally:
-            pool.shutdown(wait=not broken, cancel_futures=True)
     return done
 
 
-def _run_dask(pending, spec, store, scheduler, bar) -> int:
-    try:
-        from dask.distributed import Client, as_completed
-    except ImportError:
-        raise ValueError('--scheduler needs dask.distributed: pip install "lacbed-refine[dask]"') from None
+def _run_dask(pending, spec, store, parallel: Parallel, bar) -> int:
+    """Every task to the Dask cluster at once; results are stored as they come back."""
     done = 0
-    with Client(scheduler, set_as_default=False) as client:
-        futures = client.map(run_task, pending, spec=spec, pure=False)
-        by_key = {f.key: t for f, t in zip(futures, pending)}
-        for fut in as_completed(futures, loop=client.loop):
-            task = by_key[fut.key]
+    with parallel.executor() as pool:
+        futures = {pool.submit(run_task, task, spec): task for task in pending}
+        for fut in cf.as_completed(futures):
             status, payload = fut.result()
-            store(task, status, payload)
-            fut.release()
+            store(futures.pop(fut), status, payload)
             bar.update(1)
             done += 1
     return done

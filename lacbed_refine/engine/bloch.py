@@ -14,7 +14,6 @@ batching pixels through one LAPACK call per chunk; float32 where it holds accura
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +24,7 @@ from lacbed_refine.engine.geometry import SimulationSettings, tilt_grid
 from lacbed_refine.structure.atoms import Atoms
 from lacbed_refine.structure.reflections import zolz_beams
 from lacbed_refine.engine.propagation import propagate
-from lacbed_refine.runtime import single_thread
+from lacbed_refine.runtime import Parallel, single_thread
 from lacbed_refine.physics.structure_factors import ug_coefficients
 from lacbed_refine.engine.pattern_symmetry import DIHEDRAL_OPS, pattern_symmetry, pixel_wedge, realifying_shift
 
@@ -191,30 +190,6 @@ def _chunk_intensities(spec: _ChunkSpec, s: torch.Tensor) -> torch.Tensor:
     return psi.real**2 + psi.imag**2
 
 
-_POOLS: dict[int, object] = {}
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)
-
-
-def _process_pool(workers: int):
-    """A persistent pool of single-thread worker processes (created on first use)."""
-    if workers not in _POOLS:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # fork starts in milliseconds; the workers only run torch ops on data they are sent, so
-        # Python ≥ 3.12's warning about forking a threaded process does not apply to them
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            _POOLS[workers] = ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context(method), initializer=_worker_init
-            )
-    return _POOLS[workers]
-
-
 def lacbed_from_ug(
     pool: BeamPool,
     u_diffs: torch.Tensor,
@@ -260,10 +235,11 @@ def lacbed_from_ug(
         "count": exactly ``strong_beams`` beams per pixel, solved as a smaller matrix (fast);
         "felix": FELIX's rule (at least ``strong_beams``, count varies per pixel), emulated by
         decoupling the other beams in the full matrix — for reproducing FELIX, not for speed.
-    workers : int
+    workers : int or lacbed_refine.runtime.Parallel
         Worker processes for the eigen-solves of no-gradient CPU calls (each runs one thread; the
         pool is created on first use and kept, start-up ~0.1–1 s once per process); for calls that
-        need gradients, Python threads over the pixels instead (forward and backward).
+        need gradients, Python threads over the pixels instead (forward and backward). A
+        :class:`Parallel` policy (``threads`` or ``processes``) may be passed instead of a count.
     absorption : float
         Proportional absorption [%]: U' = i (absorption/100) U.
     mean_absorption : bool
@@ -365,19 +341,20 @@ def _lacbed_from_ug(
     rows_fixed = torch.as_tensor(rows_all, device=device)
     rows_sel = torch.as_tensor([int(np.nonzero(forced_np == r)[0][0]) for r in rows_all], device=device)
 
+    parallel = Parallel.of(workers).local()
     needs_grad = torch.is_grad_enabled() and (off.requires_grad or thickness.requires_grad)
     # gradient evaluations stay in this process (the autograd graph lives here): there the
     # workers become threads over the pixels of each chunk
     spec = _ChunkSpec(off=off, thickness=thickness, rows_fixed=rows_fixed, rows_sel=rows_sel, forced=forced,
                       u0=u0, m=m, strong_rule=strong_rule, hermitian=absorption == 0.0,
-                      threads=workers if needs_grad and device.type == "cpu" else 1)
+                      threads=parallel.workers if needs_grad and device.type == "cpu" else 1)
     starts = list(range(0, len(reps), chunk))
-    if workers > 1 and not needs_grad and device.type == "cpu" and len(starts) > 0:
+    if parallel.workers > 1 and not needs_grad and device.type == "cpu" and len(starts) > 0:
         # whole chunks (matrix build + solve) go to single-thread worker processes; only the
         # excitation errors travel, so inter-process traffic stays small
-        per = -(-len(reps) // (2 * workers))
+        per = -(-len(reps) // (2 * parallel.workers))
         starts = list(range(0, len(reps), per))
-        pool = _process_pool(workers)
+        pool = parallel.shared_pool()
         futures = [pool.submit(_chunk_intensities, spec, s_all[b : b + per]) for b in starts]
         chunks = []
         for b, fut in zip(starts, futures):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from lacbed_refine.conventions import wavevector_2pi
-from lacbed_refine.engine.bloch import EngineInfo, _process_pool, beam_pool, engine_chunk
+from lacbed_refine.engine.bloch import EngineInfo, beam_pool, engine_chunk
 from lacbed_refine.engine.geometry import tilt_grid
 from lacbed_refine.engine.pattern_symmetry import pixel_wedge
 from lacbed_refine.engine.propagation import propagate
@@ -39,15 +39,16 @@ from lacbed_refine.engine.zone import ZoneAxis, beam_vectors, excitation_errors_
 from lacbed_refine.engine.zone_symmetry import ZoneSymmetry, realifying_phases, structure_matrix_symmetry
 from lacbed_refine.physics.absorption import ABSORPTION_MODELS, absorptive_ug
 from lacbed_refine.physics.structure_factors import ug_for_cell
-from lacbed_refine.runtime import single_thread
+from lacbed_refine.runtime import Parallel, single_thread
 from lacbed_refine.structure.atoms import Atoms
 from lacbed_refine.structure.cell import Cell
 
 __all__ = ["simulate_zone", "zone_symmetry"]
 
 
-def _couplings(atoms, cell, pool, *, voltage, absorption, absorption_model, form_factors):
-    """U of every beam difference and the absorptive U′ (or None), both complex (D,) [Å⁻²]."""
+def _couplings(atoms, cell, pool, *, voltage, absorption, absorption_model, form_factors, absorption_scale=1.0):
+    """U of every beam difference and the absorptive U′ (or None; × ``absorption_scale``), both
+    complex (D,) [Å⁻²]."""
     atoms = Atoms.coerce(atoms)
     frac = torch.as_tensor(atoms.frac, dtype=torch.float64)
     occ = torch.as_tensor(atoms.occupancy, dtype=torch.float64)
@@ -60,6 +61,8 @@ def _couplings(atoms, cell, pool, *, voltage, absorption, absorption_model, form
         u_abs = 1j * (absorption / 100.0) * u_diffs
     elif absorption_model == "bird-king":
         u_abs = absorptive_ug(pool.diffs, frac, atoms.Z, occ, b, cell, voltage=voltage)
+    if u_abs is not None and absorption_scale != 1.0:
+        u_abs = u_abs * absorption_scale
     return u_diffs, u_abs
 
 
@@ -375,6 +378,7 @@ def simulate_zone(
     use_symmetry: bool | None = None,
     workers: int = 1,
     return_info: bool = False,
+    absorption_scale: float = 1.0,
 ):
     """LACBED intensities of a crystal at a zone axis.
 
@@ -424,12 +428,16 @@ def simulate_zone(
         atoms is needed — the symmetry holds at the given structure, so with it the gradients are
         exact only along parameter changes that keep it (as symmetry-constrained refinement
         parameters do); pass True for those. Gradients with respect to thickness are always exact.
-    workers : int
+    workers : int or lacbed_refine.runtime.Parallel
         Worker processes over chunks of pixels for calls that need no gradient (each runs one
-        thread; the pool is created on first use and kept).
+        thread; the pool is created on first use and kept), or a :class:`Parallel` policy
+        (``threads`` or ``processes``).
     return_info : bool
         Also return an :class:`~lacbed_refine.engine.bloch.EngineInfo` (symmetry operations used,
         pixels solved, real path, dtype).
+    absorption_scale : float
+        Factor on U′ of either model (≥ 0; 1 is the model as published): a refinable correction
+        for absorption the model leaves out (Bird–King has thermal diffuse scattering only).
 
     Returns
     -------
@@ -441,14 +449,17 @@ def simulate_zone(
                               reflections=reflections, strong_beams=strong_beams, absorption=absorption,
                               absorption_model=absorption_model, mean_absorption=mean_absorption,
                               form_factors=form_factors, dtype=dtype, pixels=pixels, chunk=chunk, threads=threads,
-                              use_symmetry=use_symmetry, workers=workers, return_info=return_info)
+                              use_symmetry=use_symmetry, workers=workers, return_info=return_info,
+                              absorption_scale=absorption_scale)
 
 
 def _simulate_zone(atoms, cell, zone, beams, thickness, *, voltage, size, half_width, reflections, strong_beams,
                    absorption, absorption_model, mean_absorption, form_factors, dtype, pixels, chunk, threads,
-                   use_symmetry, workers, return_info):
+                   use_symmetry, workers, return_info, absorption_scale):
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype {dtype!r}: use torch.float32 or torch.float64")
+    if not (math.isfinite(absorption_scale) and 0 <= absorption_scale <= 100):
+        raise ValueError(f"absorption_scale {absorption_scale!r}: must be a number in 0–100")
     beams = np.asarray(beams, dtype=np.int64)
     pool = beam_pool(beams)
     n = pool.size
@@ -457,7 +468,8 @@ def _simulate_zone(atoms, cell, zone, beams, thickness, *, voltage, size, half_w
     atoms = Atoms.coerce(atoms)
 
     u_diffs, u_abs = _couplings(atoms, cell, pool, voltage=voltage, absorption=absorption,
-                                absorption_model=absorption_model, form_factors=form_factors)
+                                absorption_model=absorption_model, form_factors=form_factors,
+                                absorption_scale=absorption_scale)
     structure_grad = torch.is_grad_enabled() and any(
         isinstance(v, torch.Tensor) and v.requires_grad for v in (atoms.frac, atoms.occupancy, atoms.b_iso))
     thickness = torch.as_tensor(thickness)
@@ -562,10 +574,11 @@ def _simulate_zone(atoms, cell, zone, beams, thickness, *, voltage, size, half_w
 
     step = max(1, min(chunk, engine_chunk(n, n)))
     starts = list(range(0, len(comp), step))
-    if workers > 1 and not needs_grad and len(comp) > 1:
-        per = -(-len(comp) // (2 * workers))
+    parallel = Parallel.of(workers).local()
+    if parallel.workers > 1 and not needs_grad and len(comp) > 1:
+        per = -(-len(comp) // (2 * parallel.workers))
         starts = list(range(0, len(comp), per))
-        ex = _process_pool(workers)
+        ex = parallel.shared_pool()
         futures = [ex.submit(_chunk_intensities, plan, *geometry(comp[b: b + per])) for b in starts]
         parts = [fut.result() for fut in futures]
     else:

@@ -51,11 +51,11 @@ def _in_threads(fn, threads: int, *batched, shared=()):
     p = batched[0].shape[0]
     if threads <= 1 or p < 2 * threads:
         return fn(*batched, *shared)
-    from concurrent.futures import ThreadPoolExecutor
+    from lacbed_refine.runtime import Parallel
 
     bounds = [round(i * p / threads) for i in range(threads + 1)]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        parts = list(pool.map(lambda ab: fn(*(t[ab[0]:ab[1]] for t in batched), *shared), zip(bounds, bounds[1:])))
+    pool = Parallel("threads", threads).shared_pool()
+    parts = list(pool.map(lambda ab: fn(*(t[ab[0]:ab[1]] for t in batched), *shared), zip(bounds, bounds[1:])))
     if isinstance(parts[0], tuple):
         return tuple(None if parts[0][i] is None else torch.cat([q[i] for q in parts]) for i in range(len(parts[0])))
     return torch.cat(parts)

@@ -19,6 +19,7 @@ Parallelism: a local process pool (``workers``) or a Dask distributed cluster (`
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -27,10 +28,11 @@ import logging
 import re
 import time
 import traceback
+from concurrent.futures import as_completed
 from pathlib import Path
 
 from lacbed_refine.io.files import atomic_path, check_writable_folder
-from lacbed_refine.runtime import check_workers
+from lacbed_refine.runtime import Parallel
 
 __all__ = ["read_manifest", "run_batch", "fit_sample"]
 
@@ -186,79 +188,54 @@ def _write_summary(out_dir: Path, statuses: dict, order: list[str]) -> Path:
     return path
 
 
-def _connect(scheduler: str, created_folder: Path | None):
-    """A Dask client of ``scheduler``; if it cannot be reached, the output folder this batch created
-    (still empty) is removed and one line names the address."""
-    from dask.distributed import Client
-
-    try:
-        return Client(scheduler)
-    except Exception as exc:  # OSError, TimeoutError, ValueError for a bad address: all one line
-        if created_folder is not None and created_folder.is_dir() and not any(created_folder.iterdir()):
-            created_folder.rmdir()
-        raise ValueError(f"--scheduler {scheduler}: cannot connect ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else 'no answer'})") from None
-
-
-def run_batch(manifest, out_dir, *, workers: int = 1, scheduler: str | None = None, progress: bool = True) -> dict:
+def run_batch(manifest, out_dir, *, workers: int = 1, scheduler: str | None = None, progress: bool = True,
+              parallel: Parallel | None = None) -> dict:
     """Refine every sample of ``manifest`` into ``out_dir``; returns counts and the summary path.
 
     Finished samples (with a ``report.json``) are skipped, so a killed batch resumes where it
-    stopped. ``workers`` > 1 uses a local process pool; ``scheduler`` (a Dask address, e.g.
-    ``tcp://host:8786``) a Dask distributed cluster instead.
+    stopped. The samples run under ``parallel`` (:class:`~lacbed_refine.runtime.Parallel`), by
+    default the policy ``workers`` / ``scheduler`` ask for: ``workers`` > 1 a local process pool,
+    ``scheduler`` (a Dask address, e.g. ``tcp://host:8786``) a Dask distributed cluster.
     """
     samples = read_manifest(manifest)
-    workers = check_workers(workers)
+    parallel = parallel if parallel is not None else Parallel.of(workers, scheduler)
     created = not Path(out_dir).exists()
     out = check_writable_folder(out_dir, option="-o")
-    client = None
-    if scheduler:
-        client = _connect(scheduler, out if created else None)
-    order = [s["id"] for s in samples]
-    statuses = {}
-    todo = []
-    for s in samples:
-        done = _finished(s, out)
-        if done is not None:
-            statuses[s["id"]] = done
-        else:
-            todo.append(s)
-    _write_summary(out, statuses, order)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(samples), initial=len(samples) - len(todo), unit="sample", desc="batch fit")
-
-    def record(status):
-        statuses[status["id"]] = status
+    with contextlib.ExitStack() as stack:
+        try:  # reach the workers (a Dask scheduler) before anything is written
+            pool = stack.enter_context(parallel.executor())
+        except ValueError:
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            raise
+        order = [s["id"] for s in samples]
+        statuses = {}
+        todo = []
+        for s in samples:
+            done = _finished(s, out)
+            if done is not None:
+                statuses[s["id"]] = done
+            else:
+                todo.append(s)
         _write_summary(out, statuses, order)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"{status['id']}: {status['status']}")
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-    try:
-        if client is not None:
-            from dask.distributed import as_completed
+            bar = stack.enter_context(tqdm(total=len(samples), initial=len(samples) - len(todo), unit="sample",
+                                           desc="batch fit"))
 
-            with client:
-                futures = [client.submit(fit_sample, s, str(out), 1, pure=False) for s in todo]
-                for fut in as_completed(futures):
-                    record(fut.result())
-        elif workers > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+        def record(status):
+            statuses[status["id"]] = status
+            _write_summary(out, statuses, order)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{status['id']}: {status['status']}")
 
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = [pool.submit(fit_sample, s, str(out), 1) for s in todo]
-                for fut in as_completed(futures):
-                    record(fut.result())
-        else:
-            for s in todo:
-                record(fit_sample(s, str(out)))
-    finally:
-        if bar is not None:
-            bar.close()
+        # a serial batch gives each sample every CPU; pooled samples run one engine thread each
+        threads = None if parallel.kind == "serial" else 1
+        futures = [pool.submit(fit_sample, s, str(out), threads) for s in todo]
+        for fut in as_completed(futures):
+            record(fut.result())
     counts = {k: sum(1 for v in statuses.values() if v["status"] == k) for k in ("done", "failed")}
     return {"summary": str(out / "summary.csv"), "skipped": len(samples) - len(todo), **counts, "total": len(samples)}
