@@ -97,7 +97,7 @@ def simulate_command(cif, output, thickness, reflections, zone, x_direction, nor
 @click.argument("cif", type=click.Path(dir_okay=False))
 @click.argument("pattern", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder: refined.cif, report.json and fit.png (one pattern) or montage.png, correlation.png, fit.npz (an experiment).")
-@click.option("--refine", "refine_", default=None, help="What to refine: any of xyz,b,occ,thickness (default xyz,b,occ,thickness for one pattern; xyz,b for an experiment, whose thickness is always refined).")
+@click.option("--refine", "refine_", default=None, help="What to refine: any of xyz,b,occ,thickness (default xyz,b,occ,thickness for one pattern; xyz,b for an experiment, whose thickness is always refined; an experiment also takes absorption, a scale on the absorptive potential, and lattice, a scale on the cell edges).")
 @click.option("--fix", default="", help="Site labels to hold fixed, comma-separated.")
 @click.option("--thickness", type=float, default=None, help="Starting thickness [nm] (default: scanned).")
 @click.option("--half-width", type=float, default=None, help="Tilt half-width of the measured pattern [1/Å] (default: the simulation's, 7.266/a).")

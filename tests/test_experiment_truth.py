@@ -199,17 +199,14 @@ def _check_geometry(fit, rotation_deg, scale, centre, shifts, *, scale_tol=0.003
     assert np.sqrt(((g.shifts - shifts) ** 2).mean()) < 0.2, g.shifts
 
 
-def test_fit_recovers_rutile_from_engine_truth():
-    """Rutile TiO2 at [001] (x [100]), Bird–King, FELIX's strong-beam rule (≥ 50 of a 100-beam pool):
-    our engine's discs at 70 nm seen through rotation +3°, scale 1.02, zone axis at (0.7, −0.4) px,
-    per-disc shifts ±1 px, blur 1 px, background 0.1 and 2000 counts per pixel; start O moved 0.07 Å
-    along its free (1 1 0) direction and every B × 1.6.
-
-    Reached (2 busy cores, ~20 s): O 0.0003 Å, B 0.004 Å², thickness 0.01 nm, rotation 0.01°, scale
-    0.11 %, centre 0.002 px, shifts 0.01 px rms, blur 1.05 px (the bars: 0.005 Å, 0.05 Å², 1 nm, 0.2°,
-    0.3 %, 0.2 px)."""
+def _rutile_case(absorption_scale=1.0, lattice_scale=1.0):
+    """Rutile TiO2 at [001] (x [100]; its cell edges × ``lattice_scale``), Bird–King (U′ ×
+    ``absorption_scale``), FELIX's strong-beam
+    rule (≥ 50 of a 100-beam pool): our engine's discs at 70 nm seen through rotation +3°, scale
+    1.02, zone axis at (0.7, −0.4) px, per-disc shifts ±1 px, blur 1 px, background 0.1 and 2000
+    counts per pixel; the start has O moved 0.07 Å along its free (1 1 0) direction and every B × 1.6.
+    Returns (truth, start, experiment, t_nm, (rotation, scale, centre, shifts))."""
     from lacbed_refine.engine.geometry import SimulationSettings
-    from lacbed_refine.refine.experiment_fit import ExperimentFitConfig, fit_experiment
     from lacbed_refine.simulators.bloch import simulate_general
 
     n, step, t_nm, pool, strong = 48, 0.015, 70.0, 100, 50
@@ -219,7 +216,9 @@ def test_fit_recovers_rutile_from_engine_truth():
     settings = SimulationSettings(voltage=200e3, size=size_sim, half_width=size_sim / 2 * step, thicknesses=(t_nm * 10,),
                                   n_beams=pool, strong_beams=strong, strong_rule="felix", zone=(0, 0, 1),
                                   x_direction=(1, 0, 0), normal=(0, 0, 1), absorption_model="bird-king", reflections=refl)
-    stack, _ = simulate_general(truth, settings, dtype=torch.float64, workers=2)
+    cell = truth.cell
+    made = truth.with_cell(replace(cell, a=cell.a * lattice_scale, b=cell.b * lattice_scale, c=cell.c * lattice_scale))
+    stack, _ = simulate_general(made, settings, dtype=torch.float64, workers=2, absorption_scale=absorption_scale)
     shifts = _shifts(len(refl), seed=1)
     rotation, scale, centre = 3.0, 1.02, (0.7, -0.4)
     images, recorded = microscope_faults(stack[0], rotation_deg=rotation, scale=scale, centre_px=centre, shifts_px=shifts,
@@ -247,6 +246,19 @@ def test_fit_recovers_rutile_from_engine_truth():
     d = 0.07 / (math.sqrt(2) * truth.a)  # 0.07 Å along (1 1 0)/√2, in fractions of a
     start = truth.with_sites([replace(ti, b_iso=1.6 * ti.b_iso),
                               replace(o, b_iso=1.6 * o.b_iso, frac=(o.frac[0] + d, o.frac[1] + d, 0.0))])
+    return truth, start, exp, t_nm, (rotation, scale, centre, shifts)
+
+
+def test_fit_recovers_rutile_from_engine_truth():
+    """Rutile truth (:func:`_rutile_case`) fitted from its wrong start.
+
+    Reached (2 busy cores, ~20 s): O 0.0003 Å, B 0.004 Å², thickness 0.01 nm, rotation 0.01°, scale
+    0.11 %, centre 0.002 px, shifts 0.01 px rms, blur 1.05 px (the bars: 0.005 Å, 0.05 Å², 1 nm, 0.2°,
+    0.3 %, 0.2 px)."""
+    from lacbed_refine.refine.experiment_fit import ExperimentFitConfig, fit_experiment
+
+    truth, start, exp, t_nm, (rotation, scale, centre, shifts) = _rutile_case()
+    ti, o = truth.sites
     t0 = time.perf_counter()
     fit = fit_experiment(start, exp, ExperimentFitConfig(workers=2, converge_beams=False, iterations=6))
     seconds = time.perf_counter() - t0
@@ -261,6 +273,49 @@ def test_fit_recovers_rutile_from_engine_truth():
     _check_geometry(fit, rotation, scale, centre, shifts)
     assert abs(fit.geometry.blur_px - 1.0) < 0.2
     assert fit.fom < 0.005
+    assert "absorption_scale" not in fit.names
+
+
+def test_fit_recovers_a_refined_absorption_scale():
+    """Rutile truth made with twice Bird–King's absorption: fitted with ``--refine xyz,b,absorption``
+    from scale 1, the scale comes back, and B is not bent to stand in for it."""
+    from lacbed_refine.refine.experiment_fit import ExperimentFitConfig, fit_experiment
+
+    truth, start, exp, t_nm, _ = _rutile_case(absorption_scale=2.0)
+    ti, o = truth.sites
+    fit = fit_experiment(start, exp, ExperimentFitConfig(refine=("xyz", "b", "absorption"), workers=2,
+                                                         converge_beams=False, iterations=8))
+    got = dict(zip(fit.names, fit.refined))
+    sigma = dict(zip(fit.names, fit.sigma))
+    ti_f, o_f = fit.crystal.sites
+    print(f"absorption scale {got['absorption_scale']:.4f} ± {sigma['absorption_scale']:.4f} (truth 2), "
+          f"B Ti {ti_f.b_iso - ti.b_iso:+.4f} O {o_f.b_iso - o.b_iso:+.4f} Å², t {fit.thickness_nm - t_nm:+.3f} nm")
+    assert abs(got["absorption_scale"] - 2.0) < 0.1 and 0 < sigma["absorption_scale"] < 0.1
+    assert abs(ti_f.b_iso - ti.b_iso) < 0.05 and abs(o_f.b_iso - o.b_iso) < 0.05
+    assert abs(fit.thickness_nm - t_nm) < 1.0
+    assert fit.fom < 0.005
+
+
+def test_fit_recovers_the_lattice_parameter_apart_from_the_image_scale():
+    """Rutile truth with every cell edge 1 % longer than the start's: ``--refine xyz,b,lattice``
+    scans the cell-edge factor (it trades almost exactly against the image scale), then refines it
+    with the rest. Reached: factor 1.01006 ± 0.00005, image scale −0.13 %."""
+    from lacbed_refine.refine.experiment_fit import ExperimentFitConfig, fit_experiment
+
+    truth, start, exp, t_nm, (rotation, scale, centre, shifts) = _rutile_case(lattice_scale=1.01)
+    ti, o = truth.sites
+    fit = fit_experiment(start, exp, ExperimentFitConfig(refine=("xyz", "b", "lattice"), workers=2,
+                                                         converge_beams=False, iterations=8))
+    got = dict(zip(fit.names, fit.refined))
+    ti_f, o_f = fit.crystal.sites
+    print(f"lattice factor {got['lattice_scale']:.5f} (truth 1.01), a {fit.crystal.cell.a:.4f} Å, "
+          f"image scale {fit.geometry.scale:.4f} (truth {scale}), t {fit.thickness_nm - t_nm:+.3f} nm")
+    assert abs(got["lattice_scale"] - 1.01) < 0.001
+    assert fit.crystal.cell.a == pytest.approx(truth.cell.a * got["lattice_scale"])
+    assert abs(fit.geometry.scale / scale - 1) < 0.003
+    assert abs(ti_f.b_iso - ti.b_iso) < 0.05 and abs(o_f.b_iso - o.b_iso) < 0.05
+    assert abs(fit.thickness_nm - t_nm) < 1.0
+    assert any(st.name == "lattice scan" for st in fit.stages)
 
 
 def test_fit_recovers_felix_gaas_110_bird_king(shared_dir):

@@ -51,9 +51,14 @@ __all__ = ["ExperimentFitConfig", "ExperimentFit", "fit_experiment", "check_expe
 
 #: Typical size of each kind of parameter [Å, Å², fraction, nm]: the optimiser's unit, the
 #: trust-region unit and (÷ 5) the finite-difference step.
-STEP = {"xyz": 0.05, "b": 0.5, "occ": 0.1, "thickness": 10.0}
+STEP = {"xyz": 0.05, "b": 0.5, "occ": 0.1, "absorption": 0.25, "lattice": 0.005, "thickness": 10.0}
 #: Beam convergence tolerances: figure of merit (absolute) and refined values per kind.
-BEAM_TOLERANCE = {"fom": 1e-3, "xyz": 0.002, "b": 0.02, "occ": 0.01, "thickness": 0.5}
+BEAM_TOLERANCE = {"fom": 1e-3, "xyz": 0.002, "b": 0.02, "occ": 0.01, "absorption": 0.02, "lattice": 0.0005,
+                  "thickness": 0.5}
+#: Refinable values that are not the structure's: name in ``--refine`` → (reported name, start, range).
+#: ``absorption`` is a factor on U′, ``lattice`` a factor on the cell edges.
+GLOBALS = ("absorption", "lattice")
+_GLOBAL_SPEC = {"absorption": ("absorption_scale", 1.0, (0.0, 5.0)), "lattice": ("lattice_scale", 1.0, (0.9, 1.1))}
 
 
 @dataclass
@@ -62,8 +67,12 @@ class ExperimentFitConfig:
 
     Attributes
     ----------
-    refine : tuple of {"xyz", "b", "occ"}
-        Structural parameters refined (``--refine``); thickness is always refined.
+    refine : tuple of {"xyz", "b", "occ", "absorption", "lattice"}
+        Parameters refined (``--refine``): structural ones; ``absorption``, a scale on the
+        absorptive potential U′ of ``absorption_model`` (1 = as published); ``lattice``, an
+        isotropic scale of the cell edges (reported as the refined a; in one zone it is nearly
+        degenerate with the image scale, which the correlation matrix shows). Thickness is always
+        refined.
     fix : tuple of str
         Site labels held fixed (``--fix``).
     thickness_nm : float or None
@@ -104,6 +113,9 @@ class ExperimentFitConfig:
         Engine worker processes (None: the available CPUs).
     margin : float
         The simulated tilt range's excess over the measured one (room for rotation, scale, shifts).
+    lattice_range : float
+        With ``lattice`` refined: the cell-edge factors 1 ± ``lattice_range`` scanned (steps of
+        0.0025, the geometry fitted at each) before the refinement starts from the best.
     """
 
     refine: tuple = ("xyz", "b")
@@ -128,6 +140,7 @@ class ExperimentFitConfig:
     weights: dict | None = None
     workers: int | None = None
     margin: float = 1.15
+    lattice_range: float = 0.02
 
 
 def check_experiment_config(c: ExperimentFitConfig) -> None:
@@ -137,8 +150,10 @@ def check_experiment_config(c: ExperimentFitConfig) -> None:
         raise ValueError(f"{option} {value!r}: {why}")
 
     for k in c.refine:
-        if k not in ("xyz", "b", "occ"):
-            bad("--refine", k, "use xyz, b or occ")
+        if k not in ("xyz", "b", "occ") + GLOBALS:
+            bad("--refine", k, "use xyz, b, occ, absorption or lattice")
+    if "absorption" in c.refine and c.absorption_model == "none":
+        bad("--refine", "absorption", "needs an absorption model (bird-king or proportional), not none")
     if c.thickness_nm is not None and not (0.5 <= c.thickness_nm <= 2000):
         bad("--thickness", c.thickness_nm, "must lie in 0.5–2000 nm")
     if c.thickness_scan_nm is not None:
@@ -173,6 +188,8 @@ def check_experiment_config(c: ExperimentFitConfig) -> None:
             bad("--disc-weights", f"{' '.join(map(str, k))}={w}", "need three indices and a weight in 0–100")
     if not (1.0 <= c.margin <= 2.0):
         bad("margin", c.margin, "must lie in 1–2")
+    if not (0 <= c.lattice_range <= 0.1):
+        bad("lattice_range", c.lattice_range, "must lie in 0–0.1")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,19 +242,22 @@ class _Engine:
         self.settings = settings
         self.pool = zone_beams(crystal=self.crystal, settings=replace(settings, reflections=self.reflections))
 
-    def run(self, theta: np.ndarray, t_nm) -> torch.Tensor:
-        """Discs (T, R, S, S) float64 at θ and thicknesses ``t_nm`` [nm]."""
+    def run(self, theta: np.ndarray, t_nm, absorption_scale: float = 1.0, lattice_scale: float = 1.0) -> torch.Tensor:
+        """Discs (T, R, S, S) float64 at θ, thicknesses ``t_nm`` [nm], U′ × ``absorption_scale`` and
+        the cell edges × ``lattice_scale``."""
         from lacbed_refine.engine.general import simulate_zone
 
         s = self.settings
         t0 = time.perf_counter()
         with torch.no_grad():
             stack = simulate_zone(
-                self.params.atoms(torch.as_tensor(theta, dtype=torch.float64)), self.crystal.cell, self.zone,
+                self.params.atoms(torch.as_tensor(theta, dtype=torch.float64)), _scaled_cell(self.crystal.cell, lattice_scale),
+                self.zone,
                 self.pool, torch.as_tensor(np.atleast_1d(t_nm), dtype=torch.float64) * NM,
                 voltage=s.voltage, size=s.size, half_width=s.half_width, reflections=self.reflections,
                 strong_beams=s.strong_beams, absorption_model=s.absorption_kind, absorption=s.absorption,
                 form_factors=s.form_factors, dtype=torch.float32, workers=self.workers,
+                absorption_scale=float(absorption_scale),
             )
         self.calls += 1
         self.seconds += time.perf_counter() - t0
@@ -407,12 +427,22 @@ def _free_indices(params, crystal) -> list[int]:
     return [i for i in idx if i not in drop]
 
 
-class _ThetaMap:
-    """The optimiser's structural values x (P,) → the parameter vector θ: the ``free`` entries are x,
-    an occupancy tied by a site sum is the sum's start value minus the others, the rest stay at θ0."""
+def _scaled_cell(cell, f: float):
+    """``cell`` with every edge × ``f`` (angles kept)."""
+    if f == 1.0:
+        return cell
+    return replace(cell, a=cell.a * f, b=cell.b * f, c=cell.c * f)
 
-    def __init__(self, params, theta0, free):
+
+class _ThetaMap:
+    """The optimiser's values x (all but the thickness) → the parameter vector θ and the global
+    factors: the ``free`` entries are x's first ones, an occupancy tied by a site sum is the sum's
+    start value minus the others, the rest stay at θ0; then one entry per name in ``extras``
+    (:data:`GLOBALS`, in that order)."""
+
+    def __init__(self, params, theta0, free, extras=()):
         self.theta0, self.free, self.ties = theta0, list(free), []
+        self.extras = tuple(k for k in GLOBALS if k in extras)
         occ = {params.site_of[i]: i for i, k in enumerate(params.kinds) if k == "occ"}
         for group in params.occupancy_groups():
             members = [occ[s] for s in group if s in occ]
@@ -421,9 +451,17 @@ class _ThetaMap:
                 self.ties.append((dep, rest, float(sum(theta0[m] for m in members))))
                 self.free.remove(dep)
 
+    def factors(self, x) -> dict:
+        """The engine's global factors in x: ``absorption_scale`` and ``lattice_scale`` (1 when not
+        refined)."""
+        out = {"absorption_scale": 1.0, "lattice_scale": 1.0}
+        for i, k in enumerate(self.extras):
+            out[_GLOBAL_SPEC[k][0]] = float(x[len(self.free) + i])
+        return out
+
     def __call__(self, x) -> np.ndarray:
         theta = self.theta0.copy()
-        theta[self.free] = x
+        theta[self.free] = x[:len(self.free)]
         for dep, rest, total in self.ties:
             theta[dep] = total - sum(theta[m] for m in rest)
         return theta
@@ -475,11 +513,11 @@ def _fit_experiment(crystal, experiment, config, progress):
         weights[reflections.index(tuple(k))] = float(w)
     if not weights.sum() > 0:
         raise ValueError("--disc-weights: every disc has weight 0")
-    params = free_parameters(crystal, refine=config.refine, fix=config.fix)
-    tmap = _ThetaMap(params, params.initial().numpy().astype(float), _free_indices(params, crystal))
+    params = free_parameters(crystal, refine=tuple(k for k in config.refine if k not in GLOBALS), fix=config.fix)
+    tmap = _ThetaMap(params, params.initial().numpy().astype(float), _free_indices(params, crystal), config.refine)
     free = tmap.free
-    kinds = [params.kinds[i] for i in free] + ["thickness"]
-    names = [params.names[i] for i in free] + ["thickness_nm"]
+    kinds = [params.kinds[i] for i in free] + list(tmap.extras) + ["thickness"]
+    names = [params.names[i] for i in free] + [_GLOBAL_SPEC[k][0] for k in tmap.extras] + ["thickness_nm"]
     scale = np.array([STEP[k] for k in kinds])
     theta0 = params.initial().numpy().astype(float)
     workers = config.workers or available_cpus()
@@ -569,8 +607,26 @@ def _fit_experiment(crystal, experiment, config, progress):
         f"rotation {geo.rotation_deg:+.2f}°, scale {geo.scale:.4f}, blur {geo.blur_px:.2f} px, "
         f"zone axis at ({geo.centre[0]:+.2f}, {geo.centre[1]:+.2f}) px; thickness {t_nm:.0f} nm")
 
+    starts = {k: _GLOBAL_SPEC[k][1] for k in tmap.extras}
+    if "lattice" in tmap.extras and config.lattice_range > 0:
+        # the cell edges trade against the image scale almost exactly (both scale the pattern);
+        # what tells them apart (excitation errors' curvature, HOLZ lines) is too weak for a
+        # linearised step from ~1 % away, so the factor is scanned first, the geometry fitted at each
+        t0 = time.perf_counter()
+        fs = 1 + np.arange(-config.lattice_range, config.lattice_range + 1e-9, 0.0025)
+        best_l = None
+        for f in fs:
+            model.set_base(engine.run(theta0, [t_nm], lattice_scale=float(f))[0], None)
+            res = _minimise(model, _geometry_to_vec(geo), bounds_g, 0, R, max_iter=100)
+            if best_l is None or res.fun < best_l[0]:
+                best_l = (float(res.fun), float(f), res.x)
+        starts["lattice"] = best_l[1]
+        geo = _vec_to_geometry(best_l[2], R)
+        say("lattice scan", best_l[0], t0, f"{len(fs)} cell-edge factors {fs[0]:.4f}–{fs[-1]:.4f}: best {best_l[1]:.4f} "
+            f"(a = {crystal.cell.a * best_l[1]:.4f} Å), image scale {geo.scale:.4f}")
+
     # 4. refinement (+ 5. beam convergence)
-    x = np.concatenate([theta0[free], [t_nm]])
+    x = np.concatenate([theta0[free], [starts[k] for k in tmap.extras], [t_nm]])
     x_start = x.copy()
     x, geo, fom, _ = _gauss_newton(engine, model, params, tmap, x, geo, scale, config, R, say)
     beams = {"pool": len(engine.pool), "strong_beams": engine.settings.strong_beams, "steps": [], "converged": None}
@@ -659,6 +715,9 @@ def _fit_experiment(crystal, experiment, config, progress):
         r = model.r(torch.zeros(0), gt).numpy()
         r0 = model.r(torch.zeros(0), gt, plain=True).numpy()
     refined = params.to_crystal(torch.as_tensor(theta))
+    lattice = tmap.factors(x[:-1])["lattice_scale"]
+    if lattice != 1.0:
+        refined = refined.with_cell(_scaled_cell(refined.cell, lattice))
     log.info("fit done in %.1f s (%d engine calls, %.1f s in the engine)", time.perf_counter() - t_start,
              engine.calls, engine.seconds)
     return ExperimentFit(
@@ -703,9 +762,8 @@ def _register_discs(model, geo, R, max_shift):
 
 def _evaluate(engine, tmap, x, scale):
     """Discs at x and at x ± a thickness step, (3, R, S, S), from one decomposition."""
-    theta = tmap(x[:-1])
     h_t = 0.2 * scale[-1]
-    return engine.run(theta, [x[-1] - h_t, x[-1], x[-1] + h_t])
+    return engine.run(tmap(x[:-1]), [x[-1] - h_t, x[-1], x[-1] + h_t], **tmap.factors(x[:-1]))
 
 
 def _jacobian(engine, tmap, x, scale, trio):
@@ -718,7 +776,7 @@ def _jacobian(engine, tmap, x, scale, trio):
         h = 0.2 * scale[j]
         xs = x[:-1].copy()
         xs[j] += h
-        cols.append((engine.run(tmap(xs), [x[-1]])[0] - base) * (scale[j] / h))
+        cols.append((engine.run(tmap(xs), [x[-1]], **tmap.factors(xs))[0] - base) * (scale[j] / h))
     cols.append((trio[2] - trio[0]) * (scale[-1] / (2 * 0.2 * scale[-1])))
     return torch.stack(cols)
 
@@ -734,8 +792,8 @@ def _gauss_newton(engine, model, params, tmap, x, geo, scale, config, R, say, ma
     kept = jac if reuse_jacobian else None
     t0 = time.perf_counter()
     P = len(x)
-    lo = np.concatenate([params.lower[tmap.free], [1.0]])
-    hi = np.concatenate([params.upper[tmap.free], [2000.0]])
+    lo = np.concatenate([params.lower[tmap.free], [_GLOBAL_SPEC[k][2][0] for k in tmap.extras], [1.0]])
+    hi = np.concatenate([params.upper[tmap.free], [_GLOBAL_SPEC[k][2][1] for k in tmap.extras], [2000.0]])
     radius = 1.0  # trust region, in units of `scale`
     trio = _evaluate(engine, tmap, x, scale)
     model.set_base(trio[1], None)

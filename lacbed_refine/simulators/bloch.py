@@ -215,12 +215,13 @@ def simulate_general(
     *,
     dtype: torch.dtype = torch.float64,
     workers: int = 1,
+    absorption_scale: float = 1.0,
 ) -> tuple[np.ndarray, EngineInfo]:
     """Simulate any crystal at any zone axis with the general engine
     (:func:`lacbed_refine.engine.general.simulate_zone`): exact excitation errors, the surface-normal
     factor, HOLZ beams in the pool, FELIX's per-pixel strong-beam rule when ``strong_beams`` is set
     (whatever ``strong_rule`` says: the fixed-count rule exists only on the [001] engine), and the
-    absorption model of ``settings``.
+    absorption model of ``settings`` (its U′ × ``absorption_scale``).
 
     Returns
     -------
@@ -243,6 +244,7 @@ def simulate_general(
             strong_beams=settings.strong_beams, absorption=settings.absorption,
             absorption_model=settings.absorption_kind, mean_absorption=settings.mean_absorption,
             form_factors=settings.form_factors, dtype=dtype, workers=max(1, int(workers or 1)), return_info=True,
+            absorption_scale=absorption_scale,
         )
     stack = stack.cpu().numpy().astype(np.float32)
     if not np.isfinite(stack).all():
