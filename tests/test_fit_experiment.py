@@ -87,7 +87,7 @@ def test_existing_result_is_not_overwritten(gaas_fit, tmp_path):
     (["--disc-weights", "0 0 2=-1"], "--disc-weights"),
     (["--disc-weights", "9 9 9=1"], "--disc-weights 9 9 9"),
     (["--refine", "b,absorption", "--absorption-model", "none"], "--refine 'absorption'"),
-    (["--refine", "b,lattice"], "--refine 'lattice'"),
+    (["--refine", "b,strain"], "--refine 'strain'"),
 ])
 def test_bad_options_are_one_line_and_exit_2(tmp_path, args, words):
     res = _invoke("fit", EXAMPLE / "GaAs.cif", EXAMPLE, "-o", tmp_path / "out", *FAST, *args)
