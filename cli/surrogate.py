@@ -98,7 +98,33 @@ def invert_command(pattern, thickness, a_angstrom, output, model, device, overwr
     click.echo(f"{r['output']} {r['shape']}, potential max-min {', '.join(f'{v:.1f}' for v in r['potential_scale_V'])} V; preview {r['preview']}")
 
 
+@click.command("identify")
+@click.argument("pattern", type=click.Path(dir_okay=False))
+@click.option("--candidates", required=True, type=click.Path(), help="Folder of candidate CIFs (recursive; cubic ones are ranked).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Ranking .json (a .png of the best matches is written beside it).")
+@click.option("--thickness", default=None, help="Thicknesses scanned [nm], comma-separated (default 50,60,...,200).")
+@click.option("--confirm", type=int, default=5, show_default=True, help="How many of the surrogate's best the Bloch engine simulates again (0: none).")
+@click.option("--top", type=int, default=5, show_default=True, help="Matches shown in the figure and printed.")
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="Forward surrogate file (default: the shipped weights).")
+@click.option("--device", default=None, help="torch device (default cpu).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Engine worker processes for the confirmation.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def identify_command(pattern, candidates, output, thickness, top, no_progress, **options):
+    """Rank the cubic structures under --candidates by how well their [001] bright-field patterns
+    (forward surrogate, then the engine for the best few) match PATTERN, over a thickness range."""
+    from lacbed_refine.surrogate import identify_file
+
+    rep = identify_file(pattern, candidates, output, thickness_nm=_floats(thickness), top=top, progress=not no_progress, **options)
+    for i, c in enumerate(rep["ranking"][:top], 1):
+        eng = "" if c["engine_r"] is None else f", engine r {c['engine_r']:.4f} at {c['engine_thickness_nm']:.0f} nm"
+        click.echo(f"{i}. {c['id']} {c['formula']} {c['spacegroup']}: surrogate r {c['surrogate_r']:.4f} at "
+                   f"{c['surrogate_thickness_nm']:.0f} nm{eng}")
+    click.echo(f"{rep['n_candidates']} candidates ({len(rep['skipped'])} files skipped), "
+               f"{rep['surrogate_ms_per_candidate']:.1f} ms per candidate by the surrogate; wrote {output}")
+
+
 def register(cli: click.Group) -> None:
     """Add the surrogate commands to the ``lacbed-refine`` group."""
-    for command in (train_command, evaluate_command, predict_command, invert_command):
+    for command in (train_command, evaluate_command, predict_command, invert_command, identify_command):
         cli.add_command(command)

@@ -379,11 +379,18 @@ def _fmt_count(n: float) -> str:
 
 
 def orbit_of(frac: np.ndarray, rot: np.ndarray, tra: np.ndarray) -> Orbit:
+    """The operations (first of each set that lands on the same position, in order) that generate
+    the distinct images of ``frac`` (3,) under ``rot`` (S, 3, 3) and ``tra`` (S, 3)."""
     pos = np.einsum("sij,j->si", rot, frac) + tra
+    # same[s, k]: operation s puts the atom where operation k does (within POS_TOL, modulo 1);
+    # one (S, S, 3) comparison instead of a Python loop over pairs (192 operations in Fd-3m)
+    same = np.all(np.abs(wrap_diff(pos[:, None, :] - pos[None, :, :])) < POS_TOL, axis=-1)
     keep: list[int] = []
+    taken = np.zeros(len(pos), dtype=bool)
     for s in range(len(pos)):
-        if not any(np.all(np.abs(wrap_diff(pos[s] - pos[k])) < POS_TOL) for k in keep):
+        if not taken[s]:
             keep.append(s)
+            taken |= same[s]
     return Orbit(rotations=rot[keep].copy(), translations=tra[keep].copy())
 
 

@@ -24,12 +24,16 @@ from lacbed_refine.surrogate._evaluate import compare_reports, evaluate, summari
 from lacbed_refine.surrogate._models import CGAN, VAE
 from lacbed_refine.surrogate._networks import CoarseToFineGenerator, ConvVAE, MultiscaleDiscriminator
 from lacbed_refine.surrogate._export import export_weights, score_sample
+from lacbed_refine.surrogate._identify import identify, identify_file, read_candidates
 from lacbed_refine.surrogate._predict import WEIGHTS_DIR, ForwardSurrogate, InverseSurrogate, load_pretrained, load_surrogate, read_card
 from lacbed_refine.surrogate._transforms import align_to
 from lacbed_refine.surrogate._trainer import CheckpointError, Trainer, build_model, load_checkpoint, make_loader
 
 __all__ = [
     "align_to",
+    "identify",
+    "identify_file",
+    "read_candidates",
     "CGAN",
     "VAE",
     "CheckpointError",
