@@ -208,12 +208,10 @@ def cif_tasks(root, *, start: int = 0) -> list[Task]:
     ValueError
         If ``root`` is not a folder or holds no CIF.
     """
+    from lacbed_refine.io.cif import find_cifs
+
     root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"{root}: not a folder of CIFs")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".cif" and p.is_file())
-    if not files:
-        raise ValueError(f"{root}: no .cif files found")
+    files = find_cifs(root)
     index_sources = {}
     index = root / "index.csv"
     if index.is_file():

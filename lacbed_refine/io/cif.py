@@ -153,6 +153,26 @@ def _has_value(block, tag: str) -> bool:
     return value is not None and value not in ("?", ".")
 
 
+def find_cifs(folder, *, option: str | None = None) -> list:
+    """Every ``*.cif`` file under ``folder`` (recursively, any case of the suffix), sorted.
+
+    Raises
+    ------
+    ValueError
+        One line naming ``option`` (when given) and the folder: not a folder, or no CIF in it.
+    """
+    from pathlib import Path
+
+    root = Path(folder)
+    name = f"{option} {folder}" if option else str(folder)
+    if not root.is_dir():
+        raise ValueError(f"{name}: not a folder of CIFs")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".cif" and p.is_file())
+    if not files:
+        raise ValueError(f"{name}: no .cif files found")
+    return files
+
+
 def read_cif(path, *, default_b_iso: float = DEFAULT_B_ISO) -> Crystal:
     """Read a crystal of any of the 230 space groups from a CIF.
 

@@ -77,15 +77,11 @@ def read_candidates(folder) -> tuple[list[Candidate], list[tuple[str, str]]]:
     ValueError
         ``folder`` is not a folder, or holds no CIF.
     """
-    from lacbed_refine.io.cif import read_cif
+    from lacbed_refine.io.cif import find_cifs, read_cif
     from lacbed_refine.structure.crystal import CrystalError
 
     root = Path(folder)
-    if not root.is_dir():
-        raise ValueError(f"--candidates {folder}: not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".cif" and p.is_file())
-    if not files:
-        raise ValueError(f"--candidates {folder}: no .cif files in it")
+    files = find_cifs(root, option="--candidates")
     ok, skipped = [], []
     for p in files:
         try:
