@@ -199,7 +199,7 @@ def _check_geometry(fit, rotation_deg, scale, centre, shifts, *, scale_tol=0.003
     assert np.sqrt(((g.shifts - shifts) ** 2).mean()) < 0.2, g.shifts
 
 
-def _rutile_case(absorption_scale=1.0, lattice_scale=1.0):
+def _rutile_case(absorption_scale=1.0, lattice_scale=1.0, pool=100, strong=50):
     """Rutile TiO2 at [001] (x [100]; its cell edges × ``lattice_scale``), Bird–King (U′ ×
     ``absorption_scale``), FELIX's strong-beam
     rule (≥ 50 of a 100-beam pool): our engine's discs at 70 nm seen through rotation +3°, scale
@@ -209,7 +209,7 @@ def _rutile_case(absorption_scale=1.0, lattice_scale=1.0):
     from lacbed_refine.engine.geometry import SimulationSettings
     from lacbed_refine.simulators.bloch import simulate_general
 
-    n, step, t_nm, pool, strong = 48, 0.015, 70.0, 100, 50
+    n, step, t_nm = 48, 0.015, 70.0
     size_sim = 56  # the simulated square: room for the rotation, scale and shifts (nothing leaves it here)
     truth = read_cif(RUTILE)
     refl = ((0, 0, 0), (2, 0, 0), (-2, 0, 0), (1, 1, 0), (1, -1, 0), (0, 2, 0))

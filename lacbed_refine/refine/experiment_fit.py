@@ -648,17 +648,27 @@ def _fit_experiment(crystal, experiment, config, progress):
             x_new, geo_new, fom_new, fom_at = _gauss_newton(engine, model, params, tmap, x, geo, scale, config, R,
                                                             lambda *a, **k: None, max_iter=1, jac=jac,
                                                             final_jacobian=False)
+            fresh = False
+            if np.array_equal(x_new, x):
+                # the step was refused: the old Jacobian may no longer fit these beams, and an unmoved
+                # value proves nothing about convergence — so derive the Jacobian again here and try
+                # once more (a smaller step after a second refusal)
+                x_new, geo_new, fom_new, _ = _gauss_newton(engine, model, params, tmap, x, geo_new, scale, config, R,
+                                                           lambda *a, **k: None, max_iter=2, jac=None,
+                                                           final_jacobian=False)
+                jac, fresh = model.jac if model.jac is not None else jac, True
             model.set_base(model.base, jac)
             shift = {nm: float(b - a) for nm, a, b in zip(names, x, x_new)}
             within = abs(fom_new - fom) <= BEAM_TOLERANCE["fom"] and all(
                 abs(shift[nm]) <= BEAM_TOLERANCE[k] for nm, k in zip(names, kinds))
             beams["steps"].append({"grid": grid, "pool": len(engine.pool), "strong_beams": strong,
                                    "fom_same_values": fom_at, "fom": fom_new, "fom_change": fom_new - fom,
-                                   "shifts": shift, "converged": bool(within)})
+                                   "shifts": shift, "fresh_jacobian": fresh, "converged": bool(within)})
             x, geo, fom = x_new, geo_new, fom_new
             say(f"beams {len(engine.pool)}/{strong} ({grid} grid)", fom, t0,
                 f"Δfom {beams['steps'][-1]['fom_change']:+.1e}, largest value change "
-                f"{max(abs(v) for v in shift.values()):.3g}" + (" — converged" if within else ""))
+                f"{max(abs(v) for v in shift.values()):.3g}" + (" (Jacobian derived again)" if fresh else "")
+                + (" — converged" if within else ""))
             t0 = time.perf_counter()
             if within:
                 return x, geo, fom, before, True
