@@ -234,8 +234,11 @@ def run_batch(manifest, out_dir, *, workers: int = 1, scheduler: str | None = No
 
         # a serial batch gives each sample every CPU; pooled samples run one engine thread each
         threads = None if parallel.kind == "serial" else 1
-        futures = [pool.submit(fit_sample, s, str(out), threads) for s in todo]
-        for fut in as_completed(futures):
-            record(fut.result())
+        if parallel.kind == "serial":  # the serial executor runs at submit: record each as it ends
+            for s in todo:
+                record(pool.submit(fit_sample, s, str(out), threads).result())
+        else:
+            for fut in as_completed([pool.submit(fit_sample, s, str(out), threads) for s in todo]):
+                record(fut.result())
     counts = {k: sum(1 for v in statuses.values() if v["status"] == k) for k in ("done", "failed")}
     return {"summary": str(out / "summary.csv"), "skipped": len(samples) - len(todo), **counts, "total": len(samples)}

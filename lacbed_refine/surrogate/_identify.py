@@ -166,12 +166,13 @@ def surrogate_scores(pattern, crystals, thickness_nm, *, model, batch: int = 16,
 def engine_scores(pattern, crystals, thickness_nm, *, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """As :func:`surrogate_scores`, from the Bloch engine at the dataset's settings (200 beams, all
     used at every pixel) — seconds per candidate."""
+    from lacbed_refine.dataset import DATASET_BEAMS
     from lacbed_refine.simulators.bloch import settings_for, simulate_crystal
 
     n = np.asarray(pattern).shape[-1]
     r_all, t_all = np.empty(len(crystals)), np.empty(len(crystals))
     for i, c in enumerate(crystals):
-        settings = settings_for(c, preset="paper", thickness_nm=tuple(thickness_nm), size=n, n_beams=200)
+        settings = settings_for(c, preset="paper", thickness_nm=tuple(thickness_nm), size=n, n_beams=DATASET_BEAMS)
         stack, _ = simulate_crystal(c, settings, workers=workers)
         r, idx = score_library(pattern, _standardised(torch.as_tensor(stack[:, 0], dtype=torch.float64))[None])
         r_all[i], t_all[i] = float(r[0]), float(thickness_nm[int(idx[0])])
