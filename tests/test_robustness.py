@@ -201,6 +201,8 @@ def test_settings_are_checked_in_the_library(settings):
     (dict(surrogate_restarts=-5), "--restarts"), (dict(blur_sigma=-2.0), "--blur"), (dict(blur_sigma=float("nan")), "--blur"),
     (dict(thickness_nm=-5.0), "--thickness"), (dict(thickness_nm=1e9), "--thickness"), (dict(thickness_nm=float("nan")), "--thickness"),
     (dict(refine=("xyz", "spin")), "--refine"), (dict(device="cuda"), "--device"), (dict(device="nonsense"), "--device"),
+    (dict(coordinate_starts=0), "--starts"), (dict(start_spread_A=-0.1), "--start-spread"),
+    (dict(start_spread_A=float("inf")), "--start-spread"),
 ])
 def test_fit_config_is_checked_in_the_library(options, option):
     with pytest.raises(ValueError, match=option):
@@ -211,6 +213,7 @@ def test_fit_config_is_checked_in_the_library(options, option):
     (["--max-iter", "0"], "--max-iter"), (["--restarts", "-5"], "--restarts"), (["--blur", "-2"], "--blur"),
     (["--thickness", "-5"], "--thickness"), (["--thickness", "inf"], "--thickness"), (["--device", "cuda"], "--device"),
     (["--check", "nonsense"], "--check"), (["--kv", "1e9"], "--kv"), (["--beams", "1"], "--beams"),
+    (["--starts", "0"], "--starts"), (["--start-spread", "5"], "--start-spread"),
 ])
 def test_fit_rejects_bad_options_before_work(spinel_crop, tmp_path, args, option):
     t0 = time.perf_counter()

@@ -47,6 +47,15 @@ class FitConfig:
         polish iterations before the polish goes on from the best; 1 keeps only the scan's best.
     screen_iter : int
         L-BFGS-B iterations of that screening.
+    coordinate_starts : int
+        Engine multi-start of the coordinates: the polish's start and ``coordinate_starts − 1``
+        random ones (every free coordinate moved uniformly within ± ``start_spread_A``), each given
+        ``screen_iter`` iterations on the half-resolution grid before the polish goes on from the
+        best; 1 switches it off. Only when coordinates are refined.
+    start_spread_A : float
+        Half-width [Å] of those random coordinate starts around the current values.
+    start_seed : int
+        Seed of the random coordinate starts (the same seed, the same starts).
     b_restart : bool
         After the polish, restart it from one overall B for all sites (their mean), refine that,
         then each B again, and keep the better optimum (when two or more B are refined).
@@ -75,6 +84,9 @@ class FitConfig:
     b_restart: bool = True
     thickness_starts: int = 3
     screen_iter: int = 8
+    coordinate_starts: int = 8
+    start_spread_A: float = 0.3
+    start_seed: int = 0
     threads: int | None = None
     device: str = "cpu"
     check: str = "bloch"
@@ -129,6 +141,9 @@ def check_fit_config(c: "FitConfig") -> None:
     _count(c.surrogate_restarts, "--restarts")
     _count(c.thickness_starts, "thickness starts")
     _count(c.screen_iter, "screening iterations")
+    _count(c.coordinate_starts, "--starts")
+    _real(c.start_spread_A, "--start-spread", 0.0, 2.0, " Å")
+    _count(c.start_seed, "start seed", low=0)
     _count(c.max_iter, "--max-iter")
     if c.threads is not None:
         _count(c.threads, "threads")
