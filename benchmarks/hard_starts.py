@@ -10,7 +10,8 @@ at most 64 atoms in the conventional cell and a ≤ 12 Å, one per space group.
 ±7.266/a Å⁻¹, the fit's default 61-beam pool, 200 kV) at a thickness drawn in 30–300 nm, with Poisson
 noise at ``--counts`` per pixel. Start: every site with free coordinates moved 0.1–0.3 Å in a random
 allowed direction, every B × 2, thickness unknown (scanned). Success: every site within 0.005 Å of
-its true position (nearest member of its orbit, so that an equivalent representative counts).
+its true position (whole orbits matched member to nearest member), or indistinguishable in [001]
+projection from such a structure (:func:`site_errors`).
 
 Strategies (all end with the same Bloch polish and B restart):
 
@@ -79,15 +80,30 @@ def select_structures(n: int, max_atoms: int = 64, max_a: float = 12.0):
     return out
 
 
-def site_errors(truth, fitted) -> float:
-    """Largest distance [Å] of a fitted site from the nearest member of its true orbit."""
-    atoms = truth.atoms()
-    worst = 0.0
-    for i, s in enumerate(fitted.sites):
-        d = atoms.frac[atoms.site == i] - np.asarray(s.frac)
-        d = (d + 0.5) % 1.0 - 0.5
-        worst = max(worst, float(np.min(np.linalg.norm(d @ truth.cell.orth.T, axis=1))))
-    return worst
+def site_errors(truth, fitted) -> tuple[float, float]:
+    """Largest distance [Å] between a site's true and fitted positions: (in 3-D, as the [001]
+    pattern sees them). Each compares the whole orbits, member to nearest member both ways (so an
+    equivalent representative counts); the second compares their projections onto (x, y).
+
+    A zero-order [001] pattern depends on the projected potential only, so structures whose orbits
+    project alike are indistinguishable: spinel's O 32e at x and at ½ − x differ in 3-D but not in
+    projection (the fit lands on either). A 3-D displacement d of a cubic orbit moves some member
+    by at least d·√(2/3) in projection, so a projected error ≤ 0.005·√(2/3) Å means a structure
+    indistinguishable from one within 0.005 Å of the truth: that counts as success too."""
+    ta, fa = truth.atoms(), fitted.atoms()
+    worst = [0.0, 0.0]
+    for i in range(len(truth.sites)):
+        p, q = ta.frac[ta.site == i], fa.frac[fa.site == i]
+        d = (p[:, None, :] - q[None, :, :] + 0.5) % 1.0 - 0.5
+        for k, (dd, orth) in enumerate(((d, truth.cell.orth), (d[..., :2], truth.cell.orth[:2, :2]))):
+            dist = np.linalg.norm(dd @ orth.T, axis=-1)
+            worst[k] = max(worst[k], float(dist.min(1).max()), float(dist.min(0).max()))
+    return worst[0], worst[1]
+
+
+def success(errors, tol_A: float = 0.005) -> bool:
+    """Within ``tol_A`` in 3-D, or indistinguishable in projection from a structure that is."""
+    return errors[0] <= tol_A or errors[1] <= tol_A * np.sqrt(2 / 3)
 
 
 def hard_start(truth, rng):
@@ -144,20 +160,21 @@ def main(argv=None) -> int:
             clean = stack[0, 0].numpy()
             measured = rng.poisson(clean / clean.mean() * args.counts) / args.counts
             start = hard_start(truth, rng)
-            start_err = site_errors(truth, start)
+            start_err = site_errors(truth, start)[0]
             for name in names:
                 config = FitConfig(refine=("xyz", "b", "thickness"), **STRATEGIES[name])
                 load0, t0 = os.getloadavg()[0], time.perf_counter()
                 res = refine(start, measured, settings, config=config, models=models if config.seed or config.surrogate else None)
                 wall = time.perf_counter() - t0
-                err = site_errors(truth, res.crystal)
+                err3, errp = site_errors(truth, res.crystal)
                 row = {"id": ident, "structure": truth.name, "space_group": truth.spacegroup_symbol, "trial": trial,
                        "strategy": name, "t_true_nm": t_nm, "t_err_nm": res.thickness_nm - t_nm,
-                       "start_err_A": start_err, "coord_err_A": err, "success": err <= 0.005, "r": res.r,
+                       "start_err_A": start_err, "coord_err_A": err3, "projected_err_A": errp,
+                       "success": success((err3, errp)), "r": res.r,
                        "seconds": wall, "load": [load0, os.getloadavg()[0]],
                        "stages": [(s.name, s.fom, round(s.seconds, 2), s.note) for s in res.stages]}
                 rows.append(row)
-                print(f"{ident:14s} {truth.name:14s} {trial} {name:13s} start {start_err:.3f} Å → {err:.4f} Å "
+                print(f"{ident:14s} {truth.name:14s} {trial} {name:13s} start {start_err:.3f} Å → {err3:.4f} Å (projected {errp:.4f}) "
                       f"{'OK ' if row['success'] else 'no '} r {res.r:.5f} t {t_nm:.1f}{row['t_err_nm']:+.2f} nm "
                       f"{wall:6.1f} s (load {load0:.1f})", flush=True)
                 (out / "hard_starts.json").write_text(json.dumps(rows, indent=1, default=float))
@@ -185,13 +202,13 @@ def _figure(rows, names, path):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for k, name in enumerate(names):
         rs = [r for r in rows if r["strategy"] == name]
-        ax.scatter([r["seconds"] for r in rs], [max(r["coord_err_A"], 1e-5) for r in rs], label=name, s=18,
+        ax.scatter([r["seconds"] for r in rs], [max(min(r["coord_err_A"], r["projected_err_A"] / np.sqrt(2 / 3)), 1e-5) for r in rs], label=name, s=18,
                    marker="os^D"[k % 4])
     ax.axhline(0.005, color="k", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("wall time [s]")
-    ax.set_ylabel("largest site error after the fit [Å]")
+    ax.set_ylabel("largest site error after the fit [Å]\n(3-D, or projected / √(2/3) if smaller)")
     ax.set_title("hard starts (0.1–0.3 Å, B×2, thickness unknown); dashed: success")
     ax.legend()
     fig.tight_layout()

@@ -119,7 +119,7 @@ def simulate_command(cif, output, thickness, reflections, zone, x_direction, nor
 @click.option("--inverse-model", type=click.Path(dir_okay=False), default=None, help="Inverse generator for the seed (default: the shipped weights).")
 @click.option("--restarts", type=int, default=3, show_default=True, help="Starts of the surrogate search.")
 @click.option("--starts", type=int, default=8, show_default=True, help="Engine multi-start of the coordinates before the polish: the start and N-1 spread ones, a short polish each, the best goes on (1: off).")
-@click.option("--start-spread", type=float, default=0.3, show_default=True, help="Half-width [Å] of the spread coordinate starts.")
+@click.option("--start-spread", type=float, default=0.4, show_default=True, help="Half-width [Å] of the spread coordinate starts.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the surrogates (cpu, cuda).")
 @click.option("--check", default="bloch", show_default=True, help="Simulator for the final check (bloch or a plugin, e.g. felix).")
 @click.option("--max-iter", type=int, default=40, show_default=True, help="L-BFGS-B iterations per polish level.")

@@ -29,7 +29,8 @@ class FitConfig:
     thickness_scan_nm : (start, stop, step)
         Thickness scan grid [nm].
     thickness_window_nm : float
-        The refined thickness stays within ± this of its start [nm].
+        The refined thickness stays within ± this of its start [nm] (of each coordinate start's own
+        scan, for the start that goes on).
     blur_sigma : float
         Gaussian blur of the simulation [pixels] before comparison.
     seed, surrogate, polish : bool
@@ -85,7 +86,7 @@ class FitConfig:
     thickness_starts: int = 3
     screen_iter: int = 8
     coordinate_starts: int = 8
-    start_spread_A: float = 0.3
+    start_spread_A: float = 0.4
     start_seed: int = 0
     threads: int | None = None
     device: str = "cpu"
