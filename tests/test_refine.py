@@ -76,18 +76,25 @@ def test_resample_is_identity_on_the_same_grid_and_averages_down(image):
     np.testing.assert_allclose(half, image.reshape(16, 2, 16, 2).mean(axis=(1, 3)), atol=1e-12)
 
 
-def test_fast_end_to_end_fit_recovers_truth():
-    """Spinel O 32e moved by 0.08 Å and thickness off by 15 nm: the Bloch polish brings both back
-    from a noisy (10⁴ counts) pattern on a small grid."""
+def _spinel_case(size: int, beams: int, o_shift_A: float):
+    """Spinel's engine pattern at 100 nm (float64, Poisson noise at 10⁴ counts) on a ``size``² grid
+    with ``beams`` beams, and the true structure with O moved ``o_shift_A`` Å along (1 1 1)/√3.
+    Returns (truth, settings, measured, start)."""
     truth = read_cif(SPINEL / "MgAl2O4_true.cif")
-    settings = SimulationSettings(size=16, half_width=7.266 / truth.a, thicknesses=(1000.0,), n_beams=21)
+    settings = SimulationSettings(size=size, half_width=7.266 / truth.a, thicknesses=(1000.0,), n_beams=beams)
     with torch.no_grad():
         stack, _ = simulate_lacbed(truth.atoms(), truth.a, settings, centring="F", dtype=torch.float64)
     measured = np.random.default_rng(1).poisson(stack[0, 0].numpy() * 1e4) / 1e4
     params = free_parameters(truth, refine=("xyz",))
     theta = params.initial()
-    theta[list(params.names).index("O1.dx0")] = 0.08
-    start = params.to_crystal(theta)
+    theta[list(params.names).index("O1.dx0")] = o_shift_A
+    return truth, settings, measured, params.to_crystal(theta)
+
+
+def test_fast_end_to_end_fit_recovers_truth():
+    """Spinel O 32e moved by 0.08 Å and thickness off by 15 nm: the Bloch polish brings both back
+    from a noisy (10⁴ counts) pattern on a small grid."""
+    truth, settings, measured, start = _spinel_case(16, 21, 0.08)
     result = refine(start, measured, settings, config=FitConfig(refine=("xyz", "thickness"), thickness_nm=115.0, max_iter=30))
     o_err = (np.array(result.crystal.sites[2].frac) - np.array(truth.sites[2].frac)) * truth.a
     assert np.abs(o_err).max() < 0.005
@@ -140,15 +147,7 @@ def test_hard_start_converges_to_the_truth():
     O, or of x' = ½ − x, which a [001] pattern cannot tell from it (both orbits project alike)."""
     from dataclasses import replace
 
-    truth = read_cif(SPINEL / "MgAl2O4_true.cif")
-    settings = SimulationSettings(size=24, half_width=7.266 / truth.a, thicknesses=(1000.0,), n_beams=37)
-    with torch.no_grad():
-        stack, _ = simulate_lacbed(truth.atoms(), truth.a, settings, centring="F", dtype=torch.float64)
-    measured = np.random.default_rng(1).poisson(stack[0, 0].numpy() * 1e4) / 1e4
-    params = free_parameters(truth, refine=("xyz",))
-    theta = params.initial()
-    theta[list(params.names).index("O1.dx0")] = -0.3  # Å along (1 1 1)/√3
-    start = params.to_crystal(theta)
+    truth, settings, measured, start = _spinel_case(24, 37, -0.3)
     start = start.with_sites([replace(s, b_iso=2 * s.b_iso) for s in start.sites])
     result = refine(start, measured, settings, config=FitConfig(refine=("xyz", "b", "thickness"), seed=False, surrogate=False))
     x, x_true = result.crystal.sites[2].frac[0], truth.sites[2].frac[0]
