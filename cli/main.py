@@ -120,6 +120,7 @@ def simulate_command(cif, output, thickness, reflections, zone, x_direction, nor
 @click.option("--restarts", type=int, default=3, show_default=True, help="Starts of the surrogate search.")
 @click.option("--starts", type=int, default=8, show_default=True, help="Engine multi-start of the coordinates before the polish: the start and N-1 spread ones, a short polish each, the best goes on (1: off).")
 @click.option("--start-spread", type=float, default=0.4, show_default=True, help="Half-width [Å] of the spread coordinate starts.")
+@click.option("--start-rounds", type=int, default=4, show_default=True, help="Most rounds of coordinate starts: another round follows while the best start leaves 1-r above 0.1.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the surrogates (cpu, cuda).")
 @click.option("--check", default="bloch", show_default=True, help="Simulator for the final check (bloch or a plugin, e.g. felix).")
 @click.option("--max-iter", type=int, default=40, show_default=True, help="L-BFGS-B iterations per polish level.")
@@ -137,7 +138,7 @@ def simulate_command(cif, output, thickness, reflections, zone, x_direction, nor
 @click.option("--workers", type=int, default=None, help="Experiment: engine worker processes (default: the CPUs available).")
 @click.option("--disc-weights", default=None, help="Experiment: weights of discs in the figure of merit, e.g. \"1 1 -3=0.5;3 3 -3=0.5\" (others 1).")
 def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, zone, x_direction, normal, absorption_model, absorption,
-                size, no_seed, no_surrogate, no_polish, no_b_restart, forward_model, inverse_model, restarts, starts, start_spread, device, check, max_iter, felix_seed, overwrite,
+                size, no_seed, no_surrogate, no_polish, no_b_restart, forward_model, inverse_model, restarts, starts, start_spread, start_rounds, device, check, max_iter, felix_seed, overwrite,
                 discs, strong_beams, background_order, stretch, orientation, thickness_scan, iterations, no_beam_convergence, bin_, workers,
                 disc_weights):
     """Refine the structure in CIF against a measured PATTERN: one bright-field image, or an
@@ -163,7 +164,8 @@ def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_
     config = FitConfig(refine=tuple(x.strip() for x in refine_.split(",") if x.strip()), fix=tuple(x.strip() for x in fix.split(",") if x.strip()),
                        thickness_nm=thickness, blur_sigma=blur, seed=not no_seed, surrogate=not no_surrogate, polish=not no_polish, check=check, max_iter=max_iter,
                        forward_model=forward_model, inverse_model=inverse_model, surrogate_restarts=restarts, device=device,
-                       b_restart=not no_b_restart, coordinate_starts=starts, start_spread_A=start_spread)
+                       b_restart=not no_b_restart, coordinate_starts=starts, start_spread_A=start_spread,
+                       start_rounds=start_rounds)
     result, paths = fit_files(cif, pattern, output, config=config, pattern_half_width=half_width, mask_path=mask_path, kv=kv, size=size, n_beams=beams,
                               zone=_triple(zone, "--zone"), x_direction=_triple(x_direction, "--x-direction"), normal=_triple(normal, "--normal"),
                               absorption_model=absorption_model, absorption=absorption,

@@ -202,7 +202,7 @@ def test_settings_are_checked_in_the_library(settings):
     (dict(thickness_nm=-5.0), "--thickness"), (dict(thickness_nm=1e9), "--thickness"), (dict(thickness_nm=float("nan")), "--thickness"),
     (dict(refine=("xyz", "spin")), "--refine"), (dict(device="cuda"), "--device"), (dict(device="nonsense"), "--device"),
     (dict(coordinate_starts=0), "--starts"), (dict(start_spread_A=-0.1), "--start-spread"),
-    (dict(start_spread_A=float("inf")), "--start-spread"),
+    (dict(start_spread_A=float("inf")), "--start-spread"), (dict(start_rounds=0), "--start-rounds"),
 ])
 def test_fit_config_is_checked_in_the_library(options, option):
     with pytest.raises(ValueError, match=option):
@@ -213,7 +213,7 @@ def test_fit_config_is_checked_in_the_library(options, option):
     (["--max-iter", "0"], "--max-iter"), (["--restarts", "-5"], "--restarts"), (["--blur", "-2"], "--blur"),
     (["--thickness", "-5"], "--thickness"), (["--thickness", "inf"], "--thickness"), (["--device", "cuda"], "--device"),
     (["--check", "nonsense"], "--check"), (["--kv", "1e9"], "--kv"), (["--beams", "1"], "--beams"),
-    (["--starts", "0"], "--starts"), (["--start-spread", "5"], "--start-spread"),
+    (["--starts", "0"], "--starts"), (["--start-spread", "5"], "--start-spread"), (["--start-rounds", "0"], "--start-rounds"),
 ])
 def test_fit_rejects_bad_options_before_work(spinel_crop, tmp_path, args, option):
     t0 = time.perf_counter()

@@ -57,6 +57,9 @@ class FitConfig:
         Half-width [Å] of those random coordinate starts around the current values.
     start_seed : int
         Seed of the random coordinate starts (the same seed, the same starts).
+    start_rounds, retry_fom : int, float
+        While even the best start leaves 1 − r above ``retry_fom``, another round of
+        ``coordinate_starts`` starts, up to ``start_rounds`` rounds in all.
     b_restart : bool
         After the polish, restart it from one overall B for all sites (their mean), refine that,
         then each B again, and keep the better optimum (when two or more B are refined).
@@ -88,6 +91,8 @@ class FitConfig:
     coordinate_starts: int = 8
     start_spread_A: float = 0.4
     start_seed: int = 0
+    start_rounds: int = 4
+    retry_fom: float = 0.1
     threads: int | None = None
     device: str = "cpu"
     check: str = "bloch"
@@ -145,6 +150,8 @@ def check_fit_config(c: "FitConfig") -> None:
     _count(c.coordinate_starts, "--starts")
     _real(c.start_spread_A, "--start-spread", 0.0, 2.0, " Å")
     _count(c.start_seed, "start seed", low=0)
+    _count(c.start_rounds, "--start-rounds")
+    _real(c.retry_fom, "retry figure of merit", 0.0, 2.0)
     _count(c.max_iter, "--max-iter")
     if c.threads is not None:
         _count(c.threads, "threads")
