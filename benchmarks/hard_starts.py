@@ -143,6 +143,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--structures", type=int, default=8)
     ap.add_argument("--trials", type=int, default=2, help="hard starts per structure")
+    ap.add_argument("--first-trial", type=int, default=0, help="index of the first trial (each index is its own truth and start)")
     ap.add_argument("--counts", type=float, default=1e4, help="mean counts per pixel of the Poisson noise")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--size", type=int, default=64)
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
     names = args.strategies.split(",")
     rows = []
     for ident, truth in chosen:
-        for trial in range(args.trials):
+        for trial in range(args.first_trial, args.first_trial + args.trials):
             rng = np.random.default_rng([trial, sum(map(ord, ident))])
             t_nm = float(rng.uniform(30, 300))
             settings = SimulationSettings(size=args.size, half_width=7.266 / truth.a, thicknesses=(t_nm * 10,),
