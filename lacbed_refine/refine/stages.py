@@ -286,6 +286,19 @@ def _bloch_polish(problem, params, x, pattern, mask, settings, config, t_peaks, 
         res = minimize(problem.fom_and_grad, z, args=(x0,), jac=True, method="L-BFGS-B", bounds=bounds, options=options)
         z = res.x
         _log_minimise(stages, say, f"Bloch polish {level}x{level}", res, t1)
+        if level == size and "ABNORMAL" in str(res.message) and problem.dtype != torch.float64:
+            # float32's noise ended the line search, which can be far from the optimum (a thick
+            # Ba₂MgUO₆ stopped at 1 − r 0.028 for a truth at 0.0001, O 0.11 Å off; in float64 the
+            # same polish found O): go on in float64, as the rest of the polish does
+            t1 = time.perf_counter()
+            problem.dtype = torch.float64
+            res64 = minimize(problem.fom_and_grad, z, args=(x0,), jac=True, method="L-BFGS-B", bounds=bounds,
+                             options=options)
+            kept = res64.fun <= res.fun
+            _log_minimise(stages, say, f"Bloch polish {level}x{level} (float64)", res64, t1,
+                          "kept" if kept else "rejected: float32's optimum fits better")
+            if kept:
+                res, z = res64, res64.x
     tie = _overall_b_map(problem.kinds, x0, problem.scale, zlo, zhi, z) if config.b_restart else None
     if tie is not None:
         # B of different sites can trade against each other into a false minimum (SrTiO₃'s Sr/Ti
