@@ -50,11 +50,12 @@ class FitConfig:
         L-BFGS-B iterations of that screening.
     coordinate_starts : int
         Engine multi-start of the coordinates: the polish's start and ``coordinate_starts − 1``
-        random ones (every free coordinate moved uniformly within ± ``start_spread_A``), each given
-        ``screen_iter`` iterations on the half-resolution grid before the polish goes on from the
-        best; 1 switches it off. Only when coordinates are refined.
+        others spread evenly (scrambled Halton) over ± ``start_spread_A`` around it, each with its
+        own thickness scan and ``screen_iter`` iterations on the half-resolution grid; the best
+        three get as many again and the best goes on. 1 switches it off. Only when coordinates are
+        refined.
     start_spread_A : float
-        Half-width [Å] of those random coordinate starts around the current values.
+        Half-width [Å] of the box of coordinate starts around the polish's start.
     start_seed : int
         Seed of the random coordinate starts (the same seed, the same starts).
     start_rounds, retry_fom : int, float
