@@ -54,7 +54,7 @@ __all__ = ["ExperimentFitConfig", "ExperimentFit", "fit_experiment", "check_expe
 STEP = {"xyz": 0.05, "b": 0.5, "occ": 0.1, "absorption": 0.25, "lattice": 0.005, "thickness": 10.0}
 #: Beam convergence tolerances: figure of merit (absolute) and refined values per kind.
 BEAM_TOLERANCE = {"fom": 1e-3, "xyz": 0.002, "b": 0.02, "occ": 0.01, "absorption": 0.02, "lattice": 0.0005,
-                  "thickness": 0.5}
+                  "thickness": 0.5, "discs": 3e-3}
 #: Refinable values that are not the structure's: name in ``--refine`` → (reported name, start, range).
 #: ``absorption`` is a factor on U′, ``lattice`` a factor on the cell edges.
 GLOBALS = ("absorption", "lattice")
@@ -632,46 +632,70 @@ def _fit_experiment(crystal, experiment, config, progress):
     beams = {"pool": len(engine.pool), "strong_beams": engine.settings.strong_beams, "steps": [], "converged": None}
 
     def raise_beams(x, geo, fom, grid):
-        """Raise the beams by ``beam_factor`` until one more step changes nothing beyond the
-        tolerances; returns (x, geometry, fom, the settings before the last step, converged)."""
+        """Raise the beams by ``beam_factor`` until two successive pools, each refined to convergence,
+        agree within the tolerances; returns (x, geometry, fom, the settings of the first of those two
+        pools, converged).
+
+        A pool whose discs at the current answer still differ from the last pool's by more than
+        ``BEAM_TOLERANCE["discs"]`` (mean 1 − r) is only simulated, not refined: the refined values
+        cannot be converged while the simulation is not, and refining there would waste the most
+        expensive engine calls of the fit. Once the discs settle, each pool is refined to
+        convergence: Gauss–Newton steps that reuse the last Jacobian (the structure's derivatives
+        change little with the beams; the engine still confirms every step), and a Jacobian derived
+        afresh when the first step is refused (an unmoved value proves nothing about convergence)."""
         t0 = time.perf_counter()
-        before = engine.settings
         jac = model.jac
-        for _ in range(config.max_beam_steps):
+        refined_here = True  # the answer passed in was refined at the current pool
+        first_of_two = engine.settings
+        quiet = lambda *a, **k: None  # noqa: E731
+        for i in range(config.max_beam_steps):
             before = engine.settings
+            old = model.base
             strong = int(round(before.strong_beams * config.beam_factor))
             pool = max(len(engine.pool), int(1.5 * strong))
             engine.set_beams(replace(before, strong_beams=strong, n_beams=pool, g_limit=None))
-            # the answer with more beams (its figure of merit) and one Gauss–Newton step from there
-            # (the values it moves), both within the tolerances; the Jacobian from before serves (the
-            # structure's derivatives change little with the beams)
+            trio = _evaluate(engine, tmap, x, scale)
+            change = float(_disc_change(old, trio[1]).mean())
+            last = i == config.max_beam_steps - 1
+            step = {"grid": grid, "pool": len(engine.pool), "strong_beams": strong, "disc_change": change}
+            if change > BEAM_TOLERANCE["discs"] and not last:
+                # the simulation is not converged yet: the figure of merit here, at the same values
+                model.set_base(trio[1], None)
+                gv = _geometry_to_vec(geo)
+                res = _minimise(model, gv, _geometry_bounds(gv, R, config, geo.centre), 0, R, max_iter=100)
+                geo, fom_here = _vec_to_geometry(res.x, R), float(res.fun)
+                step.update(refined=False, fom_same_values=fom_here, fom=fom_here, fom_change=fom_here - fom,
+                            shifts={nm: 0.0 for nm in names}, fresh_jacobian=False, converged=False)
+                beams["steps"].append(step)
+                fom, refined_here = fom_here, False
+                say(f"beams {len(engine.pool)}/{strong} ({grid} grid)", fom, t0,
+                    f"discs changed by 1 − r = {change:.1e} at the same values: beams not converged, not refined here")
+                t0 = time.perf_counter()
+                continue
             x_new, geo_new, fom_new, fom_at = _gauss_newton(engine, model, params, tmap, x, geo, scale, config, R,
-                                                            lambda *a, **k: None, max_iter=1, jac=jac,
-                                                            final_jacobian=False)
+                                                            quiet, jac=jac, final_jacobian=False, reuse_jacobian=True)
             fresh = False
             if np.array_equal(x_new, x):
-                # the step was refused: the old Jacobian may no longer fit these beams, and an unmoved
-                # value proves nothing about convergence — so derive the Jacobian again here and try
-                # once more (a smaller step after a second refusal)
+                jac = _jacobian(engine, tmap, x, scale, _evaluate(engine, tmap, x, scale))
                 x_new, geo_new, fom_new, _ = _gauss_newton(engine, model, params, tmap, x, geo_new, scale, config, R,
-                                                           lambda *a, **k: None, max_iter=2, jac=None,
-                                                           final_jacobian=False)
-                jac, fresh = model.jac if model.jac is not None else jac, True
+                                                           quiet, jac=jac, final_jacobian=False, reuse_jacobian=True)
+                fresh = True
             model.set_base(model.base, jac)
             shift = {nm: float(b - a) for nm, a, b in zip(names, x, x_new)}
-            within = abs(fom_new - fom) <= BEAM_TOLERANCE["fom"] and all(
+            within = refined_here and abs(fom_new - fom) <= BEAM_TOLERANCE["fom"] and all(
                 abs(shift[nm]) <= BEAM_TOLERANCE[k] for nm, k in zip(names, kinds))
-            beams["steps"].append({"grid": grid, "pool": len(engine.pool), "strong_beams": strong,
-                                   "fom_same_values": fom_at, "fom": fom_new, "fom_change": fom_new - fom,
-                                   "shifts": shift, "fresh_jacobian": fresh, "converged": bool(within)})
+            step.update(refined=True, fom_same_values=fom_at, fom=fom_new, fom_change=fom_new - fom, shifts=shift,
+                        fresh_jacobian=fresh, converged=bool(within))
+            beams["steps"].append(step)
             x, geo, fom = x_new, geo_new, fom_new
             say(f"beams {len(engine.pool)}/{strong} ({grid} grid)", fom, t0,
-                f"Δfom {beams['steps'][-1]['fom_change']:+.1e}, largest value change "
+                f"discs changed by 1 − r = {change:.1e}; refined: Δfom {step['fom_change']:+.1e}, largest value change "
                 f"{max(abs(v) for v in shift.values()):.3g}" + (" (Jacobian derived again)" if fresh else "")
                 + (" — converged" if within else ""))
             t0 = time.perf_counter()
             if within:
-                return x, geo, fom, before, True
+                return x, geo, fom, first_of_two, True
+            refined_here, first_of_two = True, engine.settings
         return x, geo, fom, engine.settings, False
 
     if config.converge_beams:
@@ -768,6 +792,14 @@ def _register_discs(model, geo, R, max_shift):
                 pos[better] = np.asarray(geo.centre) + [du, dv]
     centre = pos.mean(0)
     return replace(geo, centre=centre, shifts=pos - centre)
+
+
+def _disc_change(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 − Pearson r between two simulations of the same discs (R, S, S), per disc (R,)."""
+    a = a.reshape(len(a), -1).to(torch.float64)
+    b = b.reshape(len(b), -1).to(torch.float64)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return 1 - (a * b).sum(1) / torch.sqrt((a * a).sum(1) * (b * b).sum(1)).clamp_min(1e-300)
 
 
 def _evaluate(engine, tmap, x, scale):
