@@ -70,7 +70,7 @@ def main(argv=None) -> int:
             start = "—" if p.get("start") is None else f"{p['start']:.4f}"
             print(f"  {p['name']:18s} {start:>10s} → {p['refined']:.4f} ± {sig}")
         print(f"  beams: pool {rep['beams']['pool']}, ≥{rep['beams']['strong_beams']} strong; "
-              + "; ".join(f"{s['pool']}/{s['strong_beams']}: Δfom {s['fom_change']:+.1e}" for s in rep["beams"]["steps"]))
+              + "; ".join(f"{s['pool']}/{s['strong_beams']}: Δfom {s['fom_change']:+.1e}" + ("" if s.get('refined', True) else " (not refined)") for s in rep["beams"]["steps"]))
         print("  stages: " + ", ".join(f"{s['name']} {s['seconds']:.0f} s" for s in rep["stages"]))
         sys.stdout.flush()
     print("\n| experiment | discs | fom | fom (no background) | r worst | r median | t [nm] | wall [s] | load |")

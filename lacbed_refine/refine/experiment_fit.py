@@ -15,9 +15,11 @@ Stages (each logged with its figure of merit and time):
    parameter; the thickness derivative comes from the same decomposition), and the linearised
    model is minimised over structure *and* experiment model exactly (torch autograd); a step is
    kept only if the engine confirms a lower figure of merit;
-5. **beam convergence**: the strong-beam count (and the pool with it) is raised by ``beam_factor``
-   and the refinement repeated until the figure of merit and every refined value stop changing
-   within the stated tolerances;
+5. **beam convergence**: the strong-beam count (and the pool with it) is raised by ``beam_factor``;
+   a pool whose discs at the current values still change (mean 1 − r above
+   ``BEAM_TOLERANCE["discs"]``) is only simulated, the next ones are refined to convergence, until
+   two successive refined pools agree in the figure of merit and every refined value within the
+   stated tolerances;
 6. **uncertainties**: the Hessian of the figure of merit at the answer (exact in the experiment
    model, Gauss–Newton in the structure) gives σ and the full correlation matrix.
 
