@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lacbed_refine.refine.experiment_model import (
-    ORIENTATIONS, background_basis, background_projector, blur_discs, disc_correlations, orient, residualise,
-    sample_discs,
+    ORIENTATIONS, background_basis, background_projector, blur_discs, disc_correlations, orient,
+    residual_correlation_area, residualise, sample_discs,
 )
 
 T = torch.float64
@@ -107,6 +107,36 @@ def test_plane_background_is_projected_out():
     rec = np.ones_like(sim, dtype=bool)
     assert np.allclose(_corr_inputs(measured, sim, rec, 1).numpy(), 1.0, atol=1e-12)
     assert (_corr_inputs(measured, sim, rec, 0).numpy() < 0.99).all()
+
+
+@pytest.mark.parametrize("blur", [0.0, 1.0, 2.0])
+def test_residual_correlation_area_is_the_area_a_misfit_spans(blur):
+    """White residuals span one pixel; Gaussian-blurred white noise (width s) spans 4π s² pixels
+    (its autocorrelation is a Gaussian of width √2 s). Summing inside the first zero of the radial
+    mean, with a plane projected out of 48-px discs, recovers 0.7–1.0 of that."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    R, n = 6, 48
+    sim = gaussian_filter(rng.normal(size=(R, n, n)), (0, 4, 4)) * 50
+    noise = rng.normal(size=(R, n, n))
+    if blur:
+        noise = gaussian_filter(noise, (0, blur, blur))
+    measured = 2 * sim + 3 + 0.1 * noise / noise.std()
+    rec = np.ones((R, n, n), dtype=bool)
+    rec[0, :10] = False  # unrecorded rows change nothing but the pair counts
+    measured[0, :10] = 0.0
+    w = torch.as_tensor(rec.reshape(R, -1), dtype=T)
+    q = background_projector(w, background_basis(n, 1))
+    m = residualise(torch.as_tensor(measured.reshape(R, -1), dtype=T), w, q)
+    area, radius = residual_correlation_area(torch.as_tensor(sim, dtype=T), m, w, q)
+    if blur == 0:
+        assert area == pytest.approx(1.0, abs=0.2) and radius <= 2
+    else:
+        assert 0.7 * 4 * math.pi * blur ** 2 < area < 1.05 * 4 * math.pi * blur ** 2, area
+    # a perfect model leaves nothing to correlate: the area is then the floor, 1
+    assert residual_correlation_area(torch.as_tensor(2 * sim, dtype=T),
+                                     residualise(torch.as_tensor(2 * sim.reshape(R, -1), dtype=T), w, q), w, q)[0] == 1.0
 
 
 def test_orientations_are_the_eight_distinct_symmetries_of_the_square():

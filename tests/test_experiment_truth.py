@@ -274,6 +274,16 @@ def test_fit_recovers_rutile_from_engine_truth():
     assert abs(fit.geometry.blur_px - 1.0) < 0.2
     assert fit.fom < 0.005
     assert "absorption_scale" not in fit.names
+    # σ are honest: the residual is white Poisson noise plus the fit model's own smooth interpolation
+    # error (Keys' bicubic against the generator's spline), so its autocorrelation spans a few pixels,
+    # and σ² carries that area. Reached: area 4.6 px²; error/σ 1.3 (Ti B), −1.8 (O B), 0.9 (t),
+    # against 2.7, −3.9, 2.0 had independent pixels been assumed
+    rc = fit.extra["residual_correlation"]
+    assert 1.5 < rc["area_px2"] < 15
+    want = {"Ti1.B": ti.b_iso, "O1.B": o.b_iso, "thickness_nm": t_nm}
+    z = {nm: (v - want[nm]) / sd for nm, v, sd in zip(fit.names, fit.refined, fit.sigma) if nm in want}
+    print("error/σ:", {k: round(v, 2) for k, v in z.items()}, f"(residual correlation area {rc['area_px2']:.1f} px²)")
+    assert len(z) == 3 and all(abs(v) < 3 for v in z.values()), z
 
 
 def test_fit_recovers_a_refined_absorption_scale():

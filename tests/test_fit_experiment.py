@@ -48,6 +48,10 @@ def test_real_gaas_orientation_geometry_and_thickness(gaas_fit):
     for name in ("Ga1.B", "As1.B", "thickness_nm"):
         p = params[name]
         assert p["sigma"] is not None and 0 < p["sigma"] < 0.5
+    # a real misfit is smooth, not white: its residuals span many pixels, and σ² carries that area
+    rc = rep["residual_correlation"]
+    assert rc["area_px2"] > 2 and rc["radius_px"] >= 2
+    assert params["Ga1.B"]["sigma"] == pytest.approx(rc["independent_pixel_sigma"][0] * rc["area_px2"] ** 0.5, rel=1e-6)
     n = len(rep["correlation"]["names"])
     c = np.array(rep["correlation"]["matrix"])
     assert c.shape == (n, n) and np.allclose(np.diag(c), 1.0, atol=1e-3) and np.allclose(c, c.T, atol=1e-3)

@@ -150,6 +150,10 @@ def experiment_report(result: ExperimentFit) -> dict:
         "thickness_nm": result.thickness_nm,
         "parameters": params,
         "correlation": {"names": corr_names, "matrix": np.round(result.correlation, 4).tolist()},
+        "sigma_definition": "from the Hessian of Σ_discs N_pixels (1 − r), σ² = 2 F*/(N − P) × the area "
+                            "[px²] the residuals' autocorrelation spans (residual_correlation; independent "
+                            "pixels would give σ / √area)",
+        "residual_correlation": result.extra.get("residual_correlation"),
         "discs": discs,
         "orientation": {"name": result.orientation, "meaning": "the measured images laid on the engine's axes "
                         "(rows k_y, columns k_x) by this transform", "table": result.extra.get("orientation_table")},

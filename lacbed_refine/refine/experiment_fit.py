@@ -40,8 +40,8 @@ import torch
 from lacbed_refine.conventions import NM, electron_wavelength
 from lacbed_refine.engine.geometry import SimulationSettings
 from lacbed_refine.refine.experiment_model import (
-    ORIENTATIONS, Geometry, background_basis, background_projector, blur_discs, crystal_tilt_mrad, disc_correlations, orient, residualise,
-    sample_discs,
+    ORIENTATIONS, Geometry, background_basis, background_projector, blur_discs, crystal_tilt_mrad, disc_correlations, orient,
+    residual_correlation_area, residualise, sample_discs,
 )
 from lacbed_refine.refine.result import StageLog
 from lacbed_refine.structure.crystal import Crystal
@@ -739,9 +739,10 @@ def _fit_experiment(crystal, experiment, config, progress):
     # 6. uncertainties and correlations at the answer
     # (the structure's Jacobian is the last one computed, on the full grid at the answer or next to it)
     t0 = time.perf_counter()
-    sigma, corr, geo_sigma = _uncertainties(model, x, geo, scale, R, config.stretch)
+    sigma, corr, geo_sigma, correlated = _uncertainties(model, x, geo, scale, R, config.stretch)
     say("uncertainties", fom, t0, "Hessian: exact in the experiment model, Gauss–Newton in the structure"
-        + (" (Jacobian from the binned grid, interpolated)" if len(bins) > 1 else ""))
+        + (" (Jacobian from the binned grid, interpolated)" if len(bins) > 1 else "")
+        + f"; σ² × {correlated['area_px2']:.1f}, the area [px²] the residuals' autocorrelation spans")
 
     theta = tmap(x[:-1])
     with torch.no_grad():
@@ -765,7 +766,7 @@ def _fit_experiment(crystal, experiment, config, progress):
         settings=replace(engine.settings, thicknesses=(float(x[-1]) * NM,)), config=config,
         extra={"engine_calls": engine.calls, "engine_seconds": engine.seconds,
                "seconds": time.perf_counter() - t_start, "bin": config.bin, "measured_pixels": n, "levels": bins,
-               "blur_start_px": blur0,
+               "blur_start_px": blur0, "residual_correlation": correlated,
                "step_inv_A": step, "crystal_tilt_mrad": crystal_tilt_mrad(
                    geo.centre, geo.scale, step, geo.rotation_deg, electron_wavelength(inp.voltage)),
                "orientation_table": table,
@@ -919,7 +920,13 @@ def _hessian_sparse(F, z: torch.Tensor, n_global: int, R: int) -> np.ndarray:
 def _uncertainties(model, x, geo, scale, R, stretch):
     """σ of every refined value and the correlation matrix (structure, thickness, then the
     experiment model's rotation, scale, stretch, blur and the zone-axis position), from the Hessian of
-    F = Σ_i N_i (1 − r_i) with σ² = 2 F* / (N − P) — independent pixels assumed."""
+    F = Σ_i N_i (1 − r_i) with σ² = 2 F* / (N − P) · A.
+
+    A [px²] is the area the residuals' autocorrelation spans
+    (:func:`~lacbed_refine.refine.experiment_model.residual_correlation_area`): a misfit that spans
+    A pixels carries the information of one, so independent pixels (A = 1) would understate σ² by
+    about A. Returns (σ, correlation, geometry σ, {"area_px2": A, "radius_px": summed to,
+    "independent_pixel_sigma": σ with A = 1})."""
     P = len(x)
     gv = _geometry_to_vec(geo)
     n_pix = model.W.sum(-1)  # (R,)
@@ -938,7 +945,10 @@ def _uncertainties(model, x, geo, scale, R, stretch):
     Hk = H[np.ix_(keep, keep)]
     N = float(n_pix.sum())
     F_opt = float(F(z))
-    s2 = 2 * F_opt / max(1.0, N - keep.sum())
+    with torch.no_grad():
+        area, radius = residual_correlation_area(model.discs(z[:P], _vec_to_torch(z[P:], R)), model.meas_res,
+                                                 model.W, model.q)
+    s2 = 2 * F_opt / max(1.0, N - keep.sum()) * area
     w, v = np.linalg.eigh(Hk)
     w = np.clip(w, max(w.max(), 0.0) * 1e-10 + 1e-300, None)
     cov = s2 * (v / w) @ v.T
@@ -962,4 +972,5 @@ def _uncertainties(model, x, geo, scale, R, stretch):
     geo_sigma = {"rotation_deg": float(sd[P]), "scale": float(sd[P + 1] / 100), "blur_px": float(sd[P + 3]),
                  "centre_px": [float(sd_r[-2]), float(sd_r[-1])],
                  "shifts_px": sd[pos_idx].tolist()}
-    return sd[:P], corr, geo_sigma
+    return sd[:P], corr, geo_sigma, {"area_px2": area, "radius_px": radius,
+                                     "independent_pixel_sigma": (sd[:P] / math.sqrt(area)).tolist()}

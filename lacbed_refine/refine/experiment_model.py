@@ -212,6 +212,51 @@ def disc_correlations(model: torch.Tensor, measured_res: torch.Tensor, weights: 
     return num / den.clamp_min(1e-300)
 
 
+def residual_correlation_area(model: torch.Tensor, measured_res: torch.Tensor, weights: torch.Tensor,
+                              q: torch.Tensor) -> tuple[float, float]:
+    """How many pixels a misfit spans: the area [px²] under the 2-D autocorrelation of the residuals
+    of every disc, and the radius [px] it was summed to.
+
+    The residual of disc i is measured − simulated after each is background-projected (``q``, as in
+    :func:`disc_correlations`) and scaled to unit mean square over its recorded pixels. Its
+    autocorrelation ρ(Δ) is pooled over discs, normalised by the number of recorded pixel pairs at
+    each lag Δ, and summed over the lags inside the first zero of its radial mean (a sample
+    autocorrelation summed over *all* lags is zero by construction). White residuals give ~1;
+    residuals with a correlation length ℓ give ~ the area they span (4π s² for white noise blurred by
+    a Gaussian of width s). Least squares that assume independent pixels understate σ² by about this
+    factor when the model's derivatives are smooth on that scale.
+
+    Parameters: as :func:`disc_correlations` — ``model`` (R, n, n), ``measured_res``, ``weights``
+    (R, n·n), ``q`` (R, n·n, K).
+    """
+    R, n = model.shape[0], model.shape[-1]
+    a = residualise(model.reshape(R, -1).to(torch.float64), weights, q)
+    m = measured_res.to(torch.float64)
+    cnt = weights.sum(-1).clamp_min(1.0)
+    a = a / torch.sqrt((a * a).sum(-1) / cnt).clamp_min(1e-300)[:, None]
+    m = m / torch.sqrt((m * m).sum(-1) / cnt).clamp_min(1e-300)[:, None]
+    e = ((m - a) * weights).reshape(R, n, n)
+    w = weights.reshape(R, n, n).to(torch.float64)
+    size = (2 * n, 2 * n)  # zero-padded: no wrap-around
+
+    def acf(x):
+        f = torch.fft.rfft2(x, s=size)
+        return torch.fft.irfft2(f * f.conj(), s=size).sum(0)  # (2n, 2n), lag (0, 0) at [0, 0]
+
+    pairs = acf(w)
+    rho = acf(e) / pairs.clamp_min(1.0)
+    rho = torch.where(pairs > 0.5 * n, rho, torch.zeros_like(rho))  # lags with too few pixel pairs say nothing
+    rho = torch.fft.fftshift(rho / rho[0, 0].clamp_min(1e-300)).numpy()
+    lag = np.arange(2 * n) - n
+    radius = np.hypot(*np.meshgrid(lag, lag, indexing="ij"))
+    ring = np.rint(radius).astype(int)
+    radial = np.bincount(ring.ravel(), weights=rho.ravel()) / np.maximum(np.bincount(ring.ravel()), 1)
+    below = np.nonzero(radial[1:] <= 0)[0]
+    r0 = float(below[0] + 1) if len(below) else float(n // 2)
+    area = float(rho[radius < r0].sum())
+    return max(area, 1.0), r0
+
+
 def crystal_tilt_mrad(centre_px: np.ndarray, scale: float, step: float, rotation_deg: float,
                       wavelength: float) -> tuple[float, float]:
     """Crystal tilt off the zone axis seen at the image centre, (t_x, t_y) [mrad] along the image
