@@ -42,11 +42,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lacbed_refine.dataset.synthetic import microscope_faults
+from lacbed_refine.dataset.synthetic import microscope_faults, synthetic_experiment, synthetic_felix_inp
 from lacbed_refine.engine.geometry import SimulationSettings
 from lacbed_refine.io.cif import read_cif
-from lacbed_refine.io.experiment import Experiment
-from lacbed_refine.io.felix_inp import parse_felix_inp, read_felix_inp, read_hkl
+from lacbed_refine.io.felix_inp import read_felix_inp, read_hkl
 from lacbed_refine.refine.experiment_fit import ExperimentFitConfig, fit_experiment
 from lacbed_refine.simulators.bloch import simulate_general
 
@@ -65,12 +64,6 @@ def _faults(rng: np.random.Generator, n_discs: int) -> dict:
                 centre_px=tuple(float(c) for c in rng.uniform(-1.5, 1.5, 2)), shifts_px=shifts - shifts.mean(0))
 
 
-def _experiment(name, reflections, images, recorded, felix) -> Experiment:
-    return Experiment(source=Path(f"<synthetic {name}>"), name=name, reflections=tuple(reflections), images=images,
-                      recorded=recorded, files=tuple(f"<synthetic>#{i}" for i in range(len(reflections))), felix=felix,
-                      hkl=None, unused=())
-
-
 def rutile_case(args) -> dict:
     """Truth discs, the faulted experiment, the truth and start crystals of the rutile case."""
     n, size_sim, step, t_nm, pool, strong = 64, 80, 0.015, 70.0, 100, 50
@@ -82,22 +75,7 @@ def rutile_case(args) -> dict:
     t0 = time.perf_counter()
     stack, _ = simulate_general(truth, settings, dtype=torch.float64, workers=args.workers)
     sim_s = time.perf_counter() - t0
-    felix = parse_felix_inp(f"""
-        image_radius = {n // 2}
-        convergence_angle = {n / 2 * step}
-        accelerating_voltage_kv = 200.0
-        incident_beam_direction = [0, 0, 1]
-        x_direction = [1, 0, 0]
-        normal = [0, 0, 1]
-        initial_thickness = 500.0
-        final_thickness = 900.0
-        delta_thickness = 100.0
-        scatter_factor_method = 0
-        absorption_method = 2
-        min_reflection_pool = {pool}
-        min_strong_beams = {strong}
-        g_limit = 0.0
-        """, source="experiment_truth rutile")
+    felix = synthetic_felix_inp(n, step, pool=pool, strong=strong)
     ti, o = truth.sites
     d = 0.07 / (math.sqrt(2) * truth.a)  # 0.07 Å along (1 1 0)/√2
     start = truth.with_sites([replace(ti, b_iso=args.b_factor * ti.b_iso),
@@ -136,7 +114,7 @@ def run_case(case: dict, args, seed: int) -> dict:
     faults = _faults(rng, len(case["reflections"]))
     images, recorded = microscope_faults(case["stack"], blur_px=args.blur, background=args.background, counts=args.counts,
                                          seed=seed, size=case["n"], **faults)
-    exp = _experiment(case["truth"].name, case["reflections"], images, recorded, case["felix"])
+    exp = synthetic_experiment(case["truth"].name, case["reflections"], images, recorded, case["felix"])
     config = ExperimentFitConfig(workers=args.workers, iterations=args.iterations, converge_beams=args.converge_beams,
                                  pool=args.pool, strong_beams=args.strong_beams)
     t0 = time.perf_counter()

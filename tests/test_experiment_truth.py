@@ -21,10 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from lacbed_refine.dataset.synthetic import microscope_faults
+from lacbed_refine.dataset.synthetic import microscope_faults, synthetic_experiment, synthetic_felix_inp
 from lacbed_refine.io.cif import read_cif
-from lacbed_refine.io.experiment import Experiment
-from lacbed_refine.io.felix_inp import parse_felix_inp, read_felix_inp, read_hkl
+from lacbed_refine.io.felix_inp import read_felix_inp, read_hkl
 from lacbed_refine.refine.experiment_model import sample_discs
 
 RUTILE = Path(__file__).parent / "data" / "crystal_general" / "TiO2.cif"  # Ti 2a, O 4f (x, x, 0), x = 0.3048
@@ -171,12 +170,6 @@ def test_microscope_faults_refuses_bad_input(stack, kw, words):
 # ------------------------------------------------------------------------------------------------
 # truth fits
 # ------------------------------------------------------------------------------------------------
-def _experiment(name, reflections, images, recorded, felix) -> Experiment:
-    return Experiment(source=Path(f"<synthetic {name}>"), name=name, reflections=tuple(reflections), images=images,
-                      recorded=recorded, files=tuple(f"<synthetic>#{i}" for i in range(len(reflections))), felix=felix,
-                      hkl=None, unused=())
-
-
 def _shifts(n_discs: int, seed: int, size: float = 1.0) -> np.ndarray:
     """Per-disc registrations uniform in ±``size`` px, mean zero."""
     s = np.random.default_rng(seed).uniform(-size, size, (n_discs, 2))
@@ -223,24 +216,8 @@ def _rutile_case(absorption_scale=1.0, lattice_scale=1.0, pool=100, strong=50):
     rotation, scale, centre = 3.0, 1.02, (0.7, -0.4)
     images, recorded = microscope_faults(stack[0], rotation_deg=rotation, scale=scale, centre_px=centre, shifts_px=shifts,
                                          blur_px=1.0, background=0.1, counts=2000, seed=1, size=n)
-    felix = parse_felix_inp(f"""
-        image_radius = {n // 2}
-        convergence_angle = {n / 2 * step}
-        accelerating_voltage_kv = 200.0
-        incident_beam_direction = [0, 0, 1]
-        x_direction = [1, 0, 0]
-        normal = [0, 0, 1]
-        initial_thickness = 500.0
-        final_thickness = 900.0
-        delta_thickness = 100.0
-        scatter_factor_method = 0
-        absorption_method = 2
-        min_reflection_pool = {pool}
-        min_strong_beams = {strong}
-        g_limit = 0.0
-        """, source="rutile test")
-    assert felix.half_width == pytest.approx(n / 2 * step)
-    exp = _experiment("TiO2", refl, images, recorded, felix)
+    exp = synthetic_experiment("TiO2", refl, images, recorded, synthetic_felix_inp(n, step, pool=pool, strong=strong))
+    assert exp.felix.half_width == pytest.approx(n / 2 * step)
 
     ti, o = truth.sites
     d = 0.07 / (math.sqrt(2) * truth.a)  # 0.07 Å along (1 1 0)/√2, in fractions of a
@@ -353,7 +330,7 @@ def test_fit_recovers_felix_gaas_110_bird_king(shared_dir):
     images, recorded = microscope_faults(stack, rotation_deg=rotation, scale=scale, centre_px=centre, shifts_px=shifts,
                                          blur_px=1.0, background=0.1, counts=2000, seed=1, size=n)
     felix = replace(inp, pixel_count=n // 2, half_width=n / 2 * step)  # the crop: same pixel step, fewer pixels
-    exp = _experiment("GaAs", refl, images, recorded, felix)
+    exp = synthetic_experiment("GaAs", refl, images, recorded, felix)
     truth = read_cif(run / "felix.cif")  # B: Ga 0.6, As 0.55 Å²
     start = truth.with_sites([replace(s, b_iso=1.6 * s.b_iso) for s in truth.sites])
     t0 = time.perf_counter()
@@ -392,23 +369,8 @@ def test_beam_convergence_reaches_the_truth_made_with_more_beams():
     rotation, scale, centre = 2.0, 1.01, (0.3, -0.2)
     images, recorded = microscope_faults(stack[0], rotation_deg=rotation, scale=scale, centre_px=centre, shifts_px=shifts,
                                          blur_px=0.7, background=0.05, counts=5000, seed=2, size=n)
-    felix = parse_felix_inp(f"""
-        image_radius = {n // 2}
-        convergence_angle = {n / 2 * step}
-        accelerating_voltage_kv = 200.0
-        incident_beam_direction = [0, 0, 1]
-        x_direction = [1, 0, 0]
-        normal = [0, 0, 1]
-        initial_thickness = 200.0
-        final_thickness = 500.0
-        delta_thickness = 50.0
-        scatter_factor_method = 0
-        absorption_method = 2
-        min_reflection_pool = 51
-        min_strong_beams = 34
-        g_limit = 0.0
-        """, source="GaAs beam-convergence test")
-    exp = _experiment("GaAs", refl, images, recorded, felix)
+    exp = synthetic_experiment("GaAs", refl, images, recorded, synthetic_felix_inp(
+        n, step, thickness_range_A=(200.0, 500.0, 50.0), pool=51, strong=34))
     start = truth.with_sites([replace(s, b_iso=1.6 * s.b_iso) for s in truth.sites])
     t0 = time.perf_counter()
     fit = fit_experiment(start, exp, ExperimentFitConfig(workers=2, iterations=6))

@@ -44,6 +44,8 @@ __all__ = [
     "synthetic_id",
     "write_synthetic_cifs",
     "microscope_faults",
+    "synthetic_experiment",
+    "synthetic_felix_inp",
     "REAL_A_QUANTILES",
     "ELEMENT_WEIGHTS",
     "ANIONS",
@@ -498,3 +500,61 @@ def _name(crystal: Crystal) -> str:
     from lacbed_refine.structure.formula import element_counts, reduced_formula
 
     return reduced_formula(element_counts(crystal))
+
+
+def synthetic_felix_inp(n: int, step: float, *, voltage_kv: float = 200.0, zone=(0, 0, 1), x_direction=(1, 0, 0),
+                        normal=None, thickness_range_A=(500.0, 900.0, 100.0), pool: int = 100, strong: int = 50):
+    """The ``felix.inp`` (a :class:`~lacbed_refine.io.felix_inp.FelixInput`, port dialect, read back
+    and validated) that the authors of an experiment of ``n``×``n`` px would have written: Bird–King
+    absorption, Kirkland form factors, the whole reflection pool.
+
+    Parameters
+    ----------
+    n : int
+        Measured pixels per side. ``step`` [Å⁻¹]: the pixel step (half-width ``n/2 · step``).
+    voltage_kv : float
+        Accelerating voltage [kV].
+    zone, x_direction, normal : (3,) ints
+        The beam direction [uvw], the image x direction (h k l) and the surface normal (default: the zone).
+    thickness_range_A : (first, last, step) [Å]
+        The thickness scan.
+    pool, strong : int
+        ``min_reflection_pool`` and ``min_strong_beams``.
+    """
+    from lacbed_refine.io.felix_inp import parse_felix_inp
+
+    first, last, dt = thickness_range_A
+    vec = lambda v: "[" + ", ".join(str(int(c)) for c in v) + "]"  # noqa: E731
+    return parse_felix_inp(f"""
+        image_radius = {n // 2}
+        convergence_angle = {n / 2 * step}
+        accelerating_voltage_kv = {voltage_kv}
+        incident_beam_direction = {vec(zone)}
+        x_direction = {vec(x_direction)}
+        normal = {vec(zone if normal is None else normal)}
+        initial_thickness = {first}
+        final_thickness = {last}
+        delta_thickness = {dt}
+        scatter_factor_method = 0
+        absorption_method = 2
+        min_reflection_pool = {pool}
+        min_strong_beams = {strong}
+        g_limit = 0.0
+        """, source=f"synthetic {n}x{n}")
+
+
+def synthetic_experiment(name: str, reflections, images: np.ndarray, recorded: np.ndarray, felix):
+    """Discs made from a known truth (e.g. by :func:`microscope_faults`) as the
+    :class:`~lacbed_refine.io.experiment.Experiment` a measured folder would give.
+
+    ``name``: the chemical prefix (``"GaAs"``); ``reflections``: (h, k, l) per disc, 000 first;
+    ``images`` (R, n, n) and ``recorded`` (R, n, n) bool; ``felix``: its ``FelixInput``
+    (:func:`synthetic_felix_inp`, or a real run's)."""
+    from pathlib import Path
+
+    from lacbed_refine.io.experiment import Experiment
+
+    images, recorded = np.asarray(images, dtype=np.float64), np.asarray(recorded, dtype=bool)
+    return Experiment(source=Path(f"<synthetic {name}>"), name=name, reflections=tuple(tuple(h) for h in reflections),
+                      images=images, recorded=recorded, files=tuple(f"<synthetic>#{i}" for i in range(len(images))),
+                      felix=felix, hkl=None, unused=())
