@@ -124,6 +124,8 @@ def simulate_command(cif, output, thickness, reflections, zone, x_direction, nor
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the surrogates (cpu, cuda).")
 @click.option("--check", default="bloch", show_default=True, help="Simulator for the final check (bloch or a plugin, e.g. felix).")
 @click.option("--max-iter", type=int, default=40, show_default=True, help="L-BFGS-B iterations per polish level.")
+@click.option("--lm-iter", type=int, default=10, show_default=True,
+              help="Levenberg–Marquardt iterations after the polish (float64; 0: none).")
 @click.option("--felix-seed", default=None, is_flag=False, flag_value="auto", help="Also write DIR/felix/: a FELIX refinement set seeded from the result (letters; alone: B and D as far as FELIX can refine them for the crystal; needs the FELIX plugin).")
 @click.option("--overwrite", is_flag=True, help="Replace a result already in the output folder.")
 @click.option("--discs", default="hkl", show_default=True, help="Experiment: discs fitted: hkl (000 + felix.hkl's reflections with an image), all (every image), or a list \"0 0 2;1 1 1\".")
@@ -138,7 +140,7 @@ def simulate_command(cif, output, thickness, reflections, zone, x_direction, nor
 @click.option("--workers", type=int, default=None, help="Experiment: engine worker processes (default: the CPUs available).")
 @click.option("--disc-weights", default=None, help="Experiment: weights of discs in the figure of merit, e.g. \"1 1 -3=0.5;3 3 -3=0.5\" (others 1).")
 def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, zone, x_direction, normal, absorption_model, absorption,
-                size, no_seed, no_surrogate, no_polish, no_b_restart, forward_model, inverse_model, restarts, starts, start_spread, start_rounds, device, check, max_iter, felix_seed, overwrite,
+                size, no_seed, no_surrogate, no_polish, no_b_restart, forward_model, inverse_model, restarts, starts, start_spread, start_rounds, device, check, max_iter, lm_iter, felix_seed, overwrite,
                 discs, strong_beams, background_order, stretch, orientation, thickness_scan, iterations, no_beam_convergence, bin_, workers,
                 disc_weights):
     """Refine the structure in CIF against a measured PATTERN: one bright-field image, or an
@@ -162,7 +164,7 @@ def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_
     blur = 0.0 if blur is None else blur
 
     config = FitConfig(refine=tuple(x.strip() for x in refine_.split(",") if x.strip()), fix=tuple(x.strip() for x in fix.split(",") if x.strip()),
-                       thickness_nm=thickness, blur_sigma=blur, seed=not no_seed, surrogate=not no_surrogate, polish=not no_polish, check=check, max_iter=max_iter,
+                       thickness_nm=thickness, blur_sigma=blur, seed=not no_seed, surrogate=not no_surrogate, polish=not no_polish, check=check, max_iter=max_iter, lm_iter=lm_iter,
                        forward_model=forward_model, inverse_model=inverse_model, surrogate_restarts=restarts, device=device,
                        b_restart=not no_b_restart, coordinate_starts=starts, start_spread_A=start_spread,
                        start_rounds=start_rounds)

@@ -70,6 +70,13 @@ class FitConfig:
         Simulator for the final check ("bloch" or a plugin name).
     max_iter : int
         L-BFGS-B iterations per polish level.
+    b_scan : tuple of float
+        One B [Å²] for every refined site, each with its own thickness scan, tried before the other
+        stages (when B and thickness are refined); the best replaces the given B if it fits better.
+        Empty: none.
+    lm_iter : int
+        Levenberg–Marquardt iterations after the polish (float64, full grid, forward-difference
+        Jacobian; 0: none).
     fom_noise : float
         Figure-of-merit noise level Δf for the uncertainties.
     """
@@ -98,6 +105,8 @@ class FitConfig:
     device: str = "cpu"
     check: str = "bloch"
     max_iter: int = 40
+    lm_iter: int = 10
+    b_scan: tuple[float, ...] = (0.2, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)
     fom_noise: float = 2e-5
 
     def __post_init__(self):
@@ -154,6 +163,9 @@ def check_fit_config(c: "FitConfig") -> None:
     _count(c.start_rounds, "--start-rounds")
     _real(c.retry_fom, "retry figure of merit", 0.0, 2.0)
     _count(c.max_iter, "--max-iter")
+    _count(c.lm_iter, "--lm-iter", low=0)
+    for v in c.b_scan:
+        _real(v, "--b-scan", 0.0, 20.0, " Å²")
     if c.threads is not None:
         _count(c.threads, "threads")
     _real(c.fom_noise, "figure-of-merit noise", 1e-12, 1.0)
