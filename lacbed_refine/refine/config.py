@@ -71,9 +71,9 @@ class FitConfig:
     max_iter : int
         L-BFGS-B iterations per polish level.
     b_scan : tuple of float
-        One B [Å²] for every refined site, each with its own thickness scan, tried before the other
-        stages (when B and thickness are refined); the best replaces the given B if it fits better.
-        Empty: none.
+        One B [Å²] for every refined site, each with its own thickness scan, tried at the polished
+        coordinates (when B and thickness are refined); a float64 polish from the best goes on when
+        it fits better than the polish's answer. Empty: none.
     lm_iter : int
         Levenberg–Marquardt iterations after the polish (float64, full grid, forward-difference
         Jacobian; 0: none).

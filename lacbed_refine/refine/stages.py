@@ -92,17 +92,40 @@ def _b_thickness_scan(problem, x, config):
     return (*best, ", ".join(tried))
 
 
-def _b_scan(problem, x, config, stages, say):
-    """:func:`_b_thickness_scan` as the fit's first stage. A thick crystal's pattern ties B and
-    thickness together into separate basins: Ba₂MgUO₆ at 201.5 nm, started from every B × 2, ended
-    at Mg B 2.7 Å², 0.6 nm thin, 1 − r 0.025 behind a barrier of 0.09, where the truth's is 0.0001.
-    Returns (x, the thickness scan's peaks)."""
-    t0 = time.perf_counter()
-    r_b, x, t_peaks, value, note = _b_thickness_scan(problem, x, config)
-    verdict = "kept the given B" if value is None else f"every B {value:g} Å², thickness {x[-1]:.1f} nm"
-    stages.append(StageLog("B scan", 1 - r_b, time.perf_counter() - t0, f"one B for every site: {note}; {verdict}"))
-    say(f"B scan: {verdict} (1-r {1 - r_b:.5f})")
-    return x, t_peaks
+def _b_rescue(problem, z, x0, zlo, zhi, size, pattern, mask, config, options, stages, say):
+    """After the polish: :func:`_b_thickness_scan` at the polished coordinates, and a float64 polish
+    from its best (B, thickness) when that fits better than the polish's answer, kept if it ends
+    better. In a thick crystal B and thickness form separate basins with barriers between them:
+    Ba₂MgUO₆ at 201.5 nm, started from every B × 2, was polished to the right O but to Mg B 2.7 Å²
+    and 0.6 nm thin, 1 − r 0.025 behind a barrier of 0.09 — the truth's is 0.0001. (Scanning B at
+    the start instead, before the coordinates are right, misleads: a wrong structure correlates
+    best with a high B's smooth pattern.) Returns (z, zlo, zhi)."""
+    from scipy.optimize import minimize
+
+    t1 = time.perf_counter()
+    problem.set_grid(size, pattern, mask)
+    x = x0 + z * problem.scale
+    f_now = _bloch_fom(problem, x)
+    r_b, xb, _, value, note = _b_thickness_scan(problem, x, config)
+    if value is None or 1 - r_b >= f_now:
+        stages.append(StageLog("B rescue", f_now, time.perf_counter() - t1, f"one B for every site: {note}; none better"))
+        say("B rescue: no one-B point fits better")
+        return z, zlo, zhi
+    zb = np.clip((xb - x0) / problem.scale, zlo, zhi)
+    zlo_b, zhi_b = zlo.copy(), zhi.copy()
+    zlo_b[-1], zhi_b[-1] = _window(float(xb[-1]), x0, problem, config)
+    zb[-1] = np.clip(zb[-1], zlo_b[-1], zhi_b[-1])
+    dtype, problem.dtype = problem.dtype, torch.float64
+    res = minimize(problem.fom_and_grad, zb, args=(x0,), jac=True, method="L-BFGS-B",
+                   bounds=list(zip(zlo_b, zhi_b)), options=options)
+    kept = res.fun < f_now
+    problem.dtype = torch.float64 if kept else dtype
+    verdict = (f"every B {value:g} Å² at {xb[-1]:.1f} nm, polished: 1-r {f_now:.5f} -> {res.fun:.5f}"
+               + ("" if kept else "; rejected"))
+    stages.append(StageLog("B rescue", min(float(res.fun), f_now), time.perf_counter() - t1,
+                           f"one B for every site: {note}; {verdict}"))
+    say(f"B rescue: {verdict}")
+    return (res.x, zlo_b, zhi_b) if kept else (z, zlo, zhi)
 
 
 def _thickness_starts(t_now: float, peaks: list[float], config) -> list[float]:
@@ -199,8 +222,6 @@ def refine(
             x[-1] = t_scan
         stages.append(StageLog("thickness scan", 1 - r_scan, time.perf_counter() - t0, f"best {t_scan:.1f} nm"))
         say(f"thickness scan: {t_scan:.1f} nm, 1-r = {1 - r_scan:.5f}")
-    if "thickness" in config.refine and config.b_scan and "b" in problem.kinds:
-        x, t_peaks = _b_scan(problem, x, config, stages, say)
     t_start = float(x[-1])
     # 2-3. surrogate stages
     # one torch thread, as for the engine's solves (runtime.py): the surrogates' batch-1 passes are
@@ -357,6 +378,8 @@ def _bloch_polish(problem, params, x, pattern, mask, settings, config, t_peaks, 
                       "kept" if kept else "rejected: the first optimum fits better")
         if kept:
             z = res2.x
+    if config.b_scan and "thickness" in config.refine and any(k == "b" for k in problem.kinds):
+        z, zlo, zhi = _b_rescue(problem, z, x0, zlo, zhi, size, pattern, mask, config, options, stages, say)
     # L-BFGS-B can crawl along a narrow valley and stop at its iteration limit far from the bottom
     # (thick Ba₂MgUO₆: 1 − r 0.026 after 40 float64 iterations, the truth 0.0001): Gauss–Newton
     # curvature crosses it, at one engine call per free variable per step
@@ -429,10 +452,8 @@ def _coordinate_starts(problem, z, x0, xyz, zlo, zhi, bounds, config, options, s
                 # the thickness that suits one structure is not the one that suits another (spinel with
                 # O 0.25 Å off scanned best at 363 nm for a truth of 100 nm): each start gets its own
                 # scan, and its own thickness window around the scan's best
-                # and, as B and thickness trade against each other, its own one-B scan too
-                xc = _b_thickness_scan(problem, x0 + zc * problem.scale, config)[1]
-                zc = np.clip((xc - x0) / problem.scale, zlo, zhi)
-                t_c = float(xc[-1])
+                t_c, _, _ = _thickness_scan(problem, x0 + zc * problem.scale, config, around=config.thickness_nm)
+                zc[-1] = (t_c - x0[-1]) / problem.scale[-1]
                 if config.thickness_nm is None:  # a given start thickness keeps its window
                     b[-1] = _window(t_c, x0, problem, config)
                 zc[-1] = np.clip(zc[-1], *b[-1])
