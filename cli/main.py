@@ -124,7 +124,7 @@ def simulate_command(cif, output, thickness, reflections, zone, x_direction, nor
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the surrogates (cpu, cuda).")
 @click.option("--check", default="bloch", show_default=True, help="Simulator for the final check (bloch or a plugin, e.g. felix).")
 @click.option("--max-iter", type=int, default=40, show_default=True, help="L-BFGS-B iterations per polish level.")
-@click.option("--lm-iter", type=int, default=10, show_default=True,
+@click.option("--lm-iter", type=int, default=0, show_default=True,
               help="Levenberg–Marquardt iterations after the polish (float64; 0: none).")
 @click.option("--felix-seed", default=None, is_flag=False, flag_value="auto", help="Also write DIR/felix/: a FELIX refinement set seeded from the result (letters; alone: B and D as far as FELIX can refine them for the crystal; needs the FELIX plugin).")
 @click.option("--overwrite", is_flag=True, help="Replace a result already in the output folder.")

@@ -189,3 +189,31 @@ def test_b_rescue_leaves_a_false_b_thickness_basin(shared_dir):
     for got, want in zip(res.crystal.sites, truth.sites):
         assert abs(got.b_iso - want.b_iso) < 0.02, (got.label, got.b_iso)
     assert abs(res.thickness_nm - t_nm) < 0.1
+
+
+def test_levenberg_marquardt_polish_reaches_the_truth_alone():
+    """`--lm-iter`: with L-BFGS-B cut to one iteration per level, the Levenberg–Marquardt steps alone
+    take GaAs [001] (B and thickness off) to the truth's noise floor."""
+    from dataclasses import replace
+
+    truth = read_cif(Path(__file__).parent / "data" / "crystal_general" / "GaAs.cif")
+    t_nm = 60.0
+    settings = SimulationSettings(size=32, half_width=7.266 / truth.a, thicknesses=(t_nm * 10,), n_beams=61)
+    with torch.no_grad():
+        clean = simulate_lacbed(truth.atoms(), truth.a, settings, centring="F", dtype=torch.float64)[0][0, 0].numpy()
+    measured = np.random.default_rng(1).poisson(clean / clean.mean() * 1e4) / 1e4
+    start = truth.with_sites([replace(s, b_iso=s.b_iso + 0.3) for s in truth.sites])
+    common = dict(refine=("b", "thickness"), thickness_nm=58.0, seed=False, surrogate=False, max_iter=1, b_scan=(),
+                  screen_iter=1, thickness_starts=1, b_restart=False)
+    plain = refine(start, measured, settings, config=FitConfig(**common))
+    lm = refine(start, measured, settings, config=FitConfig(**common, lm_iter=8))
+    with torch.no_grad():
+        sim = simulate_lacbed(truth.atoms(), truth.a, settings, centring="F", dtype=torch.float64)[0][0, 0]
+    floor = 1 - float(np.corrcoef(sim.numpy().ravel(), measured.ravel())[0, 1])
+    print(f"1-r: one L-BFGS-B iteration {1 - plain.r:.6f}, + Levenberg–Marquardt {1 - lm.r:.6f}, truth {floor:.6f}")
+    assert 1 - plain.r > 3 * floor
+    assert 1 - lm.r < 1.05 * floor
+    for got, want in zip(lm.crystal.sites, truth.sites):
+        assert abs(got.b_iso - want.b_iso) < 0.05
+    assert abs(lm.thickness_nm - t_nm) < 0.5
+    assert any(s.name.startswith("Gauss–Newton polish") for s in lm.stages)

@@ -123,8 +123,9 @@ def _levenberg_marquardt(problem, z, x0, zlo, zhi, *, max_iter: int = 10, h: flo
     """Levenberg–Marquardt on 1 − r = ½ ‖ŝ(z) − m̂‖² (:func:`_normalised`) in the scaled variables,
     float64, within the bounds; the Jacobian by forward differences of step ``h`` (scaled units): one
     engine call per free structural variable, the thickness column from the same decomposition as
-    the base. Where L-BFGS-B crawls along a narrow valley (B against thickness in thick Ba₂MgUO₆),
-    the Gauss–Newton model of the curvature steps across it.
+    the base. Where L-BFGS-B crawls along a narrow valley, the Gauss–Newton model of the curvature
+    steps across it (off by default: on the 8 hard starts of ``benchmarks/hard_starts.py`` the
+    L-BFGS-B polish had already reached the bottom).
 
     Returns (z, 1 − r, iterations, engine calls)."""
     free = np.asarray(zlo) < np.asarray(zhi)

@@ -380,9 +380,9 @@ def _bloch_polish(problem, params, x, pattern, mask, settings, config, t_peaks, 
             z = res2.x
     if config.b_scan and "thickness" in config.refine and any(k == "b" for k in problem.kinds):
         z, zlo, zhi = _b_rescue(problem, z, x0, zlo, zhi, size, pattern, mask, config, options, stages, say)
-    # L-BFGS-B can crawl along a narrow valley and stop at its iteration limit far from the bottom
-    # (thick Ba₂MgUO₆: 1 − r 0.026 after 40 float64 iterations, the truth 0.0001): Gauss–Newton
-    # curvature crosses it, at one engine call per free variable per step
+    # optional Gauss–Newton curvature where L-BFGS-B may crawl along a narrow valley (off by default:
+    # on the 8 hard starts it changed 1 − r by ≤ 1e-5; Ba₂MgUO₆'s stall was a false B–thickness
+    # basin, which the B rescue above leaves)
     problem.set_grid(size, pattern, mask)
     if config.lm_iter > 0 and (zlo < zhi).any():
         t1 = time.perf_counter()
