@@ -75,20 +75,20 @@ def _thickness_scan(problem, x, config, around: float | None = None) -> tuple[fl
 
 def _b_thickness_scan(problem, x, config):
     """The thickness scan at the given B and at one B for every refined site from ``config.b_scan``
-    [Å²] (one decomposition each). Returns (x with the best B and thickness, its r, that scan's
-    peaks, the B chosen or None for the given ones, a note)."""
+    [Å²] (one decomposition each). Returns (x with the best B and thickness, its r, the B chosen or
+    None for the given ones, a note)."""
     b = [i for i, k in enumerate(problem.kinds) if k == "b"]
-    t, r, peaks = _thickness_scan(problem, x, config, around=config.thickness_nm)
-    best = (r, np.concatenate([x[:-1], [t]]), peaks, None)
+    t, r, _ = _thickness_scan(problem, x, config, around=config.thickness_nm)
+    best = (r, np.concatenate([x[:-1], [t]]), None)
     tried = [f"given: {1 - r:.4f} at {t:.1f} nm"]
     for value in config.b_scan if b else ():
         xb = x.copy()
         xb[b] = np.clip(value, problem.params.lower[b], problem.params.upper[b])
-        t_b, r_b, peaks_b = _thickness_scan(problem, xb, config, around=config.thickness_nm)
+        t_b, r_b, _ = _thickness_scan(problem, xb, config, around=config.thickness_nm)
         xb[-1] = t_b
         tried.append(f"{value:g}: {1 - r_b:.4f} at {t_b:.1f} nm")
         if r_b > best[0]:
-            best = (r_b, xb, peaks_b, value)
+            best = (r_b, xb, value)
     return (*best, ", ".join(tried))
 
 
@@ -106,7 +106,7 @@ def _b_rescue(problem, z, x0, zlo, zhi, size, pattern, mask, config, options, st
     problem.set_grid(size, pattern, mask)
     x = x0 + z * problem.scale
     f_now = _bloch_fom(problem, x)
-    r_b, xb, _, value, note = _b_thickness_scan(problem, x, config)
+    r_b, xb, value, note = _b_thickness_scan(problem, x, config)
     if value is None or 1 - r_b >= f_now:
         stages.append(StageLog("B rescue", f_now, time.perf_counter() - t1, f"one B for every site: {note}; none better"))
         say("B rescue: no one-B point fits better")
