@@ -130,6 +130,7 @@ def simulate_command(cif, output, thickness, reflections, zone, x_direction, nor
 @click.option("--overwrite", is_flag=True, help="Replace a result already in the output folder.")
 @click.option("--discs", default="hkl", show_default=True, help="Experiment: discs fitted: hkl (000 + felix.hkl's reflections with an image), all (every image), or a list \"0 0 2;1 1 1\".")
 @click.option("--strong-beams", type=int, default=None, help="Experiment: least strong beams per pixel at the start (FELIX's rule; default felix.inp's min_strong_beams).")
+@click.option("--bethe", is_flag=True, help="Experiment: keep each pixel's weak beams as second-order (Bethe) couplings of its strong beams (FELIX: off).")
 @click.option("--background-order", type=click.IntRange(0, 2), default=1, show_default=True, help="Experiment: per-disc background polynomial (0 constant, 1 plane, 2 quadratic).")
 @click.option("--stretch", is_flag=True, help="Experiment: also refine an x/y stretch of the images.")
 @click.option("--orientation", default="auto", show_default=True, help="Experiment: how the images' axes lie on the simulation's (auto: found from the data).")
@@ -141,7 +142,7 @@ def simulate_command(cif, output, thickness, reflections, zone, x_direction, nor
 @click.option("--disc-weights", default=None, help="Experiment: weights of discs in the figure of merit, e.g. \"1 1 -3=0.5;3 3 -3=0.5\" (others 1).")
 def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, zone, x_direction, normal, absorption_model, absorption,
                 size, no_seed, no_surrogate, no_polish, no_b_restart, forward_model, inverse_model, restarts, starts, start_spread, start_rounds, device, check, max_iter, lm_iter, felix_seed, overwrite,
-                discs, strong_beams, background_order, stretch, orientation, thickness_scan, iterations, no_beam_convergence, bin_, workers,
+                discs, strong_beams, bethe, background_order, stretch, orientation, thickness_scan, iterations, no_beam_convergence, bin_, workers,
                 disc_weights):
     """Refine the structure in CIF against a measured PATTERN: one bright-field image, or an
     experiment (a folder with felix.inp, felix.hkl and one image per disc, or a labelled stack
@@ -154,7 +155,7 @@ def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_
         _fit_experiment_command(cif, pattern, output, refine_=refine_, fix=fix, thickness=thickness, half_width=half_width,
                                 mask_path=mask_path, blur=blur, beams=beams, kv=kv, zone=zone, x_direction=x_direction,
                                 normal=normal, absorption_model=absorption_model, felix_seed=felix_seed, overwrite=overwrite,
-                                discs=discs, strong_beams=strong_beams, background_order=background_order, stretch=stretch,
+                                discs=discs, strong_beams=strong_beams, bethe=bethe, background_order=background_order, stretch=stretch,
                                 orientation=orientation, thickness_scan=thickness_scan, iterations=iterations,
                                 no_beam_convergence=no_beam_convergence, bin_=bin_, workers=workers, disc_weights=disc_weights)
         return
@@ -181,7 +182,7 @@ def fit_command(cif, pattern, output, refine_, fix, thickness, half_width, mask_
 
 
 def _fit_experiment_command(cif, pattern, output, *, refine_, fix, thickness, half_width, mask_path, blur, beams, kv, zone,
-                            x_direction, normal, absorption_model, felix_seed, overwrite, discs, strong_beams,
+                            x_direction, normal, absorption_model, felix_seed, overwrite, discs, strong_beams, bethe,
                             background_order, stretch, orientation, thickness_scan, iterations, no_beam_convergence, bin_,
                             workers, disc_weights=None):
     import numpy as np
@@ -222,7 +223,7 @@ def _fit_experiment_command(cif, pattern, output, *, refine_, fix, thickness, ha
             if len(key) != 3:
                 raise click.UsageError(f"--disc-weights {part.strip()!r}: expected \"h k l=weight\"")
     config = ExperimentFitConfig(weights=weights, refine=kinds, fix=tuple(x.strip() for x in fix.split(",") if x.strip()),
-                                 thickness_nm=thickness, thickness_scan_nm=scan, strong_beams=strong_beams, pool=beams,
+                                 thickness_nm=thickness, thickness_scan_nm=scan, strong_beams=strong_beams, pool=beams, bethe=bethe,
                                  absorption_model=absorption_model or "bird-king", background_order=background_order,
                                  stretch=stretch, blur_px=blur, orientation=orientation, iterations=iterations,
                                  converge_beams=not no_beam_convergence, bin=bin_, workers=workers)

@@ -108,6 +108,9 @@ class SimulationSettings:
     absorption_model : {"none", "proportional", "bird-king"} or None
         None: "proportional" when ``absorption`` > 0, else "none". "bird-king" computes U′ from
         Bird & King's absorptive form factors (FELIX's default, IAbsorbFLAG 2) and ignores ``absorption``.
+    bethe : bool
+        With ``strong_beams``: keep the pool's weak beams as second-order (Bethe) couplings in each
+        pixel's strong block instead of dropping them (general engine only; FELIX's default is off).
     """
 
     voltage: float = 200e3
@@ -126,6 +129,7 @@ class SimulationSettings:
     x_direction: tuple[int, int, int] | None = None
     normal: tuple[int, int, int] | None = None
     absorption_model: str | None = None
+    bethe: bool = False
 
     def __post_init__(self):
         check_settings(self)
@@ -212,6 +216,8 @@ def check_settings(s: "SimulationSettings") -> None:
             raise ValueError(f"--reflections: {r!r} is not three integers h k l")
     if s.absorption_model not in (None, "none", "proportional", "bird-king"):
         raise ValueError(f"--absorption-model {s.absorption_model!r}: use none, proportional or bird-king")
+    if not isinstance(s.bethe, (bool, np.bool_)):
+        raise ValueError(f"--bethe {s.bethe!r}: must be true or false")
     from lacbed_refine.engine.zone import ZoneAxis
 
     # ZoneAxis checks the three vectors (integers, not zero, x ⊥ zone) and names the option

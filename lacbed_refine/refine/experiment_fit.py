@@ -87,6 +87,9 @@ class ExperimentFitConfig:
         ``min_strong_beams`` / ``min_reflection_pool``.
     absorption_model : str
         "bird-king" (default for measured data), "proportional" or "none".
+    bethe : bool
+        Keep each pixel's weak beams as second-order (Bethe) couplings of its strong beams
+        (``--bethe``; see :func:`lacbed_refine.engine.general.simulate_zone`).
     background_order : int
         Per-disc background polynomial: 0 constant, 1 plane, 2 quadratic.
     stretch : bool
@@ -127,6 +130,7 @@ class ExperimentFitConfig:
     strong_beams: int | None = None
     pool: int | None = None
     absorption_model: str = "bird-king"
+    bethe: bool = False
     background_order: int = 1
     stretch: bool = False
     blur_px: float | None = None
@@ -259,7 +263,7 @@ class _Engine:
                 voltage=s.voltage, size=s.size, half_width=s.half_width, reflections=self.reflections,
                 strong_beams=s.strong_beams, absorption_model=s.absorption_kind, absorption=s.absorption,
                 form_factors=s.form_factors, dtype=torch.float32, workers=self.workers,
-                absorption_scale=float(absorption_scale),
+                absorption_scale=float(absorption_scale), bethe=s.bethe,
             )
         self.calls += 1
         self.seconds += time.perf_counter() - t0
@@ -365,6 +369,7 @@ def _settings_from(inp, config, size_sim: int, sim_hw: float) -> SimulationSetti
         strong_beams=strong, strong_rule="felix", zone=tuple(inp.beam_direction), x_direction=tuple(inp.x_direction),
         normal=tuple(inp.normal_direction), absorption_model=config.absorption_model,
         absorption=inp.absorption_percent if config.absorption_model == "proportional" else 0.0,
+        bethe=bool(config.bethe),
     )
 
 

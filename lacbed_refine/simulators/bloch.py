@@ -244,7 +244,7 @@ def simulate_general(
             strong_beams=settings.strong_beams, absorption=settings.absorption,
             absorption_model=settings.absorption_kind, mean_absorption=settings.mean_absorption,
             form_factors=settings.form_factors, dtype=dtype, workers=max(1, int(workers or 1)), return_info=True,
-            absorption_scale=absorption_scale,
+            absorption_scale=absorption_scale, bethe=settings.bethe,
         )
     stack = stack.cpu().numpy().astype(np.float32)
     if not np.isfinite(stack).all():
