@@ -175,6 +175,31 @@ def _bethe_correction(off: torch.Tensor, s: torch.Tensor, keep: torch.Tensor, id
     return torch.matmul(rows * w[:, None, :], cols)
 
 
+def _bethe_readout(off: torch.Tensor, s: torch.Tensor, f: torch.Tensor | None, idx: torch.Tensor, beams: torch.Tensor,
+                   pos: torch.Tensor, column: bool = False) -> torch.Tensor:
+    """Readout (P, R, m) of ``beams`` (R,) from each pixel's matrix beams ``idx`` (P, m): a unit row
+    where a beam is in the matrix (``pos`` ≥ 0), and where it is weak its first-order Bethe amplitude,
+    ψ_w = −Σ_h A′_wh ψ_h / A′_ww with A′ the normal-factor-scaled matrix (A′_gh = A_gh/√(f_g f_h)),
+    instead of FELIX's 0. ``column``: the same for row amplitudes [exp(iAt)]_{0w} (A′_hw). ``s``, ``f``
+    (P, n): the pixels' excitation errors [rad/Å] and normal factors."""
+    p, m = idx.shape
+    read = torch.zeros(p, len(beams), m, dtype=off.dtype)
+    here = pos >= 0
+    pi, ri = torch.nonzero(here, as_tuple=True)
+    read[pi, ri, pos[pi, ri]] = 1
+    pw, rw = torch.nonzero(~here, as_tuple=True)
+    if len(pw):
+        b = beams[rw]  # (K,) pool indices of the weak beams asked for
+        h = idx[pw]  # (K, m)
+        coupling = off[h, b[:, None]] if column else off[b[:, None], h]
+        denom = s[pw, b].to(off.dtype) + off[b, b]
+        if f is not None:
+            # A′_wh / A′_ww = A_wh √f_w / (√f_h (s_w + A_ww))
+            coupling = coupling * torch.sqrt(f[pw, b])[:, None].to(off.dtype) * torch.rsqrt(torch.gather(f[pw], 1, h)).to(off.dtype)
+        read[pw, rw] = -coupling / denom[:, None]
+    return read
+
+
 def _positions(idx: torch.Tensor, beams: torch.Tensor, n: int) -> torch.Tensor:
     """Position of each of ``beams`` (R,) in every row of ``idx`` (P, m), −1 where absent: (P, R)."""
     where = torch.full((idx.shape[0], n), -1, dtype=torch.long)
@@ -189,6 +214,21 @@ def _pick(M: torch.Tensor, pos: torch.Tensor, dim: int) -> torch.Tensor:
     if dim == -2:
         return torch.gather(M, 1, p[:, :, None].expand(-1, -1, M.shape[-1]))
     return torch.gather(M, 2, p[:, None, :].expand(-1, M.shape[-2], -1))
+
+
+def _rows(M: torch.Tensor, pos: torch.Tensor, read: torch.Tensor | None) -> torch.Tensor:
+    """Rows ``pos`` of M (:func:`_pick`), or with a readout (P, R, m) its combinations ``read`` @ M."""
+    return _pick(M, pos, -2) if read is None else torch.matmul(read.to(M.dtype), M)
+
+
+def _cols(M: torch.Tensor, pos: torch.Tensor, read: torch.Tensor | None) -> torch.Tensor:
+    """Columns ``pos`` of M, or with a readout (P, R, m) the combinations M @ ``read``ᵀ."""
+    return _pick(M, pos, -1) if read is None else torch.matmul(M, read.to(M.dtype).mT)
+
+
+def _masked(out: torch.Tensor, pos: torch.Tensor, read: torch.Tensor | None) -> torch.Tensor:
+    """:func:`_absent`, unless a readout gives the absent beams their (Bethe) amplitudes."""
+    return _absent(out, pos) if read is None else out
 
 
 def _absent(out: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -240,7 +280,7 @@ def _expm(X: torch.Tensor) -> torch.Tensor:
     return E
 
 
-def _expm_amplitudes(A: torch.Tensor, step: float, mult: list[int], pos_i, pos_j):
+def _expm_amplitudes(A: torch.Tensor, step: float, mult: list[int], pos_i, pos_j, read_i=None, read_j=None):
     """As :func:`_amplitudes` for thicknesses ``mult`` × ``step`` [Å], through E = exp(iAΔ) and its
     powers applied to e₀ (column) and e₀ᵀ (row): for the general (absorbing) matrix this is ~2–3×
     faster than the eigen-decomposition and its inverse. A scalar shift of the diagonal (the mean
@@ -260,22 +300,23 @@ def _expm_amplitudes(A: torch.Tensor, step: float, mult: list[int], pos_i, pos_j
         if pos_j.shape[1]:
             w = w @ E
             rows[k] = w[..., 0, :]
-    psi_i = torch.stack([torch.gather(cols[k], 1, pos_i.clamp(min=0)) for k in mult], dim=1)  # (P, T, R_i)
-    out_i = _absent(psi_i.real**2 + psi_i.imag**2, pos_i)
+    psi_i = torch.stack([_cols(cols[k][:, None, :], pos_i, read_i)[:, 0] for k in mult], dim=1)  # (P, T, R_i)
+    out_i = _masked(psi_i.real**2 + psi_i.imag**2, pos_i, read_i)
     if not pos_j.shape[1]:
         return out_i, out_i[..., :0]
-    psi_j = torch.stack([torch.gather(rows[k], 1, pos_j.clamp(min=0)) for k in mult], dim=1)
-    return out_i, _absent(psi_j.real**2 + psi_j.imag**2, pos_j)
+    psi_j = torch.stack([_cols(rows[k][:, None, :], pos_j, read_j)[:, 0] for k in mult], dim=1)
+    return out_i, _masked(psi_j.real**2 + psi_j.imag**2, pos_j, read_j)
 
 
-def _amplitudes(A: torch.Tensor, thickness: torch.Tensor, pos_i, pos_j, kind: str):
+def _amplitudes(A: torch.Tensor, thickness: torch.Tensor, pos_i, pos_j, kind: str, read_i=None, read_j=None):
     """|[exp(iAt)]_{g0}|² for g at positions ``pos_i`` (P, R_i) of each matrix and |[exp(iAt)]_{0g}|²
     for g at ``pos_j`` (P, R_j), 0 where a position is −1, from one decomposition (forward only):
-    shapes (P, T, R_i), (P, T, R_j)."""
+    shapes (P, T, R_i), (P, T, R_j). With readouts ``read_i`` (P, R_i, m) and ``read_j`` (P, R_j, m)
+    the amplitudes are those combinations of every beam's instead (:func:`_bethe_readout`)."""
     t = thickness.to(A.real.dtype)
     has_j = pos_j.shape[1] > 0
     if kind == "general" and (steps := _thickness_steps(thickness)) is not None:
-        return _expm_amplitudes(A, *steps, pos_i, pos_j)
+        return _expm_amplitudes(A, *steps, pos_i, pos_j, read_i, read_j)
     if kind == "general":
         lam, C = torch.linalg.eig(A)
         if has_j:
@@ -286,32 +327,32 @@ def _amplitudes(A: torch.Tensor, thickness: torch.Tensor, pos_i, pos_j, kind: st
             e0[..., 0, 0] = 1
             c0 = torch.linalg.solve(C, e0)[..., 0]
         phase = torch.exp(1j * lam[..., None, :] * t[:, None].to(lam.dtype))  # (P, T, m)
-        psi_i = torch.matmul(phase * c0[..., None, :], _pick(C, pos_i, -2).mT)  # (P, T, R_i)
-        out_i = _absent(psi_i.real**2 + psi_i.imag**2, pos_i)
+        psi_i = torch.matmul(phase * c0[..., None, :], _rows(C, pos_i, read_i).mT)  # (P, T, R_i)
+        out_i = _masked(psi_i.real**2 + psi_i.imag**2, pos_i, read_i)
         if not has_j:
             return out_i, out_i[..., :0]
-        psi_j = torch.matmul(phase * C[..., 0, None, :], _pick(Ci, pos_j, -1))
-        return out_i, _absent(psi_j.real**2 + psi_j.imag**2, pos_j)
+        psi_j = torch.matmul(phase * C[..., 0, None, :], _cols(Ci, pos_j, read_j))
+        return out_i, _masked(psi_j.real**2 + psi_j.imag**2, pos_j, read_j)
     # a scalar shift of the diagonal changes only a common phase; taking out the mean excitation
     # error shrinks |λ| and with it the rounding of λ t (float32)
     A.diagonal(dim1=-2, dim2=-1).sub_(A.diagonal(dim1=-2, dim2=-1).real.mean(-1, keepdim=True).to(A.dtype))
     lam, C = torch.linalg.eigh(A)
     arg = lam.double()[..., None, :] * thickness.double()[:, None]  # (P, T, m), real
-    rows = _pick(C, pos_i, -2).mT  # (P, m, R_i)
+    rows = _rows(C, pos_i, read_i).mT  # (P, m, R_i)
     if kind == "real":
         # real eigenvectors: real and imaginary parts of ψ by two real products
         w = C[..., 0, None, :]
         re = torch.matmul(torch.cos(arg).to(w.dtype) * w, rows)
         im = torch.matmul(torch.sin(arg).to(w.dtype) * w, rows)
-        out_i = _absent(re**2 + im**2, pos_i)
+        out_i = _masked(re**2 + im**2, pos_i, read_i)
         return out_i, out_i[..., :0]
     phase = torch.polar(torch.ones_like(arg), arg).to(C.dtype)
     psi_i = torch.matmul(phase * C[..., 0, None, :].conj(), rows)
-    out_i = _absent(psi_i.real**2 + psi_i.imag**2, pos_i)
+    out_i = _masked(psi_i.real**2 + psi_i.imag**2, pos_i, read_i)
     if not has_j:
         return out_i, out_i[..., :0]
-    psi_j = torch.matmul(phase * C[..., 0, None, :], _pick(C, pos_j, -2).conj().mT)
-    return out_i, _absent(psi_j.real**2 + psi_j.imag**2, pos_j)
+    psi_j = torch.matmul(phase * C[..., 0, None, :], _rows(C.conj(), pos_j, read_j).mT)
+    return out_i, _masked(psi_j.real**2 + psi_j.imag**2, pos_j, read_j)
 
 
 def _chunk_intensities(plan: _Plan, s: torch.Tensor, f: torch.Tensor | None, keep: torch.Tensor | None):
@@ -348,14 +389,29 @@ def _chunk_intensities(plan: _Plan, s: torch.Tensor, f: torch.Tensor | None, kee
             d = torch.rsqrt(f_sub).to(A.dtype)
             A = A * d[:, :, None] * d[:, None, :]
         f_rows = None if f is None else (f if sel is None else f[sel])[:, plan.rows_i]
+        # with Bethe couplings a requested beam that is weak at a pixel gets its first-order
+        # amplitude from the strong ones (FELIX writes 0 there)
+        bethe = plan.bethe and sel is not None
         if grad:
             rows = plan.rows_i if sel is None else plan.rows_fixed
-            psi = propagate(A, plan.thickness, rows, hermitian=plan.kind != "general", threads=plan.threads)
+            pos_f = torch.where(keep[sel][:, plan.rows_i], rows[None, :], -1) if bethe else None
+            if bethe and bool((pos_f < 0).any()):
+                read = _bethe_readout(off, s[sel], None if f is None else f[sel], idx, plan.rows_i, pos_f)
+                psi = propagate(A, plan.thickness, torch.arange(idx.shape[1]), hermitian=plan.kind != "general",
+                                threads=plan.threads)
+                psi = torch.matmul(psi, read.to(psi.dtype).mT)
+            else:
+                psi = propagate(A, plan.thickness, rows, hermitian=plan.kind != "general", threads=plan.threads)
             ii, jj = psi.real**2 + psi.imag**2, None
         else:
             pos_i = _positions(idx, plan.rows_i, n)
             pos_j = _positions(idx, plan.rows_j, n)
-            ii, jj = _amplitudes(A, plan.thickness, pos_i, pos_j, plan.kind)
+            read_i = read_j = None
+            if bethe and bool((pos_i < 0).any()):
+                read_i = _bethe_readout(off, s[sel], None if f is None else f[sel], idx, plan.rows_i, pos_i)
+            if bethe and pos_j.shape[1] and bool((pos_j < 0).any()):
+                read_j = _bethe_readout(off, s[sel], None if f is None else f[sel], idx, plan.rows_j, pos_j, column=True)
+            ii, jj = _amplitudes(A, plan.thickness, pos_i, pos_j, plan.kind, read_i, read_j)
         if f_rows is not None:
             ii = ii / f_rows[:, None, :].to(ii.dtype)
         if sel is None:
