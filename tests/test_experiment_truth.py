@@ -344,6 +344,34 @@ def test_fit_recovers_felix_gaas_110_bird_king(shared_dir):
     _check_geometry(fit, rotation, scale, centre, shifts, scale_tol=0.003)
 
 
+GAAS_001 = dict(rotation=2.0, scale=1.01, centre=(0.3, -0.2))
+
+
+def _gaas_001_experiment(t_nm: float, strong_beams: int | None, scan_A: tuple):
+    """GaAs [001], Bird–King, a 256-beam pool (``strong_beams`` of it by FELIX's rule, or every
+    beam), at ``t_nm`` [nm], seen through rotation +2°, scale 1.01, shifts, blur 0.7 px, background
+    and 5000 counts per pixel on 24² px; its ``felix.inp`` asks for ≥ 34 strong beams of 51 and scans
+    ``scan_A`` (lo, hi, step) [Å]. Returns (truth, experiment, start with every B × 1.6, shifts)."""
+    from lacbed_refine.engine.geometry import SimulationSettings
+    from lacbed_refine.simulators.bloch import simulate_general
+
+    truth = read_cif(Path(__file__).parent / "data" / "crystal_general" / "GaAs.cif")  # B: Ga 0.6, As 0.55 Å²
+    n, step, size_sim = 24, 0.015, 28
+    refl = ((0, 0, 0), (2, 0, 0), (0, 2, 0), (2, 2, 0), (2, -2, 0), (-2, 0, 0))
+    settings = SimulationSettings(voltage=200e3, size=size_sim, half_width=size_sim / 2 * step, thicknesses=(t_nm * 10,),
+                                  n_beams=256, strong_beams=strong_beams, strong_rule="felix", zone=(0, 0, 1),
+                                  x_direction=(1, 0, 0), normal=(0, 0, 1), absorption_model="bird-king", reflections=refl)
+    stack, _ = simulate_general(truth, settings, dtype=torch.float64, workers=2)
+    shifts = _shifts(len(refl), seed=2)
+    images, recorded = microscope_faults(stack[0], rotation_deg=GAAS_001["rotation"], scale=GAAS_001["scale"],
+                                         centre_px=GAAS_001["centre"], shifts_px=shifts, blur_px=0.7, background=0.05,
+                                         counts=5000, seed=2, size=n)
+    exp = synthetic_experiment("GaAs", refl, images, recorded, synthetic_felix_inp(
+        n, step, thickness_range_A=scan_A, pool=51, strong=34))
+    start = truth.with_sites([replace(s, b_iso=1.6 * s.b_iso) for s in truth.sites])
+    return truth, exp, start, shifts
+
+
 def test_beam_convergence_reaches_the_truth_made_with_more_beams():
     """GaAs [001], 30 nm, Bird–King: truth made with ≥ 171 strong beams of a 256-beam pool and seen
     through rotation +2°, scale 1.01, shifts, blur 0.7 px, background and 5000 counts per pixel; the
@@ -354,24 +382,11 @@ def test_beam_convergence_reaches_the_truth_made_with_more_beams():
     Reached (2 cores: 37 s alone, 70 s beside another fit): pools 51 and 76 skipped (discs changed 7e-3, 4.5e-3),
     114 refined (thickness moved 1.3 nm), 171 refined and converged; B within 0.013 Å², thickness
     0.05 nm. Without the beam stage the same start ends 0.09 Å² and 1.4 nm off."""
-    from lacbed_refine.engine.geometry import SimulationSettings
     from lacbed_refine.refine.experiment_fit import BEAM_TOLERANCE, ExperimentFitConfig, fit_experiment
-    from lacbed_refine.simulators.bloch import simulate_general
 
-    truth = read_cif(Path(__file__).parent / "data" / "crystal_general" / "GaAs.cif")  # B: Ga 0.6, As 0.55 Å²
-    n, step, t_nm, size_sim = 24, 0.015, 30.0, 28
-    refl = ((0, 0, 0), (2, 0, 0), (0, 2, 0), (2, 2, 0), (2, -2, 0), (-2, 0, 0))
-    settings = SimulationSettings(voltage=200e3, size=size_sim, half_width=size_sim / 2 * step, thicknesses=(t_nm * 10,),
-                                  n_beams=256, strong_beams=171, strong_rule="felix", zone=(0, 0, 1), x_direction=(1, 0, 0),
-                                  normal=(0, 0, 1), absorption_model="bird-king", reflections=refl)
-    stack, _ = simulate_general(truth, settings, dtype=torch.float64, workers=2)
-    shifts = _shifts(len(refl), seed=2)
-    rotation, scale, centre = 2.0, 1.01, (0.3, -0.2)
-    images, recorded = microscope_faults(stack[0], rotation_deg=rotation, scale=scale, centre_px=centre, shifts_px=shifts,
-                                         blur_px=0.7, background=0.05, counts=5000, seed=2, size=n)
-    exp = synthetic_experiment("GaAs", refl, images, recorded, synthetic_felix_inp(
-        n, step, thickness_range_A=(200.0, 500.0, 50.0), pool=51, strong=34))
-    start = truth.with_sites([replace(s, b_iso=1.6 * s.b_iso) for s in truth.sites])
+    t_nm = 30.0
+    truth, exp, start, shifts = _gaas_001_experiment(t_nm, 171, (200.0, 500.0, 50.0))
+    rotation, scale, centre = GAAS_001["rotation"], GAAS_001["scale"], GAAS_001["centre"]
     t0 = time.perf_counter()
     fit = fit_experiment(start, exp, ExperimentFitConfig(workers=2, iterations=6))
     seconds = time.perf_counter() - t0
@@ -407,24 +422,11 @@ def test_bethe_fit_reaches_a_thick_truth_made_with_the_whole_pool():
     0.0008). The scale is held to 0.5 %, not 0.3 %: the fit with the truth's own model (every beam
     of the pool, no beam stage) finds 1.0083 here, so at 100 nm on 24 px the resampling alone costs
     0.2 %, and the Bethe couplings' small model error another 0.2 %."""
-    from lacbed_refine.engine.geometry import SimulationSettings
     from lacbed_refine.refine.experiment_fit import ExperimentFitConfig, fit_experiment
-    from lacbed_refine.simulators.bloch import simulate_general
 
-    truth = read_cif(Path(__file__).parent / "data" / "crystal_general" / "GaAs.cif")
-    n, step, t_nm, size_sim = 24, 0.015, 100.0, 28
-    refl = ((0, 0, 0), (2, 0, 0), (0, 2, 0), (2, 2, 0), (2, -2, 0), (-2, 0, 0))
-    settings = SimulationSettings(voltage=200e3, size=size_sim, half_width=size_sim / 2 * step, thicknesses=(t_nm * 10,),
-                                  n_beams=256, zone=(0, 0, 1), x_direction=(1, 0, 0), normal=(0, 0, 1),
-                                  absorption_model="bird-king", reflections=refl)
-    stack, _ = simulate_general(truth, settings, dtype=torch.float64, workers=2)
-    shifts = _shifts(len(refl), seed=2)
-    rotation, scale, centre = 2.0, 1.01, (0.3, -0.2)
-    images, recorded = microscope_faults(stack[0], rotation_deg=rotation, scale=scale, centre_px=centre, shifts_px=shifts,
-                                         blur_px=0.7, background=0.05, counts=5000, seed=2, size=n)
-    exp = synthetic_experiment("GaAs", refl, images, recorded, synthetic_felix_inp(
-        n, step, thickness_range_A=(600.0, 1600.0, 1000.0 / 6), pool=51, strong=34))
-    start = truth.with_sites([replace(s, b_iso=1.6 * s.b_iso) for s in truth.sites])
+    t_nm = 100.0
+    truth, exp, start, shifts = _gaas_001_experiment(t_nm, None, (600.0, 1600.0, 1000.0 / 6))
+    rotation, scale, centre = GAAS_001["rotation"], GAAS_001["scale"], GAAS_001["centre"]
     t0 = time.perf_counter()
     fit = fit_experiment(start, exp, ExperimentFitConfig(workers=2, iterations=6, bethe=True))
     errs = [got.b_iso - want.b_iso for got, want in zip(fit.crystal.sites, truth.sites)]
