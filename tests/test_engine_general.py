@@ -485,3 +485,20 @@ def test_bethe_gives_weak_requested_beams_their_first_order_amplitude():
     graded = simulate_zone(atoms, cell, zone, beams, t.clone().requires_grad_(True), strong_beams=m, bethe=True,
                            use_symmetry=True, **kw)
     assert (graded.detach() - bethe).abs().max() < 1e-10
+
+
+def test_bethe_at_cubic_001_runs_on_the_general_engine():
+    """``SimulationSettings(bethe=True)`` on a cubic crystal at [001] is not dropped by the [001]
+    engine: it goes to the general one, whose Bethe discs differ from the plain ones."""
+    from lacbed_refine.engine.geometry import SimulationSettings
+    from lacbed_refine.io.cif import read_cif
+    from lacbed_refine.simulators.bloch import simulate_crystal, simulate_general
+
+    gaas = read_cif(Path(__file__).parent / "data" / "crystal_general" / "GaAs.cif")
+    kw = dict(voltage=200e3, size=12, half_width=0.2, thicknesses=(1000.0,), n_beams=60, strong_beams=20,
+              strong_rule="felix", absorption_model="bird-king", reflections=((0, 0, 0), (2, 0, 0)))
+    bethe, _ = simulate_crystal(gaas, SimulationSettings(bethe=True, **kw), precision="reference")
+    general, _ = simulate_general(gaas, SimulationSettings(bethe=True, **kw))
+    plain, _ = simulate_general(gaas, SimulationSettings(**kw))
+    assert np.abs(bethe - general).max() < 1e-6
+    assert np.abs(bethe - plain).max() > 1e-3

@@ -102,6 +102,9 @@ class _Plan:
     strong beams only (a requested beam that is weak there is 0, as in FELIX), except when gradients
     are needed: then (``fixed``) every matrix holds the ``forced`` beams first (000 and ``rows_i``),
     decoupled where weak, so that the output rows sit at the same positions in every pixel.
+    ``bethe``: the strong-beam rule's weak beams enter as second-order couplings
+    (:func:`_bethe_correction`) and requested weak beams get first-order amplitudes
+    (:func:`_bethe_readout`).
     """
 
     off: torch.Tensor
@@ -392,11 +395,12 @@ def _chunk_intensities(plan: _Plan, s: torch.Tensor, f: torch.Tensor | None, kee
         # with Bethe couplings a requested beam that is weak at a pixel gets its first-order
         # amplitude from the strong ones (FELIX writes 0 there)
         bethe = plan.bethe and sel is not None
+        s_sel, f_sel = (s[sel], None if f is None else f[sel]) if bethe else (None, None)
         if grad:
             rows = plan.rows_i if sel is None else plan.rows_fixed
             pos_f = torch.where(keep[sel][:, plan.rows_i], rows[None, :], -1) if bethe else None
             if bethe and bool((pos_f < 0).any()):
-                read = _bethe_readout(off, s[sel], None if f is None else f[sel], idx, plan.rows_i, pos_f)
+                read = _bethe_readout(off, s_sel, f_sel, idx, plan.rows_i, pos_f)
                 psi = propagate(A, plan.thickness, torch.arange(idx.shape[1]), hermitian=plan.kind != "general",
                                 threads=plan.threads)
                 psi = torch.matmul(psi, read.to(psi.dtype).mT)
@@ -408,9 +412,9 @@ def _chunk_intensities(plan: _Plan, s: torch.Tensor, f: torch.Tensor | None, kee
             pos_j = _positions(idx, plan.rows_j, n)
             read_i = read_j = None
             if bethe and bool((pos_i < 0).any()):
-                read_i = _bethe_readout(off, s[sel], None if f is None else f[sel], idx, plan.rows_i, pos_i)
+                read_i = _bethe_readout(off, s_sel, f_sel, idx, plan.rows_i, pos_i)
             if bethe and pos_j.shape[1] and bool((pos_j < 0).any()):
-                read_j = _bethe_readout(off, s[sel], None if f is None else f[sel], idx, plan.rows_j, pos_j, column=True)
+                read_j = _bethe_readout(off, s_sel, f_sel, idx, plan.rows_j, pos_j, column=True)
             ii, jj = _amplitudes(A, plan.thickness, pos_i, pos_j, plan.kind, read_i, read_j)
         if f_rows is not None:
             ii = ii / f_rows[:, None, :].to(ii.dtype)
@@ -515,7 +519,9 @@ def simulate_zone(
     bethe : bool
         With ``strong_beams``: add the pool's weak beams to each pixel's strong block as
         second-order (Bethe) couplings, A_gh − Σ_w A_gw A_wh / s_w (Zuo & Weickenmeier 1995), instead
-        of dropping them. FELIX has this off; it makes the strong-beam count converge sooner.
+        of dropping them, and give a requested disc that is weak at a pixel its first-order amplitude
+        instead of 0. FELIX has this off. The discs come closer to the whole pool's at the same
+        strong-beam count (2–9× in 1 − r, measured on GaAs), for 15–30 % more time.
 
     Returns
     -------
@@ -533,7 +539,7 @@ def simulate_zone(
 
 def _simulate_zone(atoms, cell, zone, beams, thickness, *, voltage, size, half_width, reflections, strong_beams,
                    absorption, absorption_model, mean_absorption, form_factors, dtype, pixels, chunk, threads,
-                   use_symmetry, workers, return_info, absorption_scale, bethe=False):
+                   use_symmetry, workers, return_info, absorption_scale, bethe):
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype {dtype!r}: use torch.float32 or torch.float64")
     if not (math.isfinite(absorption_scale) and 0 <= absorption_scale <= 100):

@@ -133,7 +133,7 @@ def simulate_crystal(
     if precision not in ("fast", "reference"):
         raise ValueError(f"precision must be 'fast' or 'reference', got {precision!r}")
     dtype = torch.float32 if precision == "fast" else torch.float64
-    if not (crystal.is_cubic and settings.standard_001):
+    if not (crystal.is_cubic and settings.standard_001) or settings.bethe:  # Bethe couplings: general engine only
         return simulate_general(crystal, settings, dtype=dtype, workers=workers)
     for r in settings.reflections:
         if int(r[2]) != 0:  # the [001] engine's pool is the zero-order Laue zone
